@@ -1,0 +1,21 @@
+"""The ``darkbloom`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from darkbloom.cli import keys, node, serve, up
+
+app = typer.Typer(
+    name="darkbloom",
+    help="Darkbloom: a decentralized private inference network.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("serve")(serve.serve)
+app.command("up")(up.up)
+app.add_typer(node.app, name="node")
+app.add_typer(keys.app, name="keys")
+
+if __name__ == "__main__":
+    app()

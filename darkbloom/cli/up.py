@@ -1,0 +1,30 @@
+"""``darkbloom up``: coordinator + local node + demo model, for a newcomer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from darkbloom.cli.common import HomeOption, setup_logging
+
+
+def up(
+    model: Annotated[
+        Optional[list[Path]], typer.Option("--model", "-m", help="Local MLX model directory (default: the demo model).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Coordinator port.")] = 8420,
+    home: HomeOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Start everything locally: a coordinator on SQLite, one node, a demo model, and a consumer key."""
+    from darkbloom.local import run_local
+    from darkbloom.server.settings import darkbloom_home
+
+    setup_logging(verbose)
+    try:
+        asyncio.run(run_local(darkbloom_home(home), port=port, models=tuple(model or ()), say=lambda m: typer.echo(m, err=True)))
+    except KeyboardInterrupt:
+        pass

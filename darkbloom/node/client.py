@@ -1,0 +1,186 @@
+"""The node's WebSocket session with the coordinator.
+
+Dials out, registers its models, heartbeats with capacity, runs each
+``inference_request`` on the matching engine and streams ``chunk`` frames as
+tokens are produced, ends each request with ``complete`` or ``error``, obeys
+``cancel``, and reconnects with backoff whenever the coordinator goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from darkbloom import __version__
+from darkbloom.node.backoff import backoff
+from darkbloom.node.engine.base import Engine, EngineEvent, Failed, Finished, TextDelta
+from darkbloom.protocol import (
+    MAX_FRAME_BYTES,
+    Cancel,
+    Capacity,
+    Chunk,
+    Complete,
+    Error,
+    Frame,
+    Hardware,
+    Heartbeat,
+    InferenceRequest,
+    ModelInfo,
+    ProtocolError,
+    Register,
+    Registered,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+def provider_ws_url(coordinator: str) -> str:
+    """``http://host:port`` -> ``ws://host:port/v1/provider/ws`` (ws URLs pass through)."""
+    parts = urlsplit(coordinator if "://" in coordinator else f"http://{coordinator}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path.endswith("/provider/ws") else parts.path.rstrip("/") + "/v1/provider/ws"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+class NodeSession:
+    """One provider node's connection loop.
+
+    Args:
+        coordinator: Coordinator base URL (http, https, ws or wss).
+        node_id: This node's stable id.
+        engines: One engine per served model id.
+        models: What to advertise (same ids as ``engines``, plus any that failed checks).
+        hardware: Machine summary for registration.
+    """
+
+    def __init__(
+        self,
+        coordinator: str,
+        node_id: str,
+        engines: dict[str, Engine],
+        models: tuple[ModelInfo, ...],
+        hardware: Hardware,
+        *,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url = provider_ws_url(coordinator)
+        self.node_id = node_id
+        self.engines = engines
+        self.models = models
+        self.hardware = hardware
+        self.on_status = on_status or (lambda msg: log.info("%s", msg))
+        self._seq = 0
+        self._send_lock = asyncio.Lock()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.connected = asyncio.Event()
+
+    def capacity(self) -> Capacity:
+        self._seq += 1
+        return Capacity(capacity_seq=self._seq, slots=tuple(e.capacity() for e in self.engines.values()), total_memory_gb=self.hardware.memory_gb)
+
+    async def run_forever(self) -> None:
+        """Connect, serve, and reconnect with backoff until cancelled."""
+        delays = backoff()
+        while True:
+            try:
+                await self._session()
+                reason = "connection closed"
+            except (OSError, ConnectionClosed, asyncio.TimeoutError, ProtocolError) as exc:
+                reason = f"{exc.__class__.__name__}: {exc}"
+            if self.connected.is_set():
+                delays = backoff()  # we were registered: start the schedule afresh
+                self.connected.clear()
+            delay = next(delays)
+            self.on_status(f"lost the coordinator ({reason}); reconnecting in {delay:.0f} s")
+            await asyncio.sleep(delay)
+
+    async def _send(self, ws: websockets.ClientConnection, frame: Frame) -> None:
+        data = encode(frame)
+        async with self._send_lock:
+            await ws.send(data, text=True)
+
+    async def _session(self) -> None:
+        async with websockets.connect(self.url, max_size=MAX_FRAME_BYTES, open_timeout=10, ping_interval=20) as ws:
+            reg = Register(
+                node_id=self.node_id,  # type: ignore[arg-type]
+                models=self.models,
+                version=__version__,
+                hardware=self.hardware,
+                capacity=self.capacity(),
+            )
+            await self._send(ws, reg)
+            reply = decode(await asyncio.wait_for(ws.recv(), 30))
+            if not isinstance(reply, Registered):
+                raise ProtocolError(f"expected registered, got {reply!r}")
+            self.connected.set()
+            self.on_status(f"registered with {self.url} as {self.node_id}, serving {', '.join(self.engines)}")
+            heartbeat = asyncio.create_task(self._heartbeat(ws, reply.heartbeat_interval_s))
+            try:
+                await self._read(ws)
+            finally:
+                heartbeat.cancel()
+                # The coordinator has failed these requests already; stop the work.
+                for rid, task in list(self._tasks.items()):
+                    for engine in self.engines.values():
+                        engine.cancel(rid)
+                    task.cancel()
+                await asyncio.gather(heartbeat, *self._tasks.values(), return_exceptions=True)
+                self._tasks.clear()
+
+    async def _heartbeat(self, ws: websockets.ClientConnection, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            active = len(self._tasks)
+            hb = Heartbeat(status="serving" if active else "idle", active_requests=active, capacity=self.capacity())
+            await self._send(ws, hb)
+
+    async def _read(self, ws: websockets.ClientConnection) -> None:
+        async for data in ws:
+            try:
+                frame = decode(data)
+            except ProtocolError as exc:
+                log.warning("malformed frame from coordinator ignored: %s", exc)
+                continue
+            if isinstance(frame, InferenceRequest):
+                task = asyncio.create_task(self._serve(ws, frame))
+                self._tasks[frame.request_id] = task
+                task.add_done_callback(lambda _t, rid=frame.request_id: self._tasks.pop(rid, None))
+            elif isinstance(frame, Cancel):
+                for engine in self.engines.values():
+                    engine.cancel(frame.request_id)
+                log.info("request %s cancelled by coordinator: %s", frame.request_id, frame.reason)
+            elif isinstance(frame, Error):
+                log.warning("coordinator reports: %s", frame.message)
+
+    async def _serve(self, ws: websockets.ClientConnection, req: InferenceRequest) -> None:
+        engine = self.engines.get(req.model)
+        if engine is None:
+            await self._send(ws, Error(message=f"model {req.model!r} is not served by this node", code="model_not_found", status=404, request_id=req.request_id))
+            return
+        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        started = time.perf_counter()
+        engine.submit(req.request_id, req.messages, req.params, events)
+        seq = 0
+        while True:
+            ev = await events.get()
+            if isinstance(ev, TextDelta):
+                await self._send(ws, Chunk(request_id=req.request_id, seq=seq, text=ev.text, tokens=ev.tokens))  # type: ignore[arg-type]
+                seq += 1
+            elif isinstance(ev, Finished):
+                await self._send(ws, Complete(request_id=req.request_id, usage=ev.usage, finish_reason=ev.finish_reason))  # type: ignore[arg-type]
+                log.info(
+                    "request %s done: %s, %d prompt + %d completion tokens in %.2f s",
+                    req.request_id, ev.finish_reason, ev.usage.prompt_tokens, ev.usage.completion_tokens, time.perf_counter() - started,
+                )
+                return
+            elif isinstance(ev, Failed):
+                await self._send(ws, Error(message=ev.message, code=ev.code, status=ev.status, request_id=req.request_id))  # type: ignore[arg-type]
+                return

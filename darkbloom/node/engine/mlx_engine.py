@@ -1,0 +1,306 @@
+"""Continuous-batching engine on mlx-lm's ``BatchGenerator``, on one owned thread.
+
+The event loop talks to the engine thread through a command queue; the thread
+answers through ``loop.call_soon_threadsafe`` onto each request's asyncio
+queue. Requests join the running batch between decode steps and leave it as
+they finish or are cancelled, so a cancel takes effect within one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
+from darkbloom.node.engine.stops import StopMatcher
+from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Active:
+    request_id: str
+    uid: int
+    events: asyncio.Queue[EngineEvent]
+    detok: Any
+    stops: StopMatcher
+    prompt_tokens: int
+    generated: int = 0
+    unsent_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _seeded_sampler(temperature: float, top_p: float, seed: int) -> Any:
+    """A sampler with its own PRNG key, so a seed holds inside a shared batch."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_top_p
+
+    state = {"key": mx.random.key(seed)}
+
+    def sample(logprobs: Any) -> Any:
+        state["key"], sub = mx.random.split(state["key"])
+        if top_p < 1.0:
+            logprobs = apply_top_p(logprobs, top_p)
+        return mx.random.categorical(logprobs * (1.0 / temperature), key=sub)
+
+    return sample
+
+
+class MLXEngine:
+    """Serves one model directory with continuous batching.
+
+    Args:
+        model_path: A local MLX model directory (config, safetensors, tokenizer).
+        model_id: The id advertised to the coordinator.
+        max_concurrency: Most sequences decoding at once.
+        context_length: Longest prompt + completion accepted.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        model_id: str,
+        *,
+        max_concurrency: int = 8,
+        context_length: int | None = None,
+        prefill_step_size: int = 512,
+    ) -> None:
+        self.model_id = model_id
+        self.model_path = Path(model_path)
+        self.max_concurrency = max_concurrency
+        self._prefill_step = prefill_step_size
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._active: dict[int, _Active] = {}
+        self._by_request: dict[str, int] = {}
+        self._waiting = 0
+        self._decode_tps = 0.0
+        self._prefill_tps = 0.0
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self.context_length = context_length or 0
+        self._thread = threading.Thread(target=self._run, name=f"mlx-{model_id}", daemon=True)
+        self._thread.start()
+
+    # ---- event-loop side -------------------------------------------------------------
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the model is loaded; re-raise a load failure."""
+        self._ready.wait(timeout)
+        if self._load_error is not None:
+            raise self._load_error
+
+    def submit(
+        self,
+        request_id: str,
+        messages: tuple[ChatMessage, ...],
+        params: SamplingParams,
+        events: asyncio.Queue[EngineEvent],
+    ) -> None:
+        self._waiting += 1
+        self._commands.put(("submit", (request_id, messages, params, events, asyncio.get_running_loop())))
+
+    def cancel(self, request_id: str) -> None:
+        self._commands.put(("cancel", request_id))
+
+    def capacity(self) -> SlotCapacity:
+        running = len(self._active)
+        return SlotCapacity(
+            model=self.model_id,
+            state="running" if running else "idle",
+            num_running=running,
+            num_waiting=self._waiting,
+            max_concurrency=self.max_concurrency,
+            active_token_budget_max=self.context_length * self.max_concurrency,
+            observed_decode_tps=round(self._decode_tps, 2),
+            observed_prefill_tps=round(self._prefill_tps, 2),
+        )
+
+    def close(self) -> None:
+        self._commands.put(("close", None))
+        self._thread.join(timeout=10)
+
+    # ---- engine thread ------------------------------------------------------------------
+
+    def _emit(self, act: _Active | None, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[EngineEvent], ev: EngineEvent) -> None:
+        try:
+            loop.call_soon_threadsafe(q.put_nowait, ev)
+        except RuntimeError:  # the loop is gone; nobody is listening any more
+            pass
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # mlx does not free a thread's streams when it ends; without this the
+            # process can abort (exit 134) at interpreter shutdown (mlx#3126).
+            mx = sys.modules.get("mlx.core")
+            if mx is not None and hasattr(mx, "clear_streams"):
+                mx.clear_streams()
+
+    def _serve(self) -> None:
+        try:
+            import mlx.core as mx
+            from mlx_lm import load
+            from mlx_lm.generate import BatchGenerator
+
+            self._mx = mx
+            self._model, self._tok = load(str(self.model_path))
+            cfg_ctx = getattr(self._model.args, "max_position_embeddings", None) if hasattr(self._model, "args") else None
+            if not self.context_length:
+                self.context_length = int(cfg_ctx or 4096)
+            eos = [[t] for t in sorted(self._tok.eos_token_ids)]
+            self._gen = BatchGenerator(
+                self._model,
+                stop_tokens=eos,
+                completion_batch_size=self.max_concurrency,
+                prefill_batch_size=min(8, self.max_concurrency),
+                prefill_step_size=self._prefill_step,
+            )
+        except BaseException as exc:  # reported to whoever waits for readiness
+            self._load_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loops: dict[int, asyncio.AbstractEventLoop] = {}
+        while True:
+            block = not self._active
+            try:
+                cmd, arg = self._commands.get(block=block)
+            except queue.Empty:
+                self._step()
+                continue
+            if cmd == "close":
+                self._gen.close()
+                return
+            self._handle(cmd, arg)
+            # Drain every command that is already queued before the next step.
+            while True:
+                try:
+                    cmd, arg = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd == "close":
+                    self._gen.close()
+                    return
+                self._handle(cmd, arg)
+            if self._active:
+                self._step()
+
+    def _handle(self, cmd: str, arg: Any) -> None:
+        if cmd == "submit":
+            self._insert(*arg)
+        elif cmd == "cancel":
+            uid = self._by_request.get(arg)
+            if uid is not None:
+                self._gen.remove([uid])
+                self._finish(uid, "cancelled")
+
+    def _insert(
+        self,
+        request_id: str,
+        messages: tuple[ChatMessage, ...],
+        params: SamplingParams,
+        events: asyncio.Queue[EngineEvent],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._waiting -= 1
+        try:
+            msgs = [{"role": m.role, "content": m.content} for m in messages]
+            prompt = self._tok.apply_chat_template(msgs, add_generation_prompt=True)
+        except Exception as exc:
+            self._emit(None, loop, events, Failed(request_id, f"chat template failed: {exc}", "template_error", 400))
+            return
+        if len(prompt) + params.max_tokens > self.context_length:
+            msg = (
+                f"prompt of {len(prompt)} tokens plus max_tokens {params.max_tokens} exceeds "
+                f"the model's context length of {self.context_length} tokens"
+            )
+            self._emit(None, loop, events, Failed(request_id, msg, "context_length_exceeded", 400))
+            return
+        from mlx_lm.sample_utils import make_sampler
+
+        if params.temperature <= 0:
+            sampler = None
+        elif params.seed is not None:
+            sampler = _seeded_sampler(params.temperature, params.top_p, params.seed)
+        else:
+            sampler = make_sampler(temp=params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
+        try:
+            (uid,) = self._gen.insert([prompt], max_tokens=[params.max_tokens], samplers=[sampler])
+        except Exception as exc:
+            self._emit(None, loop, events, Failed(request_id, f"could not start generation: {exc}"))
+            return
+        self._active[uid] = _Active(
+            request_id=request_id,
+            uid=uid,
+            events=events,
+            detok=self._tok.detokenizer,
+            stops=StopMatcher(params.stop),
+            prompt_tokens=len(prompt),
+        )
+        self._loops[uid] = loop
+        self._by_request[request_id] = uid
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            prompt_resps, gen_resps = self._gen.next()
+        except Exception as exc:  # a broken step fails every running request, not the node
+            log.exception("decode step failed")
+            for uid in list(self._active):
+                act = self._active[uid]
+                self._emit(act, self._loops[uid], act.events, Failed(act.request_id, f"engine step failed: {exc}"))
+                self._forget(uid)
+            return
+        dt = time.perf_counter() - t0
+        if gen_resps and dt > 0:
+            tps = len(gen_resps) / dt
+            self._decode_tps = tps if not self._decode_tps else 0.8 * self._decode_tps + 0.2 * tps
+        elif prompt_resps and dt > 0:
+            self._prefill_tps = 0.8 * self._prefill_tps + 0.2 * (sum(1 for _ in prompt_resps) * self._prefill_step / dt)
+        for r in gen_resps:
+            act = self._active.get(r.uid)
+            if act is None:
+                continue
+            act.generated += 1
+            act.unsent_tokens += 1
+            if r.finish_reason != "stop":
+                act.detok.add_token(r.token)
+            text, hit_stop = act.stops.feed(act.detok.last_segment)
+            if text:
+                self._emit(act, self._loops[r.uid], act.events, TextDelta(act.request_id, text, act.unsent_tokens))
+                act.unsent_tokens = 0
+            if hit_stop:
+                self._gen.remove([r.uid])
+                self._finish(r.uid, "stop", flush=False)
+            elif r.finish_reason is not None:
+                self._finish(r.uid, "length" if r.finish_reason == "length" else "stop")
+
+    def _finish(self, uid: int, reason: str, flush: bool = True) -> None:
+        act = self._active[uid]
+        loop = self._loops[uid]
+        tail = ""
+        if flush and reason != "cancelled":
+            act.detok.finalize()
+            tail, _ = act.stops.feed(act.detok.last_segment)
+            tail += act.stops.flush()
+        # Tokens that produced no text (EOS, a stop string) still count: deltas sum to usage.
+        if tail or act.unsent_tokens:
+            self._emit(act, loop, act.events, TextDelta(act.request_id, tail, act.unsent_tokens))
+            act.unsent_tokens = 0
+        usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated)
+        self._emit(act, loop, act.events, Finished(act.request_id, usage, reason))  # type: ignore[arg-type]
+        self._forget(uid)
+
+    def _forget(self, uid: int) -> None:
+        act = self._active.pop(uid)
+        self._loops.pop(uid, None)
+        self._by_request.pop(act.request_id, None)

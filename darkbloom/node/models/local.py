@@ -1,0 +1,77 @@
+"""A local MLX model directory: its id, size, and a chat-template self-check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from darkbloom.protocol import ModelInfo
+
+PROBE = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Say hello."},
+]
+
+
+class ModelDirError(ValueError):
+    """The path is not a usable MLX model directory."""
+
+
+def model_id_for(path: Path, config: dict) -> str:
+    """The directory name, unless the config names the model (``darkbloom_model_id``)."""
+    return str(config.get("darkbloom_model_id") or path.name)
+
+
+def read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not path.is_dir():
+        raise ModelDirError(f"{path} is not a directory")
+    if not cfg.is_file():
+        raise ModelDirError(f"{path} has no config.json; is it an MLX model directory?")
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{cfg} is unreadable: {exc}") from exc
+
+
+def template_renders(path: Path) -> tuple[bool, str]:
+    """Render a probe conversation with the model's chat template.
+
+    Returns:
+        Whether it rendered, and the error if not.
+    """
+    try:
+        from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+        tok = load_tokenizer(path)
+        out = tok.apply_chat_template(PROBE, add_generation_prompt=True, tokenize=False)
+        if not out:
+            return False, "template rendered an empty prompt"
+        return True, ""
+    except Exception as exc:  # any failure means: never route to this model
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def describe(path: Path) -> tuple[ModelInfo, str]:
+    """Build the ``ModelInfo`` a node advertises for ``path`` (never hashes weights).
+
+    Returns:
+        The info and the template error ("" when the template renders).
+
+    Raises:
+        ModelDirError: not a model directory.
+    """
+    config = read_config(path)
+    weights = list(path.glob("*.safetensors"))
+    if not weights:
+        raise ModelDirError(f"{path} holds no .safetensors weights")
+    ok, err = template_renders(path)
+    quant = config.get("quantization") or {}
+    info = ModelInfo(
+        id=model_id_for(path, config),
+        size_bytes=sum(w.stat().st_size for w in weights),
+        quantization=f"q{quant['bits']}" if isinstance(quant, dict) and "bits" in quant else str(config.get("torch_dtype", "")),
+        template_render_ok=ok,
+        context_length=int(config.get("max_position_embeddings") or 0),
+    )
+    return info, err

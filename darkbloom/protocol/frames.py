@@ -1,0 +1,227 @@
+"""Node <-> coordinator frames: one tagged union, one ``encode``, one ``decode``.
+
+Every frame is a frozen msgspec struct whose JSON form carries a top-level
+``type`` tag and snake_case keys, as the original Darkbloom's wire does. The
+union decodes in one pass, which is what the streaming hot path needs.
+
+Sans-IO: nothing here touches a socket or an event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NewType, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change to a frame below."""
+
+MAX_FRAME_BYTES = 10 * 1024 * 1024
+"""Read limit for one WebSocket frame (the seed's 10 MB)."""
+
+NodeId = NewType("NodeId", str)
+RequestId = NewType("RequestId", str)
+ModelId = NewType("ModelId", str)
+
+
+class ProtocolError(ValueError):
+    """The one error ``decode`` raises: the bytes are not a valid frame.
+
+    Raised for invalid JSON, a missing or unknown ``type`` tag, a missing
+    required field, a field of the wrong type, or a frame over
+    ``MAX_FRAME_BYTES``. The message says which, so it can be sent back to
+    the peer in an ``error`` frame.
+    """
+
+
+class _Frame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
+    pass
+
+
+# ---- shared parts -------------------------------------------------------------
+
+
+class Hardware(msgspec.Struct, frozen=True):
+    """What the provider machine is; informs routing and the dashboard."""
+
+    chip: str = ""
+    memory_gb: float = 0.0
+    cpu_cores: int = 0
+    gpu_cores: int = 0
+    memory_bandwidth_gbs: float = 0.0
+    os: str = ""
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    """One model a node can serve."""
+
+    id: str
+    size_bytes: int = 0
+    quantization: str = ""
+    weight_hash: str | None = None
+    template_render_ok: bool = True
+    context_length: int = 0
+
+
+SlotState = Literal["running", "idle", "idle_shutdown", "crashed", "reloading"]
+
+
+class SlotCapacity(msgspec.Struct, frozen=True):
+    """One loaded model slot's capacity, as the node measures it."""
+
+    model: str
+    state: SlotState = "idle"
+    num_running: int = 0
+    num_waiting: int = 0
+    max_concurrency: int = 1
+    active_token_budget_used: int = 0
+    active_token_budget_max: int = 0
+    queued_token_budget: int = 0
+    kv_bytes_per_token: int = 0
+    observed_decode_tps: float = 0.0
+    observed_prefill_tps: float = 0.0
+
+
+class Capacity(msgspec.Struct, frozen=True):
+    """A node's capacity snapshot. Stale snapshots (lower ``capacity_seq``) are dropped."""
+
+    capacity_seq: int = 0
+    slots: tuple[SlotCapacity, ...] = ()
+    total_memory_gb: float = 0.0
+    free_for_load_gb: float | None = None
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Exact token counts for one request, as the node's tokenizer counted them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One message of the conversation a node renders with its chat template."""
+
+    role: str
+    content: str = ""
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How to sample one request. ``temperature`` 0 means greedy."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+# ---- node -> coordinator ----------------------------------------------------------
+
+
+class Register(_Frame, frozen=True, tag="register"):
+    """First frame a node sends after connecting."""
+
+    node_id: NodeId
+    models: tuple[ModelInfo, ...]
+    protocol_version: int = PROTOCOL_VERSION
+    version: str = ""
+    backend: str = "mlx"
+    hardware: Hardware = Hardware()
+    public_key: str | None = None
+    auth_token: str | None = None
+    capacity: Capacity | None = None
+
+
+class Heartbeat(_Frame, frozen=True, tag="heartbeat"):
+    """Periodic liveness and capacity report (every 5 s by default)."""
+
+    status: Literal["idle", "serving", "draining"] = "idle"
+    active_requests: int = 0
+    capacity: Capacity | None = None
+    memory_pressure: float = 0.0
+    cpu_usage: float = 0.0
+
+
+class Chunk(_Frame, frozen=True, tag="chunk"):
+    """A piece of generated text for one request, in order (``seq`` from 0)."""
+
+    request_id: RequestId
+    seq: int
+    text: str
+    tokens: int = 1
+
+
+class Complete(_Frame, frozen=True, tag="complete"):
+    """The terminal success frame of a request, with exact usage."""
+
+    request_id: RequestId
+    usage: Usage
+    finish_reason: Literal["stop", "length", "tool_calls", "cancelled"] = "stop"
+
+
+class Error(_Frame, frozen=True, tag="error"):
+    """An error about one request (``request_id`` set) or the connection (``None``)."""
+
+    message: str
+    code: str = "provider_error"
+    status: int = 502
+    request_id: RequestId | None = None
+    feasible_after_ms: int | None = None
+
+
+# ---- coordinator -> node ----------------------------------------------------------
+
+
+class Registered(_Frame, frozen=True, tag="registered"):
+    """The coordinator's answer to ``register``."""
+
+    node_id: NodeId
+    protocol_version: int = PROTOCOL_VERSION
+    heartbeat_interval_s: float = 5.0
+
+
+class InferenceRequest(_Frame, frozen=True, tag="inference_request"):
+    """Run one chat completion on a model the node serves."""
+
+    request_id: RequestId
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams = SamplingParams()
+
+
+class Cancel(_Frame, frozen=True, tag="cancel"):
+    """Stop a request; the node answers with ``complete`` (finish_reason cancelled)."""
+
+    request_id: RequestId
+    reason: str = ""
+
+
+Frame = Union[Register, Registered, Heartbeat, InferenceRequest, Chunk, Complete, Error, Cancel]
+"""Every frame either side may send."""
+
+FRAME_TYPES: tuple[type, ...] = Frame.__args__  # type: ignore[attr-defined]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Frame)
+
+
+def encode(frame: Frame) -> bytes:
+    """Serialize a frame to its JSON wire form."""
+    return _encoder.encode(frame)
+
+
+def decode(data: bytes | str) -> Frame:
+    """Parse one frame.
+
+    Raises:
+        ProtocolError: the data is not exactly one valid frame.
+    """
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES} byte limit")
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeError) as exc:  # bad UTF-8 in a tag, or lone surrogates in a str
+        raise ProtocolError(str(exc)) from None

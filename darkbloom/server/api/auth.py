@@ -1,0 +1,41 @@
+"""Consumer authentication for the HTTP routes."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+
+from darkbloom.protocol.openai import RequestError
+from darkbloom.server.auth.keys import authenticate
+from darkbloom.server.store import ApiKeyRecord
+
+
+def bearer_key(request: Request) -> str:
+    """The API key from ``Authorization: Bearer`` (or ``x-api-key``), else ``""``."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+async def require_consumer(request: Request) -> ApiKeyRecord:
+    """The caller's key record.
+
+    Raises:
+        RequestError: 401 when the key is missing, unknown or revoked.
+    """
+    key = bearer_key(request)
+    if not key:
+        raise RequestError(
+            401,
+            "Missing API key: send 'Authorization: Bearer <key>' (darkbloom keys create makes one)",
+            type="authentication_error",
+            code="missing_api_key",
+        )
+    record = await authenticate(request.app.state.store, key)
+    if record is None:
+        raise RequestError(401, "Invalid or revoked API key", type="authentication_error", code="invalid_api_key")
+    await request.app.state.store.touch_api_key(record.key_id, time.time())
+    return record

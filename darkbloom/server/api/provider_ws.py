@@ -1,0 +1,109 @@
+"""WebSocket endpoint for provider nodes: ``/v1/provider/ws``.
+
+The first frame must be ``register``; then heartbeats and per-request frames
+flow in, and the coordinator sends ``inference_request`` and ``cancel`` out.
+A malformed frame earns an ``error`` frame and is otherwise ignored: the
+connection stays usable, and no other connection is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from darkbloom.protocol import (
+    PROTOCOL_VERSION,
+    Chunk,
+    Complete,
+    Error,
+    Heartbeat,
+    ProtocolError,
+    Register,
+    Registered,
+    decode,
+    encode,
+)
+from darkbloom.server.fleet import Fleet, NodeLink
+
+log = logging.getLogger(__name__)
+
+REGISTER_TIMEOUT_S = 30.0
+
+
+async def _recv(ws: WebSocket) -> bytes | None:
+    msg = await ws.receive()
+    if msg["type"] == "websocket.disconnect":
+        return None
+    data = msg.get("bytes")
+    if data is None:
+        data = (msg.get("text") or "").encode()
+    return data
+
+
+async def provider_socket(ws: WebSocket) -> None:
+    fleet: Fleet = ws.app.state.fleet
+    await ws.accept()
+    try:
+        first = await asyncio.wait_for(_recv(ws), REGISTER_TIMEOUT_S)
+    except (asyncio.TimeoutError, WebSocketDisconnect):
+        await ws.close(code=1008, reason="no register frame")
+        return
+    if first is None:
+        return
+    try:
+        frame = decode(first)
+    except ProtocolError as exc:
+        await ws.send_bytes(encode(Error(message=f"malformed register frame: {exc}", code="bad_frame", status=400)))
+        await ws.close(code=1008, reason="first frame must be a valid register frame")
+        return
+    if not isinstance(frame, Register):
+        await ws.close(code=1008, reason=f"first frame must be register, got {type(frame).__name__}")
+        return
+    if frame.protocol_version != PROTOCOL_VERSION:
+        await ws.close(code=1008, reason=f"protocol version {frame.protocol_version} unsupported; coordinator speaks {PROTOCOL_VERSION}")
+        return
+    node_id = frame.node_id
+    if node_id in fleet.links:
+        # A reconnect that beat our noticing the old socket's death: the new one wins.
+        await fleet.detach(node_id, "provider reconnected")
+    now = fleet.clock()
+    fleet.registry.add(node_id, frame.models, frame.hardware, now, version=frame.version, capacity=frame.capacity)
+    link = NodeLink(node_id=node_id, send_bytes=ws.send_bytes)
+    fleet.attach(link)
+    log.info("node %s registered with models %s", node_id, [m.id for m in frame.models])
+    try:
+        await link.send(Registered(node_id=node_id, heartbeat_interval_s=ws.app.state.settings.heartbeat_interval_s))
+        await _serve(ws, fleet, link)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if fleet.links.get(node_id) is link:
+            await fleet.detach(node_id)
+        log.info("node %s disconnected", node_id)
+
+
+async def _serve(ws: WebSocket, fleet: Fleet, link: NodeLink) -> None:
+    node_id = link.node_id
+    while True:
+        data = await _recv(ws)
+        if data is None:
+            return
+        try:
+            frame = decode(data)
+        except ProtocolError as exc:
+            log.warning("node %s sent a malformed frame: %s", node_id, exc)
+            await link.send(Error(message=f"malformed frame ignored: {exc}", code="bad_frame", status=400))
+            continue
+        if isinstance(frame, (Chunk, Complete)):
+            fleet.deliver(node_id, frame.request_id, frame)
+        elif isinstance(frame, Error):
+            if frame.request_id is not None:
+                fleet.deliver(node_id, frame.request_id, frame)
+            else:
+                log.warning("node %s reports: %s", node_id, frame.message)
+        elif isinstance(frame, Heartbeat):
+            fleet.registry.heartbeat(node_id, frame.capacity, fleet.clock())
+        else:
+            await link.send(Error(message=f"unexpected {type(frame).__name__} frame from a node", code="bad_frame", status=400))

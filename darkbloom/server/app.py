@@ -1,0 +1,64 @@
+"""The coordinator's app factory: routes, lifespan, shared state (thin)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from darkbloom.server.api import consumer, provider_ws
+from darkbloom.server.fleet import Fleet
+from darkbloom.server.settings import Settings
+from darkbloom.server.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+async def _evict_silent_nodes(fleet: Fleet, settings: Settings) -> None:
+    """Drop nodes that have not sent a heartbeat within the timeout."""
+    while True:
+        await asyncio.sleep(min(settings.heartbeat_interval_s, settings.node_timeout_s / 3))
+        for node_id in fleet.registry.expired(fleet.clock(), settings.node_timeout_s):
+            log.warning("evicting node %s: silent for over %.0f s", node_id, settings.node_timeout_s)
+            await fleet.detach(node_id, "provider timed out")
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    """Build the coordinator app.
+
+    Args:
+        settings: Coordinator settings.
+        store: An unopened store; by default the one ``settings`` names. The
+            lifespan migrates (opens) it and closes it.
+    """
+    store = store or open_store(settings.resolved_db_url())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.migrate()
+        fleet = Fleet()
+        app.state.fleet = fleet
+        evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings))
+        try:
+            yield
+        finally:
+            evictor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await evictor
+            await store.close()
+
+    routes = [
+        Route("/health", consumer.health, methods=["GET"]),
+        Route("/v1/chat/completions", consumer.chat_completions, methods=["POST"]),
+        Route("/v1/models", consumer.list_models, methods=["GET"]),
+        WebSocketRoute("/v1/provider/ws", provider_ws.provider_socket),
+        Route("/v1/{rest:path}", consumer.not_implemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = store
+    return app

@@ -1,0 +1,30 @@
+"""Run the coordinator under uvicorn."""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+
+from darkbloom.server.app import create_app
+from darkbloom.server.settings import Settings
+
+
+def uvicorn_server(settings: Settings, *, sock: socket.socket | None = None, log_level: str = "info") -> uvicorn.Server:
+    """A uvicorn server for the coordinator, not yet started."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        ws_max_size=16 * 1024 * 1024,
+        ws_ping_interval=20,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+def serve(settings: Settings) -> None:
+    """Run the coordinator in the foreground until interrupted."""
+    uvicorn_server(settings).run()

@@ -1,0 +1,31 @@
+"""Persistence: one ``Store`` interface, SQLite and PostgreSQL backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from darkbloom.server.store.base import ApiKeyRecord, Store, StoreError
+
+
+def open_store(url: str, *, schema: str | None = None) -> Store:
+    """Build (not yet connect) the store a database URL names.
+
+    ``sqlite:///absolute/path.db`` or ``postgresql://user@host:port/db``.
+
+    Raises:
+        StoreError: the URL names no supported database.
+    """
+    if url.startswith("sqlite:///"):
+        from darkbloom.server.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url, Path(url.removeprefix("sqlite:///")).expanduser())
+    if url.startswith(("postgresql://", "postgres://")):
+        from darkbloom.server.store.postgres import PostgresStore
+
+        return PostgresStore(url, schema=schema)
+    raise StoreError(
+        f"unsupported database URL {url!r}: use sqlite:///absolute/path.db or postgresql://user@host:port/dbname"
+    )
+
+
+__all__ = ["ApiKeyRecord", "Store", "StoreError", "open_store"]

@@ -1,0 +1,57 @@
+"""Real processes: a ``darkbloom serve`` coordinator and ``darkbloom node`` providers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from darkbloom.node.models.tiny import build_tiny_model
+from darkbloom.testing import Proc, create_key, free_port, start, wait_http, wait_model
+
+
+@dataclass
+class Network:
+    base_url: str
+    key: str
+    db_url: str
+    home: Path
+    coordinator: Proc
+    nodes: list[Proc]
+    model_dir: Path
+    model: str = "tiny-e2e"
+
+    def add_node(self, name: str) -> Proc:
+        home = self.home / name
+        proc = start(["node", "--coordinator", self.base_url, "--model", str(self.model_dir), "--home", str(home)], home / "node.log")
+        self.nodes.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(p.text() for p in [self.coordinator, *self.nodes])
+
+
+@pytest.fixture(scope="session")
+def e2e_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-e2e")
+
+
+@pytest.fixture
+def network(tmp_path: Path, e2e_model_dir: Path) -> Iterator[Network]:
+    """A real coordinator process and one real node process serving the tiny model."""
+    port = free_port()
+    db_url = f"sqlite:///{tmp_path / 'coord.db'}"
+    coord = start(["serve", "--port", str(port), "--db", db_url, "--home", str(tmp_path / "coord")], tmp_path / "coord.log")
+    base = f"http://127.0.0.1:{port}"
+    net = Network(base, "", db_url, tmp_path, coord, [], e2e_model_dir)
+    try:
+        wait_http(f"{base}/health", proc=coord)
+        net.key = create_key(db_url, tmp_path / "coord")
+        net.add_node("node1")
+        wait_model(base, net.key, net.model)
+        yield net
+    finally:
+        for proc in [*net.nodes, net.coordinator]:
+            proc.stop()

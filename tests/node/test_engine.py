@@ -1,0 +1,251 @@
+"""MLXEngine on a tiny random model: batching is invisible, accounting is exact, every request ends.
+
+The oracle (after mlx-lm's ``test_batch_matches_single``): with greedy or
+seeded sampling, a request's output must not depend on what else shares its
+batch, nor on when it joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
+from darkbloom.node.engine.mlx_engine import MLXEngine
+from darkbloom.protocol import ChatMessage, SamplingParams
+
+pytestmark = pytest.mark.anyio
+
+PROMPTS = [
+    "hello",
+    "what is the capital of france?",
+    "one two three four five six seven eight nine ten",
+    "the quick brown fox jumps over the lazy dog. " * 6,
+    "darkbloom is a private inference network",
+    "tool function arguments",
+]
+"""Different lengths on purpose: batched prompts are padded, and padding must not change the answer."""
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[MLXEngine]:
+    eng = MLXEngine(tiny_model_dir, "tiny", max_concurrency=8)
+    eng.wait_ready(timeout=60)
+    yield eng
+    eng.close()
+    assert not eng._thread.is_alive()
+
+
+@dataclass
+class Outcome:
+    deltas: list[TextDelta]
+    end: Finished | Failed
+
+    @property
+    def text(self) -> str:
+        return "".join(d.text for d in self.deltas)
+
+    @property
+    def finished(self) -> Finished:
+        assert isinstance(self.end, Finished), self.end
+        return self.end
+
+    def key(self) -> tuple[str, int, int, str]:
+        """What must not change with batching: text, token counts, and why it ended."""
+        f = self.finished
+        return self.text, f.usage.prompt_tokens, f.usage.completion_tokens, f.finish_reason
+
+
+def submit(engine: MLXEngine, prompt: str, **params: Any) -> tuple[str, asyncio.Queue[EngineEvent]]:
+    request_id = f"req-{next(_ids)}"
+    events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+    engine.submit(request_id, (ChatMessage(role="user", content=prompt),), SamplingParams(**params), events)
+    return request_id, events
+
+
+async def collect(request_id: str, events: asyncio.Queue[EngineEvent], timeout: float = 20) -> Outcome:
+    deltas: list[TextDelta] = []
+    with anyio.fail_after(timeout):
+        while True:
+            ev = await events.get()
+            assert ev.request_id == request_id
+            if isinstance(ev, TextDelta):
+                deltas.append(ev)
+                continue
+            await anyio.sleep(0.01)
+            assert events.empty(), "events after the terminal one"
+            return Outcome(deltas, ev)
+
+
+async def generate(engine: MLXEngine, prompt: str, **params: Any) -> Outcome:
+    return await collect(*submit(engine, prompt, **params))
+
+
+GREEDY = {"temperature": 0.0, "max_tokens": 40}
+SEEDED = {"temperature": 1.0, "seed": 7, "max_tokens": 32}
+
+
+async def test_concurrent_greedy_requests_match_each_alone(engine: MLXEngine) -> None:
+    alone = [(await generate(engine, p, **GREEDY)).key() for p in PROMPTS]
+    assert len({text for text, *_ in alone}) == len(PROMPTS), "the tiny model should answer each prompt differently"
+
+    submitted = [submit(engine, p, **GREEDY) for p in PROMPTS]  # all queued before the next decode step
+    together = [(await collect(*s)).key() for s in submitted]
+    assert together == alone
+
+
+async def test_requests_joining_a_running_batch_match_each_alone(engine: MLXEngine) -> None:
+    alone = [(await generate(engine, p, **GREEDY)).key() for p in PROMPTS]
+
+    first = [submit(engine, p, **GREEDY) for p in PROMPTS[:3]]
+    with anyio.fail_after(10):
+        await first[0][1].get()  # the batch is decoding: now the rest join it
+    rest = [submit(engine, p, **GREEDY) for p in PROMPTS[3:]]
+    head = await collect(*first[0])
+    assert head.finished.usage.completion_tokens == alone[0][2]
+    later = [(await collect(*s)).key() for s in first[1:] + rest]
+    assert later == alone[1:]
+
+
+async def test_completion_tokens_equal_the_sum_of_delta_tokens(engine: MLXEngine) -> None:
+    for prompt in PROMPTS:
+        out = await generate(engine, prompt, **GREEDY)
+        assert out.finished.usage.completion_tokens == sum(d.tokens for d in out.deltas)
+        assert all(d.tokens >= 1 for d in out.deltas)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 5, 17])
+async def test_max_tokens_is_respected_with_finish_reason_length(engine: MLXEngine, max_tokens: int) -> None:
+    out = await generate(engine, "one two three", temperature=0.0, max_tokens=max_tokens)
+    assert out.finished.finish_reason == "length"
+    assert out.finished.usage.completion_tokens == max_tokens
+    assert out.finished.usage.prompt_tokens > 0
+
+
+async def test_cancel_mid_stream_ends_quickly_and_the_engine_keeps_serving(engine: MLXEngine) -> None:
+    max_tokens = 1500
+    request_id, events = submit(engine, "hello", temperature=0.0, max_tokens=max_tokens)
+    with anyio.fail_after(10):
+        first = await events.get()
+    assert isinstance(first, TextDelta)
+
+    started = time.perf_counter()
+    engine.cancel(request_id)
+    out = await collect(request_id, events, timeout=5)
+    assert time.perf_counter() - started < 2
+    assert out.finished.finish_reason == "cancelled"
+    assert out.finished.usage.completion_tokens < max_tokens
+    assert out.finished.usage.completion_tokens == sum(d.tokens for d in [first, *out.deltas])
+    assert engine.capacity().num_running == 0
+
+    engine.cancel(request_id)  # cancelling a finished request is harmless
+    after = await generate(engine, "hello", temperature=0.0, max_tokens=4)
+    assert (after.finished.finish_reason, after.finished.usage.completion_tokens) == ("length", 4)
+
+
+async def test_cancel_one_request_leaves_its_batch_mates_untouched(engine: MLXEngine) -> None:
+    alone = [(await generate(engine, p, **GREEDY)).key() for p in PROMPTS[:3]]
+    victim = submit(engine, "the lazy dog", temperature=0.0, max_tokens=1500)
+    others = [submit(engine, p, **GREEDY) for p in PROMPTS[:3]]
+    with anyio.fail_after(10):
+        await victim[1].get()
+    engine.cancel(victim[0])
+    assert (await collect(*victim)).finished.finish_reason == "cancelled"
+    assert [(await collect(*s)).key() for s in others] == alone
+
+
+async def test_prompt_longer_than_context_fails_with_400_and_engine_keeps_serving(engine: MLXEngine) -> None:
+    out = await generate(engine, "hello world " * 1200, temperature=0.0, max_tokens=8)
+    assert isinstance(out.end, Failed)
+    assert (out.end.code, out.end.status) == ("context_length_exceeded", 400)
+    assert str(engine.context_length) in out.end.message
+    assert out.deltas == []
+
+    after = await generate(engine, "hello", temperature=0.0, max_tokens=4)
+    assert after.finished.usage.completion_tokens == 4
+
+
+async def test_stop_string_ends_generation_without_the_stop_text(engine: MLXEngine) -> None:
+    prompt = "what is the capital of france?"
+    full = await generate(engine, prompt, temperature=0.0, max_tokens=60)
+    # A stop string taken from the middle of the greedy answer, so it surely occurs.
+    start = next(
+        i for i in range(8, len(full.text) - 3) if all(c.isascii() and c.isalnum() for c in full.text[i : i + 3])
+    )
+    stop = full.text[start : start + 3]
+    expected = full.text[: full.text.find(stop)]
+
+    out = await generate(engine, prompt, temperature=0.0, max_tokens=60, stop=(stop, "never appears"))
+    assert out.finished.finish_reason == "stop"
+    assert out.text == expected
+    assert stop not in out.text
+    assert out.finished.usage.completion_tokens < full.finished.usage.completion_tokens
+    assert out.finished.usage.completion_tokens == sum(d.tokens for d in out.deltas)
+
+
+async def test_seeded_sampling_repeats_alone_and_alongside_other_requests(engine: MLXEngine) -> None:
+    first = (await generate(engine, "hello", **SEEDED)).key()
+    assert (await generate(engine, "hello", **SEEDED)).key() == first
+
+    crowd = [
+        submit(engine, "one two three", temperature=1.0, max_tokens=24),
+        submit(engine, "hello", **{**SEEDED, "seed": 8}),
+        submit(engine, "the quick brown fox", temperature=0.0, max_tokens=24),
+    ]
+    seeded = submit(engine, "hello", **SEEDED)
+    crowd.append(submit(engine, "hello", temperature=1.0, max_tokens=40))
+    assert (await collect(*seeded)).key() == first
+    other_seed = [await collect(*s) for s in crowd][1]
+    assert other_seed.text != first[0], "a different seed should sample differently"
+
+
+async def test_stop_string_at_the_very_start_still_accounts_every_token(engine: MLXEngine) -> None:
+    prompt = "what is the capital of france?"
+    full = await generate(engine, prompt, temperature=0.0, max_tokens=20)
+    out = await generate(engine, prompt, temperature=0.0, max_tokens=20, stop=(full.text[:2],))
+    assert out.finished.finish_reason == "stop"
+    assert out.text == ""
+    assert out.finished.usage.completion_tokens >= 1
+    assert out.finished.usage.completion_tokens == sum(d.tokens for d in out.deltas)
+
+
+def test_a_process_that_served_a_request_exits_cleanly(tiny_model_dir: Path) -> None:
+    # mlx aborts the interpreter at exit (status 134) when a thread's streams are left behind.
+    script = f"""
+import asyncio
+from darkbloom.node.engine.base import Finished
+from darkbloom.node.engine.mlx_engine import MLXEngine
+from darkbloom.protocol import ChatMessage, SamplingParams
+
+async def main():
+    engine = MLXEngine({str(tiny_model_dir)!r}, "tiny")
+    engine.wait_ready(60)
+    events = asyncio.Queue()
+    engine.submit("r", (ChatMessage(role="user", content="hi"),), SamplingParams(max_tokens=4, temperature=0), events)
+    while not isinstance(await events.get(), Finished):
+        pass
+    engine.close()
+
+asyncio.run(main())
+print("served")
+"""
+    # The abort is intermittent, so a few processes at once make a regression show up.
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert (proc.returncode, out.strip()) == (0, "served"), err

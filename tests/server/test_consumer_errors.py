@@ -1,0 +1,78 @@
+"""Bad input on the consumer routes: status code and OpenAI error body for each case."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.server.conftest import Coordinator, register
+
+CHAT = "/v1/chat/completions"
+GOOD = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _error(resp, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_missing_key_is_401(coordinator: Coordinator) -> None:
+    err = _error(coordinator.client.post(CHAT, json=GOOD), 401)
+    assert err["code"] == "missing_api_key"
+
+
+def test_wrong_key_is_401(coordinator: Coordinator) -> None:
+    resp = coordinator.client.post(CHAT, json=GOOD, headers={"Authorization": "Bearer dbk-nope"})
+    assert _error(resp, 401)["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b'"hi"', b"42", b"null", b"[]", b'{"model": "m1",}', b"{'model': 'm1'}", b"\xff\xfe\x00"],
+    ids=["empty", "truncated", "string", "number", "null", "array", "trailing-comma", "single-quotes", "binary"],
+)
+def test_malformed_json_is_400(coordinator: Coordinator, body: bytes) -> None:
+    resp = coordinator.client.post(CHAT, content=body, headers=coordinator.auth)
+    assert _error(resp, 400)["type"] == "invalid_request_error"
+
+
+def test_missing_messages_names_the_param(coordinator: Coordinator) -> None:
+    resp = coordinator.client.post(CHAT, json={"model": "m1"}, headers=coordinator.auth)
+    assert _error(resp, 400)["param"] == "messages"
+
+
+def test_unknown_model_is_404(coordinator: Coordinator) -> None:
+    resp = coordinator.client.post(CHAT, json={**GOOD, "model": "nope"}, headers=coordinator.auth)
+    err = _error(resp, 404)
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+
+
+def test_model_without_a_node_is_503_with_retry_after(coordinator: Coordinator) -> None:
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register(ws)
+    # The node came and went: the model is known but nobody serves it now.
+    resp = coordinator.client.post(CHAT, json=GOOD, headers=coordinator.auth)
+    assert _error(resp, 503)["code"] == "model_unavailable"
+    assert int(resp.headers["retry-after"]) > 0
+
+
+def test_body_over_the_limit_is_413(coordinator: Coordinator) -> None:
+    big = {"model": "m1", "messages": [{"role": "user", "content": "x" * (coordinator.settings.max_body_bytes + 1)}]}
+    resp = coordinator.client.post(CHAT, json=big, headers=coordinator.auth)
+    assert _error(resp, 413)["code"] == "request_too_large"
+
+
+def test_unknown_v1_path_is_404_naming_the_endpoint(coordinator: Coordinator) -> None:
+    err = _error(coordinator.client.post("/v1/embeddings", json={}, headers=coordinator.auth), 404)
+    assert err["message"] == "endpoint POST /v1/embeddings is not implemented"
+
+
+def test_models_lists_only_served_models(coordinator: Coordinator) -> None:
+    assert coordinator.client.get("/v1/models", headers=coordinator.auth).json() == {"object": "list", "data": []}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register(ws, model="m1")
+        data = coordinator.client.get("/v1/models", headers=coordinator.auth).json()["data"]
+        assert [m["id"] for m in data] == ["m1"] and data[0]["object"] == "model"
+    assert coordinator.client.get("/v1/models", headers=coordinator.auth).json()["data"] == []
