@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from darkbloom.server.api import consumer, provider_ws
+from darkbloom.server.api import chat, consumer, provider_ws
+from darkbloom.server.gateway import RequestHook
 from darkbloom.server.fleet import Fleet
 from darkbloom.server.settings import Settings
 from darkbloom.server.store import Store, open_store
@@ -27,13 +28,14 @@ async def _evict_silent_nodes(fleet: Fleet, settings: Settings) -> None:
             await fleet.detach(node_id, "provider timed out")
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+def create_app(settings: Settings, store: Store | None = None, hooks: list[RequestHook] | None = None) -> Starlette:
     """Build the coordinator app.
 
     Args:
         settings: Coordinator settings.
         store: An unopened store; by default the one ``settings`` names. The
             lifespan migrates (opens) it and closes it.
+        hooks: Extra request hooks (admission and settlement), run after the built-in ones.
     """
     store = store or open_store(settings.resolved_db_url())
 
@@ -53,7 +55,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     routes = [
         Route("/health", consumer.health, methods=["GET"]),
-        Route("/v1/chat/completions", consumer.chat_completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/models", consumer.list_models, methods=["GET"]),
         WebSocketRoute("/v1/provider/ws", provider_ws.provider_socket),
         Route("/v1/{rest:path}", consumer.not_implemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
@@ -61,4 +63,5 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
     app.state.store = store
+    app.state.hooks = list(hooks or [])
     return app

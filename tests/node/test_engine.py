@@ -75,8 +75,18 @@ def submit(engine: MLXEngine, prompt: str, **params: Any) -> tuple[str, asyncio.
     return request_id, events
 
 
-async def collect(request_id: str, events: asyncio.Queue[EngineEvent], timeout: float = 20) -> Outcome:
-    deltas: list[TextDelta] = []
+async def first_delta(events: asyncio.Queue[EngineEvent]) -> TextDelta:
+    with anyio.fail_after(10):
+        ev = await events.get()
+    assert isinstance(ev, TextDelta), ev
+    return ev
+
+
+async def collect(
+    request_id: str, events: asyncio.Queue[EngineEvent], timeout: float = 20, seen: tuple[TextDelta, ...] = ()
+) -> Outcome:
+    """Read a request's events up to its terminal one; ``seen`` are deltas already taken off the queue."""
+    deltas = list(seen)
     with anyio.fail_after(timeout):
         while True:
             ev = await events.get()
@@ -101,8 +111,10 @@ async def test_concurrent_greedy_requests_match_each_alone(engine: MLXEngine) ->
     alone = [(await generate(engine, p, **GREEDY)).key() for p in PROMPTS]
     assert len({text for text, *_ in alone}) == len(PROMPTS), "the tiny model should answer each prompt differently"
 
-    submitted = [submit(engine, p, **GREEDY) for p in PROMPTS]  # all queued before the next decode step
-    together = [(await collect(*s)).key() for s in submitted]
+    submitted = [submit(engine, p, **GREEDY) for p in PROMPTS]
+    head = await first_delta(submitted[0][1])
+    assert engine.capacity().num_running > 1, "the requests should share a batch"
+    together = [(await collect(*s, seen=(head,) if i == 0 else ())).key() for i, s in enumerate(submitted)]
     assert together == alone
 
 
@@ -110,13 +122,10 @@ async def test_requests_joining_a_running_batch_match_each_alone(engine: MLXEngi
     alone = [(await generate(engine, p, **GREEDY)).key() for p in PROMPTS]
 
     first = [submit(engine, p, **GREEDY) for p in PROMPTS[:3]]
-    with anyio.fail_after(10):
-        await first[0][1].get()  # the batch is decoding: now the rest join it
+    head = await first_delta(first[0][1])  # the batch is decoding: now the rest join it
     rest = [submit(engine, p, **GREEDY) for p in PROMPTS[3:]]
-    head = await collect(*first[0])
-    assert head.finished.usage.completion_tokens == alone[0][2]
-    later = [(await collect(*s)).key() for s in first[1:] + rest]
-    assert later == alone[1:]
+    joined = [(await collect(*s, seen=(head,) if i == 0 else ())).key() for i, s in enumerate(first + rest)]
+    assert joined == alone
 
 
 async def test_completion_tokens_equal_the_sum_of_delta_tokens(engine: MLXEngine) -> None:
@@ -137,17 +146,15 @@ async def test_max_tokens_is_respected_with_finish_reason_length(engine: MLXEngi
 async def test_cancel_mid_stream_ends_quickly_and_the_engine_keeps_serving(engine: MLXEngine) -> None:
     max_tokens = 1500
     request_id, events = submit(engine, "hello", temperature=0.0, max_tokens=max_tokens)
-    with anyio.fail_after(10):
-        first = await events.get()
-    assert isinstance(first, TextDelta)
+    head = await first_delta(events)
 
     started = time.perf_counter()
     engine.cancel(request_id)
-    out = await collect(request_id, events, timeout=5)
+    out = await collect(request_id, events, timeout=5, seen=(head,))
     assert time.perf_counter() - started < 2
     assert out.finished.finish_reason == "cancelled"
     assert out.finished.usage.completion_tokens < max_tokens
-    assert out.finished.usage.completion_tokens == sum(d.tokens for d in [first, *out.deltas])
+    assert out.finished.usage.completion_tokens == sum(d.tokens for d in out.deltas)
     assert engine.capacity().num_running == 0
 
     engine.cancel(request_id)  # cancelling a finished request is harmless
@@ -159,8 +166,7 @@ async def test_cancel_one_request_leaves_its_batch_mates_untouched(engine: MLXEn
     alone = [(await generate(engine, p, **GREEDY)).key() for p in PROMPTS[:3]]
     victim = submit(engine, "the lazy dog", temperature=0.0, max_tokens=1500)
     others = [submit(engine, p, **GREEDY) for p in PROMPTS[:3]]
-    with anyio.fail_after(10):
-        await victim[1].get()
+    await first_delta(victim[1])
     engine.cancel(victim[0])
     assert (await collect(*victim)).finished.finish_reason == "cancelled"
     assert [(await collect(*s)).key() for s in others] == alone

@@ -27,11 +27,30 @@ class Coordinator:
         return {"Authorization": f"Bearer {self.key}"}
 
 
+class RecordingHook:
+    """A request hook that records every admit and settle call."""
+
+    def __init__(self) -> None:
+        self.admitted: list[str] = []
+        self.settled: list[tuple[str, str, object, object]] = []
+
+    async def admit(self, job) -> None:  # type: ignore[no-untyped-def]
+        self.admitted.append(job.request_id)
+
+    async def settle(self, job, outcome, usage, node_id) -> None:  # type: ignore[no-untyped-def]
+        self.settled.append((job.request_id, outcome, usage, node_id))
+
+
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+def hook() -> RecordingHook:
+    return RecordingHook()
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path, hook: RecordingHook) -> Iterator[Coordinator]:
     settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", max_body_bytes=64 * 1024)
     key, _ = asyncio.run(create_key_in(settings.db_url))
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, hooks=[hook])) as client:
         yield Coordinator(client, key, settings)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from darkbloom.protocol.openai import RequestError
@@ -29,3 +30,19 @@ def model_unavailable(model: str, retry_after: int = 5) -> RequestError:
         param="model",
         headers={"Retry-After": str(retry_after)},
     )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refusing more than the configured limit with 413."""
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+    chunks = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise RequestError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        chunks.append(part)
+    return b"".join(chunks)
