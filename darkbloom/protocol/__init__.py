@@ -5,6 +5,13 @@ node import this package; neither imports the other.
 """
 
 from darkbloom.protocol.frames import (
+    AttestationChallenge,
+    AttestationResponse,
+    LoadModel,
+    LoadModelStatus,
+    SealedEnvelope,
+    TrustStatus,
+    UnloadModel,
     FRAME_TYPES,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -32,6 +39,13 @@ from darkbloom.protocol.frames import (
 )
 
 __all__ = [
+    "AttestationChallenge",
+    "AttestationResponse",
+    "LoadModel",
+    "LoadModelStatus",
+    "SealedEnvelope",
+    "TrustStatus",
+    "UnloadModel",
     "FRAME_TYPES",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",

@@ -146,20 +146,46 @@ class Heartbeat(_Frame, frozen=True, tag="heartbeat"):
 
 
 class Chunk(_Frame, frozen=True, tag="chunk"):
-    """A piece of generated text for one request, in order (``seq`` from 0)."""
+    """A piece of generated text for one request, in order (``seq`` from 0).
+
+    For a sealed request ``text`` is empty and ``sealed`` holds the piece
+    encrypted under the request's content key (base64).
+    """
 
     request_id: RequestId
     seq: int
     text: str
     tokens: int = 1
+    sealed: str | None = None
 
 
 class Complete(_Frame, frozen=True, tag="complete"):
-    """The terminal success frame of a request, with exact usage."""
+    """The terminal success frame of a request, with exact usage.
+
+    ``receipt`` is the node's signed receipt (JSON, base64 signature inside)
+    when the node has an identity key.
+    """
 
     request_id: RequestId
     usage: Usage
     finish_reason: Literal["stop", "length", "tool_calls", "cancelled"] = "stop"
+    receipt: str | None = None
+
+
+class AttestationResponse(_Frame, frozen=True, tag="attestation_response"):
+    """The node's signature over a challenge nonce and its current state."""
+
+    nonce: str
+    signature: str
+    state: str = ""
+
+
+class LoadModelStatus(_Frame, frozen=True, tag="load_model_status"):
+    """Progress of a ``load_model``/``unload_model`` command."""
+
+    model: str
+    status: Literal["started", "loaded", "load_failed", "unloaded"]
+    reason: str = ""
 
 
 class Error(_Frame, frozen=True, tag="error"):
@@ -183,13 +209,33 @@ class Registered(_Frame, frozen=True, tag="registered"):
     heartbeat_interval_s: float = 5.0
 
 
+class SealedEnvelope(msgspec.Struct, frozen=True):
+    """A request body the coordinator cannot read (see docs/sealed-envelope.md).
+
+    ``ciphertext`` is the JSON request encrypted once under a fresh content
+    key; ``recipients`` maps each candidate node id to that content key
+    sealed to the node's X25519 key. All binary fields are base64.
+    """
+
+    version: int
+    ciphertext: str
+    nonce: str
+    recipients: dict[str, str]
+    algorithm: str = "x25519-xsalsa20poly1305+xchacha20poly1305"
+
+
 class InferenceRequest(_Frame, frozen=True, tag="inference_request"):
-    """Run one chat completion on a model the node serves."""
+    """Run one chat completion on a model the node serves.
+
+    Exactly one of ``messages`` (coordinator-visible) or ``sealed`` is set;
+    for a sealed request ``params`` holds only the plaintext routing hints.
+    """
 
     request_id: RequestId
     model: str
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[ChatMessage, ...] = ()
     params: SamplingParams = SamplingParams()
+    sealed: SealedEnvelope | None = None
 
 
 class Cancel(_Frame, frozen=True, tag="cancel"):
@@ -199,7 +245,49 @@ class Cancel(_Frame, frozen=True, tag="cancel"):
     reason: str = ""
 
 
-Frame = Union[Register, Registered, Heartbeat, InferenceRequest, Chunk, Complete, Error, Cancel]
+class AttestationChallenge(_Frame, frozen=True, tag="attestation_challenge"):
+    """A fresh 32-byte random nonce (hex) the node must sign within the deadline."""
+
+    nonce: str
+    timestamp: float
+
+
+class TrustStatus(_Frame, frozen=True, tag="trust_status"):
+    """The coordinator's verdict on the node's trust (sent after each challenge)."""
+
+    trust_level: Literal["none", "software", "hardware"]
+    status: Literal["trusted", "fenced", "untrusted"]
+    reason: str = ""
+
+
+class LoadModel(_Frame, frozen=True, tag="load_model"):
+    """Ask the node to load a model it has on disk (the warm pool)."""
+
+    model: str
+
+
+class UnloadModel(_Frame, frozen=True, tag="unload_model"):
+    """Ask the node to unload a model."""
+
+    model: str
+
+
+Frame = Union[
+    Register,
+    Registered,
+    Heartbeat,
+    InferenceRequest,
+    Chunk,
+    Complete,
+    Error,
+    Cancel,
+    AttestationChallenge,
+    AttestationResponse,
+    TrustStatus,
+    LoadModel,
+    UnloadModel,
+    LoadModelStatus,
+]
 """Every frame either side may send."""
 
 FRAME_TYPES: tuple[type, ...] = Frame.__args__  # type: ignore[attr-defined]
@@ -219,8 +307,9 @@ def decode(data: bytes | str) -> Frame:
     Raises:
         ProtocolError: the data is not exactly one valid frame.
     """
-    if len(data) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES} byte limit")
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES} byte limit")
     try:
         return _decoder.decode(data)
     except (msgspec.DecodeError, UnicodeError) as exc:  # bad UTF-8 in a tag, or lone surrogates in a str

@@ -116,7 +116,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     if not req.messages:
         raise RequestError(400, "messages must be a non-empty array", param="messages")
     if req.n is not None and req.n != 1:
-        raise RequestError(400, "n > 1 is not supported; send separate requests", param="n")
+        raise RequestError(400, f"n={req.n} is not supported: only n=1 (send separate requests for more choices)", param="n")
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(req, name)
         if value is not None and value < 1:

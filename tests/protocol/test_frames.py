@@ -17,6 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from darkbloom.protocol import (
+    AttestationChallenge,
+    AttestationResponse,
+    LoadModel,
+    LoadModelStatus,
+    SealedEnvelope,
+    TrustStatus,
+    UnloadModel,
     FRAME_TYPES,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -64,6 +71,9 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.sampled_from(get_args(tp))
     if origin in (Union, types.UnionType):
         return st.one_of([strategy_for(a) for a in get_args(tp)])
+    if origin is dict:
+        key, value = get_args(tp)
+        return st.dictionaries(strategy_for(key), strategy_for(value), max_size=3)
     if origin is tuple:
         item, ellipsis = get_args(tp)
         assert ellipsis is Ellipsis
@@ -195,6 +205,12 @@ REALISTIC: dict[type, list[Any]] = {
             params=SamplingParams(max_tokens=128, temperature=0.7, top_p=0.9, seed=7, stop=("\n\n", "END")),
         ),
         InferenceRequest(request_id=RequestId("r"), model="m", messages=(ChatMessage(role="user"),)),
+        InferenceRequest(
+            request_id=RequestId("r2"),
+            model="m",
+            params=SamplingParams(max_tokens=64),
+            sealed=SealedEnvelope(version=1, ciphertext="Y2lwaGVy", nonce="bm9uY2U=", recipients={"node-a": "a2V5"}),
+        ),
     ],
     Chunk: [
         Chunk(request_id=RequestId("req_01HZX3"), seq=0, text="Hello, wor"),
@@ -217,6 +233,18 @@ REALISTIC: dict[type, list[Any]] = {
         Error(message="unsupported protocol version 9"),
     ],
     Cancel: [Cancel(request_id=RequestId("req_01HZX3"), reason="client disconnected")],
+    AttestationChallenge: [AttestationChallenge(nonce="ab" * 32, timestamp=1795500000.25)],
+    AttestationResponse: [AttestationResponse(nonce="ab" * 32, signature="c2ln", state='{"models":["m"]}')],
+    TrustStatus: [
+        TrustStatus(trust_level="software", status="trusted"),
+        TrustStatus(trust_level="none", status="fenced", reason="challenge answer late"),
+    ],
+    LoadModel: [LoadModel(model="qwen3-8b")],
+    UnloadModel: [UnloadModel(model="qwen3-8b")],
+    LoadModelStatus: [
+        LoadModelStatus(model="qwen3-8b", status="loaded"),
+        LoadModelStatus(model="qwen3-8b", status="load_failed", reason="needs 9.1 GiB, 4.0 GiB free under the cap"),
+    ],
 }
 
 
