@@ -145,7 +145,7 @@ class Heartbeat(_Frame, frozen=True, tag="heartbeat"):
     cpu_usage: float = 0.0
 
 
-class Chunk(_Frame, frozen=True, tag="chunk"):
+class Chunk(_Frame, frozen=True, tag="chunk", omit_defaults=True):
     """A piece of generated text for one request, in order (``seq`` from 0).
 
     For a sealed request ``text`` is empty and ``sealed`` holds the piece
