@@ -11,6 +11,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
 from darkbloom.server.api import chat, consumer, provider_ws
+from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
+from darkbloom.server.auth.keys import hash_key
 from darkbloom.server.gateway import RequestHook
 from darkbloom.server.fleet import Fleet
 from darkbloom.server.settings import Settings
@@ -42,6 +44,14 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.migrate()
+        admin_key, created = ensure_admin_key(settings.home)
+        app.state.admin_key_hash = hash_key(admin_key)
+        if created:
+            # Printed once, on first start; afterwards only the 0600 file holds it.
+            print(
+                f"darkbloom: admin credential (shown once; also saved 0600 to {admin_key_path(settings.home)}):\n{admin_key}",
+                flush=True,
+            )
         fleet = Fleet()
         app.state.fleet = fleet
         evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings))
