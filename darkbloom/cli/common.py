@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,9 +22,10 @@ DbOption = Annotated[
 
 
 def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("DARKBLOOM_LOG_LEVEL", "INFO").upper(), logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    """Structured logs on stderr: JSON lines off a terminal, key=value on one (see darkbloom.logging_setup)."""
+    from darkbloom.logging_setup import setup_logging as setup
+
+    setup(verbose)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from darkbloom.cli import node_update
 from darkbloom.cli.common import HomeOption, fail, setup_logging
 from darkbloom.server.settings import darkbloom_home
 
 app = typer.Typer(help="Run and manage a provider node.", invoke_without_command=True)
+app.command("update")(node_update.update)
 
 
 @app.callback()

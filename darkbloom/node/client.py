@@ -18,6 +18,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from darkbloom import __version__
+from darkbloom.logging_setup import set_request_id
 from darkbloom.node.backoff import backoff
 from darkbloom.node.engine.base import Engine, EngineEvent, Failed, Finished, TextDelta
 from darkbloom.protocol import (
@@ -161,6 +162,7 @@ class NodeSession:
                 log.warning("coordinator reports: %s", frame.message)
 
     async def _serve(self, ws: websockets.ClientConnection, req: InferenceRequest) -> None:
+        set_request_id(req.request_id)  # this task's log lines carry the coordinator's request id
         engine = self.engines.get(req.model)
         if engine is None:
             await self._send(ws, Error(message=f"model {req.model!r} is not served by this node", code="model_not_found", status=404, request_id=req.request_id))

@@ -13,6 +13,7 @@ from darkbloom.node.engine.base import Engine
 from darkbloom.node.engine.mlx_engine import MLXEngine
 from darkbloom.node.hardware import detect_hardware
 from darkbloom.node.identity import load_or_create_node_id
+from darkbloom.node.metrics import session_collector, start_node_metrics
 from darkbloom.node.models.local import ModelDirError, describe
 from darkbloom.protocol import ModelInfo
 
@@ -64,8 +65,11 @@ async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> None:
     """Load models and keep a session with the coordinator until cancelled."""
     engines, infos = await load_engines(cfg, say)
     session = NodeSession(cfg.coordinator, load_or_create_node_id(cfg.home), engines, infos, detect_hardware(), on_status=say)
+    exporter = start_node_metrics(session_collector(session))
     try:
         await session.run_forever()
     finally:
+        if exporter is not None:
+            exporter.close()
         for engine in engines.values():
             await asyncio.to_thread(engine.close)

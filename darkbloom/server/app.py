@@ -8,13 +8,18 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
+from darkbloom.server.access import RequestContextMiddleware
 from darkbloom.server.api import chat, consumer, provider_ws
+from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
 from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
 from darkbloom.server.auth.keys import hash_key
 from darkbloom.server.gateway import RequestHook
 from darkbloom.server.fleet import Fleet
+from darkbloom.server.metrics import CoordinatorMetrics
+from darkbloom.server.releases import ReleaseBook
 from darkbloom.server.settings import Settings
 from darkbloom.server.store import Store, open_store
 
@@ -40,10 +45,13 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         hooks: Extra request hooks (admission and settlement), run after the built-in ones.
     """
     store = store or open_store(settings.resolved_db_url())
+    metrics = CoordinatorMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.migrate()
+        app.state.releases = ReleaseBook(store)
+        await app.state.releases.ensure_schema()
         admin_key, created = ensure_admin_key(settings.home)
         app.state.admin_key_hash = hash_key(admin_key)
         if created:
@@ -54,6 +62,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
             )
         fleet = Fleet()
         app.state.fleet = fleet
+        metrics.fleet = fleet
         evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings))
         try:
             yield
@@ -68,10 +77,17 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/models", consumer.list_models, methods=["GET"]),
         WebSocketRoute("/v1/provider/ws", provider_ws.provider_socket),
+        Route("/metrics", metrics_api.metrics, methods=["GET"]),
+        Route("/v1/stats", stats_api.stats, methods=["GET"]),
+        Route("/v1/releases", releases_api.register_release, methods=["POST"]),
+        Route("/v1/releases/latest", releases_api.latest_release, methods=["GET"]),
+        Route("/install.sh", releases_api.install_script, methods=["GET"]),
         Route("/v1/{rest:path}", consumer.not_implemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestContextMiddleware, metrics=metrics)])
     app.state.settings = settings
     app.state.store = store
-    app.state.hooks = list(hooks or [])
+    app.state.metrics = metrics
+    # Metrics first: it then sees (and counts) every job, including ones a later hook refuses.
+    app.state.hooks = [metrics, *(hooks or [])]
     return app

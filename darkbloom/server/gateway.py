@@ -15,10 +15,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import anyio
 
+from darkbloom.logging_setup import set_request_id
 from darkbloom.protocol import ChatMessage, Chunk, Complete, Error, Frame, SamplingParams, Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.errors import model_not_found, model_unavailable
@@ -67,6 +68,21 @@ class RequestHook(Protocol):
     async def settle(self, job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None: ...
 
 
+@runtime_checkable
+class StreamTap(Protocol):
+    """A hook that also watches the stream (metrics). Called on the relay's hot path: keep it cheap.
+
+    ``first_frame`` runs once, when the first frame arrives (``timing`` then
+    has ``received``, ``admitted``, ``dispatched`` and ``first_frame``);
+    ``chunk`` runs for every later chunk with the seconds since the previous
+    frame and the chunk's payload size in bytes.
+    """
+
+    def first_frame(self, job: InferenceJob, timing: Timing, frame: Frame) -> None: ...
+
+    def chunk(self, job: InferenceJob, gap_s: float, nbytes: int) -> None: ...
+
+
 def frame_error(frame: Error) -> RequestError:
     """An ``error`` frame from a node as a consumer-facing error."""
     kind = "invalid_request_error" if 400 <= frame.status < 500 else "server_error"
@@ -86,6 +102,7 @@ class Relay:
         self.first: Frame | None = None
         self.terminal: Frame | None = None
         self._closed = False
+        self._taps = [h for h in hooks if isinstance(h, StreamTap)]
 
     @property
     def node_id(self) -> str:
@@ -105,11 +122,14 @@ class Relay:
     async def wait_first(self) -> Frame:
         self.first = await self._next(self.settings.first_token_timeout_s)
         self.timing.first_frame = time.perf_counter()
+        for tap in self._taps:
+            tap.first_frame(self.job, self.timing, self.first)
         return self.first
 
     async def frames(self) -> AsyncIterator[Frame]:
         """Every frame from the first to the terminal one (``complete`` or ``error``)."""
         frame = self.first if self.first is not None else await self.wait_first()
+        last = self.timing.first_frame
         while True:
             if isinstance(frame, (Complete, Error)):
                 self.terminal = frame
@@ -117,6 +137,12 @@ class Relay:
                 return
             yield frame
             frame = await self._next(self.settings.request_timeout_s)
+            if self._taps and isinstance(frame, Chunk):
+                now = time.perf_counter()
+                nbytes = len(frame.text) + len(frame.sealed or "")
+                for tap in self._taps:
+                    tap.chunk(self.job, now - last, nbytes)
+                last = now
 
     async def close(self) -> None:
         """End the request exactly once: release, or cancel it on the node, then settle.
@@ -160,6 +186,7 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
             node failed before producing anything (the hold is settled).
     """
     timing = timing or Timing()
+    set_request_id(job.request_id)  # every log line from here on (and the X-Request-Id header) carries it
     admitted: list[RequestHook] = []
     try:
         for hook in hooks:
@@ -191,4 +218,4 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     return relay
 
 
-__all__ = ["Chunk", "Complete", "Error", "InferenceJob", "Outcome", "Relay", "RequestHook", "Timing", "frame_error", "start"]
+__all__ = ["Chunk", "Complete", "Error", "InferenceJob", "Outcome", "Relay", "RequestHook", "StreamTap", "Timing", "frame_error", "start"]

@@ -17,6 +17,7 @@ def uvicorn_server(settings: Settings, *, sock: socket.socket | None = None, log
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=None,  # keep darkbloom's structured handler (darkbloom.logging_setup)
         ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=20,
         timeout_graceful_shutdown=5,
