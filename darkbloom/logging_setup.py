@@ -30,7 +30,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("dar
 _SECRET = re.compile(r"\b(db[ka]-)[A-Za-z0-9_\-]{8,}|(?i:(bearer\s+))[A-Za-z0-9_\-.=]{8,}")
 
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is logged as a field.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
 
 
 def mask_secrets(text: str) -> str:
@@ -113,7 +113,5 @@ def setup_logging(verbose: bool = False, *, stream: IO[str] | None = None, json_
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
-    # Our own middleware logs each HTTP request with its id; uvicorn's access line would duplicate it.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     for noisy in ("httpx", "httpcore", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -17,6 +17,7 @@ Each app has its own ``CollectorRegistry``, so two coordinators in one process
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -32,6 +33,8 @@ from darkbloom.protocol import Chunk, Complete, Frame, Usage
 if TYPE_CHECKING:
     from darkbloom.server.fleet import Fleet
     from darkbloom.server.gateway import InferenceJob, Outcome, Timing
+
+log = logging.getLogger("darkbloom.requests")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -225,10 +228,14 @@ class CoordinatorMetrics:
     async def settle(self, job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None:
         model = self._model(job.model)
         self.requests.labels(job.api, model, outcome).inc()
+        fields: dict[str, object] = {"request_id": job.request_id, "api": job.api, "model": model, "outcome": outcome, "node_id": node_id}
         if usage is not None:
             self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
             self.tokens.labels(model, "completion").inc(usage.completion_tokens)
             self.window.add_tokens(usage.prompt_tokens + usage.completion_tokens, self.clock())
+            fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        # One line per request: ids and counts only, never content.
+        log.info("request settled", extra=fields)
 
     def first_frame(self, job: InferenceJob, timing: Timing, frame: Frame) -> None:
         if not isinstance(frame, (Chunk, Complete)):

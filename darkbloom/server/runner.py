@@ -18,6 +18,7 @@ def uvicorn_server(settings: Settings, *, sock: socket.socket | None = None, log
         port=settings.port,
         log_level=log_level,
         log_config=None,  # keep darkbloom's structured handler (darkbloom.logging_setup)
+        access_log=False,  # darkbloom.server.access logs each request, with its request id
         ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=20,
         timeout_graceful_shutdown=5,
