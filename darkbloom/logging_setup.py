@@ -30,7 +30,12 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("dar
 _SECRET = re.compile(r"\b(db[ka]-)[A-Za-z0-9_\-]{8,}|(?i:(bearer\s+))[A-Za-z0-9_\-.=]{8,}")
 
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is logged as a field.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 def mask_secrets(text: str) -> str:
@@ -100,7 +105,11 @@ def setup_logging(verbose: bool = False, *, stream: IO[str] | None = None, json_
     fmt = os.environ.get("DARKBLOOM_LOG_FORMAT", "").lower()
     if json_lines is None:
         json_lines = fmt == "json" or (fmt != "text" and not (hasattr(stream, "isatty") and stream.isatty()))
-    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("DARKBLOOM_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, os.environ.get("DARKBLOOM_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JSONFormatter() if json_lines else KeyValueFormatter())
     root = logging.getLogger()

@@ -45,7 +45,12 @@ def test_request_id_is_in_both_logs_and_the_prompt_in_neither(node_metrics_port:
     secret = f"violet-walrus-{uuid.uuid4().hex[:12]}"
     resp = httpx.post(
         f"{network.base_url}/v1/chat/completions",
-        json={"model": network.model, "messages": [{"role": "user", "content": f"say {secret}"}], "max_tokens": 6, "temperature": 0},
+        json={
+            "model": network.model,
+            "messages": [{"role": "user", "content": f"say {secret}"}],
+            "max_tokens": 6,
+            "temperature": 0,
+        },
         headers={"Authorization": f"Bearer {network.key}"},
         timeout=60,
     )
@@ -74,7 +79,12 @@ def test_metrics_of_coordinator_and_node_move_with_traffic(node_metrics_port: in
     with httpx.stream(
         "POST",
         f"{network.base_url}/v1/chat/completions",
-        json={"model": network.model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 12, "stream": True},
+        json={
+            "model": network.model,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 12,
+            "stream": True,
+        },
         headers={"Authorization": f"Bearer {network.key}"},
         timeout=60,
     ) as stream:
@@ -82,7 +92,15 @@ def test_metrics_of_coordinator_and_node_move_with_traffic(node_metrics_port: in
         assert stream.read().endswith(b"data: [DONE]\n\n")
     coord = samples(httpx.get(f"{network.base_url}/metrics", timeout=10).text)
     model = (("model", network.model),)
-    assert coord[("darkbloom_requests_total", (("model", network.model), ("route", "chat.completions"), ("status", "completed")))] == 1
+    assert (
+        coord[
+            (
+                "darkbloom_requests_total",
+                (("model", network.model), ("route", "chat.completions"), ("status", "completed")),
+            )
+        ]
+        == 1
+    )
     assert coord[("darkbloom_ttft_seconds_count", model)] == 1
     assert coord[("darkbloom_tokens_total", (("kind", "completion"), *model))] >= 1
     assert coord[("darkbloom_nodes_connected", (("trust_level", "none"),))] == 1

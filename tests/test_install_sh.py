@@ -46,7 +46,13 @@ def offline_env(home: Path, pip_args: str) -> dict[str, str]:
 def installed_darkbloom(home: Path) -> str:
     """Which darkbloom package the installed venv imports (run outside any checkout)."""
     venv_python = home / ".darkbloom" / "venv" / "bin" / "python"
-    out = subprocess.run([str(venv_python), "-c", "import darkbloom; print(darkbloom.__file__)"], capture_output=True, text=True, cwd=home, timeout=60)
+    out = subprocess.run(
+        [str(venv_python), "-c", "import darkbloom; print(darkbloom.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        timeout=60,
+    )
     return out.stdout.strip()
 
 
@@ -67,14 +73,28 @@ def test_fresh_home_install_gives_a_working_darkbloom_and_is_safe_twice(tmp_path
     assert link.is_symlink() and Path(os.readlink(link)) == home / ".darkbloom" / "venv" / "bin" / "darkbloom"
     help_run = subprocess.run([str(link), "--help"], env=env, capture_output=True, text=True, cwd=home, timeout=120)
     assert help_run.returncode == 0 and "darkbloom" in help_run.stdout and "node" in help_run.stdout
-    assert installed_darkbloom(home).startswith(str(home / ".darkbloom" / "venv")), "darkbloom must be installed into the venv"
+    assert installed_darkbloom(home).startswith(str(home / ".darkbloom" / "venv")), (
+        "darkbloom must be installed into the venv"
+    )
     assert "Linux on" in run.stderr and "MLX backend" in run.stderr
 
 
 def test_served_installer_verifies_the_registered_release(site: Site, tmp_path: Path) -> None:  # noqa: F811
     wheels = site.folder
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
         check=True,
         timeout=300,
     )
@@ -90,7 +110,15 @@ def test_served_installer_verifies_the_registered_release(site: Site, tmp_path: 
     site.register("0.0.1", wheel, sha256="0" * 64)
     bad_home = tmp_path / "bad"
     bad_home.mkdir()
-    bad = subprocess.run(["sh"], input=script.text, env=offline_env(bad_home, "--no-deps --no-index"), capture_output=True, text=True, cwd=bad_home, timeout=120)
+    bad = subprocess.run(
+        ["sh"],
+        input=script.text,
+        env=offline_env(bad_home, "--no-deps --no-index"),
+        capture_output=True,
+        text=True,
+        cwd=bad_home,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "SHA-256 mismatch" in bad.stderr
     assert not (bad_home / ".darkbloom" / "venv").exists() and not (bad_home / ".local" / "bin" / "darkbloom").exists()
 
@@ -98,8 +126,21 @@ def test_served_installer_verifies_the_registered_release(site: Site, tmp_path: 
     site.register("0.0.2", wheel, sha256=hashlib.sha256(wheel.read_bytes()).hexdigest())
     home = tmp_path / "good"
     home.mkdir()
-    good = subprocess.run(["sh"], input=script.text, env=offline_env(home, "--no-deps --no-index"), capture_output=True, text=True, cwd=home, timeout=300)
+    good = subprocess.run(
+        ["sh"],
+        input=script.text,
+        env=offline_env(home, "--no-deps --no-index"),
+        capture_output=True,
+        text=True,
+        cwd=home,
+        timeout=300,
+    )
     assert good.returncode == 0, good.stderr
     assert "release 0.0.2 downloaded and its SHA-256 verified" in good.stderr
-    assert subprocess.run([str(home / ".local" / "bin" / "darkbloom"), "--help"], capture_output=True, timeout=120).returncode == 0
+    assert (
+        subprocess.run(
+            [str(home / ".local" / "bin" / "darkbloom"), "--help"], capture_output=True, timeout=120
+        ).returncode
+        == 0
+    )
     assert installed_darkbloom(home).startswith(str(home / ".darkbloom" / "venv"))

@@ -49,7 +49,9 @@ def test_key_value_on_a_terminal(restore_logging: None) -> None:
     setup_logging(stream=out)
     token = set_request_id("chatcmpl-xyz")
     try:
-        logging.getLogger("darkbloom.test").info("http request", extra={"route": "/v1/chat/completions", "status": 200, "note": "two words"})
+        logging.getLogger("darkbloom.test").info(
+            "http request", extra={"route": "/v1/chat/completions", "status": 200, "note": "two words"}
+        )
     finally:
         request_id_var.reset(token)
     line = out.getvalue().strip()
@@ -60,7 +62,9 @@ def test_key_value_on_a_terminal(restore_logging: None) -> None:
 def test_keys_are_masked_even_if_someone_logs_one(restore_logging: None) -> None:
     out = io.StringIO()
     setup_logging(stream=out, json_lines=True)
-    logging.getLogger("darkbloom.test").info("auth header was Bearer dbk-0123456789abcdefXYZ and admin dba-AAAAAAAAAAAAAAAA")
+    logging.getLogger("darkbloom.test").info(
+        "auth header was Bearer dbk-0123456789abcdefXYZ and admin dba-AAAAAAAAAAAAAAAA"
+    )
     text = out.getvalue()
     assert "0123456789abcdef" not in text and "AAAAAAAAAAAAAAAA" not in text
     assert mask_secrets("key dbk-short") == "key dbk-short"  # too short to be a key: left alone

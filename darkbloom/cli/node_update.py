@@ -16,7 +16,8 @@ def update(
     check: Annotated[bool, typer.Option("--check", help="Only say whether a newer release exists.")] = False,
 ) -> None:
     """Install the coordinator's newest release for this platform, after verifying its SHA-256."""
-    from darkbloom.node.update import UpdateError, update as run_update
+    from darkbloom.node.update import UpdateError
+    from darkbloom.node.update import update as run_update
 
     try:
         run_update(coordinator, check_only=check, say=lambda m: typer.echo(m, err=True))

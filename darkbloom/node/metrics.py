@@ -39,7 +39,12 @@ class NodeCollector(Collector):
         active: How many requests the node is serving right now.
     """
 
-    def __init__(self, engines: Mapping[str, Any], connected: Callable[[], bool] = lambda: False, active: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        engines: Mapping[str, Any],
+        connected: Callable[[], bool] = lambda: False,
+        active: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.engines = engines
         self.connected = connected
         self.active = active
@@ -47,14 +52,28 @@ class NodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         labels = ["model"]
         fams = {
-            "batch": GaugeMetricFamily("darkbloom_node_batch_size", "Sequences decoding together in the running batch.", labels=labels),
+            "batch": GaugeMetricFamily(
+                "darkbloom_node_batch_size", "Sequences decoding together in the running batch.", labels=labels
+            ),
             "waiting": GaugeMetricFamily("darkbloom_node_waiting", "Requests waiting for a batch slot.", labels=labels),
-            "max": GaugeMetricFamily("darkbloom_node_max_concurrency", "Most sequences the slot decodes at once.", labels=labels),
-            "decode": GaugeMetricFamily("darkbloom_node_decode_tokens_per_second", "Observed decode throughput (EWMA).", labels=labels),
-            "prefill": GaugeMetricFamily("darkbloom_node_prefill_tokens_per_second", "Observed prefill throughput (EWMA).", labels=labels),
-            "kv_used": GaugeMetricFamily("darkbloom_node_kv_tokens_used", "Tokens held in the KV cache by running sequences.", labels=labels),
-            "kv_max": GaugeMetricFamily("darkbloom_node_kv_tokens_max", "KV cache token budget of the slot.", labels=labels),
-            "kv_bytes": GaugeMetricFamily("darkbloom_node_kv_bytes_used", "Bytes of KV cache in use (tokens x bytes per token).", labels=labels),
+            "max": GaugeMetricFamily(
+                "darkbloom_node_max_concurrency", "Most sequences the slot decodes at once.", labels=labels
+            ),
+            "decode": GaugeMetricFamily(
+                "darkbloom_node_decode_tokens_per_second", "Observed decode throughput (EWMA).", labels=labels
+            ),
+            "prefill": GaugeMetricFamily(
+                "darkbloom_node_prefill_tokens_per_second", "Observed prefill throughput (EWMA).", labels=labels
+            ),
+            "kv_used": GaugeMetricFamily(
+                "darkbloom_node_kv_tokens_used", "Tokens held in the KV cache by running sequences.", labels=labels
+            ),
+            "kv_max": GaugeMetricFamily(
+                "darkbloom_node_kv_tokens_max", "KV cache token budget of the slot.", labels=labels
+            ),
+            "kv_bytes": GaugeMetricFamily(
+                "darkbloom_node_kv_bytes_used", "Bytes of KV cache in use (tokens x bytes per token).", labels=labels
+            ),
         }
         for model, engine in list(self.engines.items()):
             try:
@@ -70,7 +89,9 @@ class NodeCollector(Collector):
             fams["kv_max"].add_metric([model], cap.active_token_budget_max)
             fams["kv_bytes"].add_metric([model], cap.active_token_budget_used * cap.kv_bytes_per_token)
         yield from fams.values()
-        yield GaugeMetricFamily("darkbloom_node_connected", "1 while registered with a coordinator.", value=1 if self.connected() else 0)
+        yield GaugeMetricFamily(
+            "darkbloom_node_connected", "1 while registered with a coordinator.", value=1 if self.connected() else 0
+        )
         yield GaugeMetricFamily("darkbloom_node_active_requests", "Requests being served now.", value=self.active())
         info = GaugeMetricFamily("darkbloom_node_build_info", "The node's darkbloom version.", labels=["version"])
         info.add_metric([__version__], 1)
@@ -81,14 +102,20 @@ class NodeCollector(Collector):
 def _memory() -> Iterator[Metric]:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    yield GaugeMetricFamily("darkbloom_node_peak_rss_bytes", "Peak resident memory of the node process.", value=peak_rss)
+    yield GaugeMetricFamily(
+        "darkbloom_node_peak_rss_bytes", "Peak resident memory of the node process.", value=peak_rss
+    )
     mx = sys.modules.get("mlx.core")  # only if the engine loaded MLX; never import it just for a scrape
     active = getattr(mx, "get_active_memory", None)
     peak = getattr(mx, "get_peak_memory", None)
     if callable(active) and callable(peak):
         try:
-            yield GaugeMetricFamily("darkbloom_node_mlx_active_memory_bytes", "Memory MLX holds for arrays now.", value=float(active()))
-            yield GaugeMetricFamily("darkbloom_node_mlx_peak_memory_bytes", "Most memory MLX has held.", value=float(peak()))
+            yield GaugeMetricFamily(
+                "darkbloom_node_mlx_active_memory_bytes", "Memory MLX holds for arrays now.", value=float(active())
+            )
+            yield GaugeMetricFamily(
+                "darkbloom_node_mlx_peak_memory_bytes", "Most memory MLX has held.", value=float(peak())
+            )
         except Exception:
             return
 
@@ -107,7 +134,9 @@ class NodeMetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_node_metrics(collector: NodeCollector, port: int | None = None, addr: str | None = None) -> NodeMetricsServer | None:
+def start_node_metrics(
+    collector: NodeCollector, port: int | None = None, addr: str | None = None
+) -> NodeMetricsServer | None:
     """Serve ``collector`` at ``http://addr:port/metrics``; ``None`` when disabled or the port is taken.
 
     A busy port is not fatal: the node serves models without its exporter and says so.
@@ -127,7 +156,9 @@ def start_node_metrics(collector: NodeCollector, port: int | None = None, addr: 
     try:
         server, thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
-        log.warning("node metrics not served: cannot listen on %s:%s (%s); set DARKBLOOM_NODE_METRICS_PORT", addr, port, exc)
+        log.warning(
+            "node metrics not served: cannot listen on %s:%s (%s); set DARKBLOOM_NODE_METRICS_PORT", addr, port, exc
+        )
         return None
     url = f"http://{addr}:{server.server_port}/metrics"
     log.info("node metrics at %s", url)
@@ -136,4 +167,6 @@ def start_node_metrics(collector: NodeCollector, port: int | None = None, addr: 
 
 def session_collector(session: Any) -> NodeCollector:
     """A collector over a ``NodeSession``'s engines, connection and active requests."""
-    return NodeCollector(session.engines, connected=session.connected.is_set, active=lambda: len(getattr(session, "_tasks", ())))
+    return NodeCollector(
+        session.engines, connected=session.connected.is_set, active=lambda: len(getattr(session, "_tasks", ()))
+    )

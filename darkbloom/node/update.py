@@ -113,7 +113,17 @@ def pip_install(artifact: Path, python: str = sys.executable, pip_args: Sequence
     Raises:
         UpdateError: pip failed (its output is in the message).
     """
-    cmd = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", *pip_args, str(artifact)]
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--upgrade",
+        *pip_args,
+        str(artifact),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UpdateError(f"pip could not install {artifact.name}:\n{(proc.stderr or proc.stdout)[-2000:]}")
@@ -147,7 +157,9 @@ def update(
             say(f"up to date: running {current}, latest for {plat} is {release.version}")
             return None
         if check_only:
-            say(f"release {release.version} is available (running {current}); run 'darkbloom node update' to install it")
+            say(
+                f"release {release.version} is available (running {current}); run 'darkbloom node update' to install it"
+            )
             return release.version
         with tempfile.TemporaryDirectory(prefix="darkbloom-update-") as tmp:
             say(f"downloading {release.version} from {release.url}")

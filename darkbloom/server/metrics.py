@@ -100,12 +100,26 @@ class _FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         fleet = self.owner.fleet
-        nodes = GaugeMetricFamily("darkbloom_nodes_connected", "Provider nodes connected, by trust level.", labels=["trust_level"])
-        serving = GaugeMetricFamily("darkbloom_model_nodes", "Connected nodes able to serve each model.", labels=["model"])
-        inflight = GaugeMetricFamily("darkbloom_requests_in_flight", "Requests dispatched to a node and not yet finished.")
-        queued = GaugeMetricFamily("darkbloom_queue_depth", "Requests waiting in the coordinator queue, by model.", labels=["model"])
-        waiting = GaugeMetricFamily("darkbloom_node_waiting", "Requests waiting inside nodes (their own capacity reports), by model.", labels=["model"])
-        lanes = GaugeMetricFamily("darkbloom_writer_lane_depth", "Frames queued on node WebSocket writers, by lane.", labels=["lane"])
+        nodes = GaugeMetricFamily(
+            "darkbloom_nodes_connected", "Provider nodes connected, by trust level.", labels=["trust_level"]
+        )
+        serving = GaugeMetricFamily(
+            "darkbloom_model_nodes", "Connected nodes able to serve each model.", labels=["model"]
+        )
+        inflight = GaugeMetricFamily(
+            "darkbloom_requests_in_flight", "Requests dispatched to a node and not yet finished."
+        )
+        queued = GaugeMetricFamily(
+            "darkbloom_queue_depth", "Requests waiting in the coordinator queue, by model.", labels=["model"]
+        )
+        waiting = GaugeMetricFamily(
+            "darkbloom_fleet_waiting",
+            "Requests waiting inside nodes (their own capacity reports), by model.",
+            labels=["model"],
+        )
+        lanes = GaugeMetricFamily(
+            "darkbloom_writer_lane_depth", "Frames queued on node WebSocket writers, by lane.", labels=["lane"]
+        )
         if fleet is not None:
             by_trust: dict[str, int] = {}
             per_model: dict[str, int] = {}
@@ -180,18 +194,70 @@ class CoordinatorMetrics:
         self.window = TrafficWindow()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("darkbloom_requests", "Inference requests by API route, model and terminal status.", ["route", "model", "status"], registry=r)
-        self.tokens = Counter("darkbloom_tokens", "Tokens processed, by model and kind (prompt or completion).", ["model", "kind"], registry=r)
-        self.ttft = Histogram("darkbloom_ttft_seconds", "Time from request received to first frame from the node.", ["model"], buckets=TTFT_BUCKETS, registry=r)
-        self.inter_token = Histogram("darkbloom_inter_token_seconds", "Gap between consecutive streamed chunks.", ["model"], buckets=GAP_BUCKETS, registry=r)
-        self.queue_wait = Histogram("darkbloom_queue_wait_seconds", "Time from admission to dispatch to a node.", ["model"], buckets=WAIT_BUCKETS, registry=r)
-        self.relay_bytes = Counter("darkbloom_relay_bytes", "Chunk payload bytes relayed from nodes to consumers.", registry=r)
-        self.http = Counter("darkbloom_http_requests", "HTTP requests by route template, method and status code.", ["route", "method", "code"], registry=r)
-        self.http_latency = Histogram("darkbloom_http_request_duration_seconds", "HTTP request duration, whole response.", ["route"], buckets=HTTP_BUCKETS, registry=r)
-        self.rate_limited = Counter("darkbloom_rate_limited", "Requests refused with 429 (rate limit or queue too long), by route.", ["route"], registry=r)
-        self.attestation_failures = Counter("darkbloom_attestation_failures", "Node attestations that failed, by reason.", ["reason"], registry=r)
-        self.ledger_postings = Counter("darkbloom_ledger_postings", "Ledger entries posted, by kind.", ["kind"], registry=r)
-        Gauge("darkbloom_build_info", "The coordinator's darkbloom version.", ["version"], registry=r).labels(__version__).set(1)
+        self.requests = Counter(
+            "darkbloom_requests",
+            "Inference requests by API route, model and terminal status.",
+            ["route", "model", "status"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "darkbloom_tokens",
+            "Tokens processed, by model and kind (prompt or completion).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "darkbloom_ttft_seconds",
+            "Time from request received to first frame from the node.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "darkbloom_inter_token_seconds",
+            "Gap between consecutive streamed chunks.",
+            ["model"],
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "darkbloom_queue_wait_seconds",
+            "Time from admission to dispatch to a node.",
+            ["model"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.relay_bytes = Counter(
+            "darkbloom_relay_bytes", "Chunk payload bytes relayed from nodes to consumers.", registry=r
+        )
+        self.http = Counter(
+            "darkbloom_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "darkbloom_http_request_duration_seconds",
+            "HTTP request duration, whole response.",
+            ["route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "darkbloom_rate_limited",
+            "Requests refused with 429 (rate limit or queue too long), by route.",
+            ["route"],
+            registry=r,
+        )
+        self.attestation_failures = Counter(
+            "darkbloom_attestation_failures", "Node attestations that failed, by reason.", ["reason"], registry=r
+        )
+        self.ledger_postings = Counter(
+            "darkbloom_ledger_postings", "Ledger entries posted, by kind.", ["kind"], registry=r
+        )
+        Gauge("darkbloom_build_info", "The coordinator's darkbloom version.", ["version"], registry=r).labels(
+            __version__
+        ).set(1)
         r.register(_FleetCollector(self))
 
     # ---- API for the rest of the coordinator ---------------------------------
@@ -228,7 +294,13 @@ class CoordinatorMetrics:
     async def settle(self, job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None:
         model = self._model(job.model)
         self.requests.labels(job.api, model, outcome).inc()
-        fields: dict[str, object] = {"request_id": job.request_id, "api": job.api, "model": model, "outcome": outcome, "node_id": node_id}
+        fields: dict[str, object] = {
+            "request_id": job.request_id,
+            "api": job.api,
+            "model": model,
+            "outcome": outcome,
+            "node_id": node_id,
+        }
         if usage is not None:
             self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
             self.tokens.labels(model, "completion").inc(usage.completion_tokens)
@@ -252,4 +324,3 @@ class CoordinatorMetrics:
     def chunk(self, job: InferenceJob, gap_s: float, nbytes: int) -> None:
         self.inter_token.labels(self._model(job.model)).observe(gap_s)
         self.relay_bytes.inc(nbytes)
-

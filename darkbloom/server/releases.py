@@ -102,9 +102,13 @@ class ReleaseBook:
 
     async def get(self, version: str, platform: str) -> Release | None:
         if self._pg:
-            row = await self.store.pool.fetchrow(f"SELECT {_COLUMNS} FROM node_releases WHERE version = $1 AND platform = $2", version, platform)
+            row = await self.store.pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM node_releases WHERE version = $1 AND platform = $2", version, platform
+            )
         else:
-            async with self.store.db.execute(f"SELECT {_COLUMNS} FROM node_releases WHERE version = ? AND platform = ?", (version, platform)) as cur:
+            async with self.store.db.execute(
+                f"SELECT {_COLUMNS} FROM node_releases WHERE version = ? AND platform = ?", (version, platform)
+            ) as cur:
                 row = await cur.fetchone()
         return None if row is None else Release(*tuple(row))
 
@@ -113,17 +117,24 @@ class ReleaseBook:
         values = (release.version, release.platform, release.url, release.sha256, release.notes, release.created_at)
         if self._pg:
             status = await self.store.pool.execute(
-                f"INSERT INTO node_releases ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", *values
+                f"INSERT INTO node_releases ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                *values,
             )
             return bool(status.endswith(" 1"))
-        async with self.store.db.execute(f"INSERT OR IGNORE INTO node_releases ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values) as cur:
+        async with self.store.db.execute(
+            f"INSERT OR IGNORE INTO node_releases ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", values
+        ) as cur:
             return cur.rowcount == 1
 
     async def latest(self, platform: str) -> Release | None:
         """The newest release for ``platform`` (or for any platform), or ``None``."""
         if self._pg:
-            rows = await self.store.pool.fetch(f"SELECT {_COLUMNS} FROM node_releases WHERE platform = $1 OR platform = $2", platform, PLATFORM_ANY)
+            rows = await self.store.pool.fetch(
+                f"SELECT {_COLUMNS} FROM node_releases WHERE platform = $1 OR platform = $2", platform, PLATFORM_ANY
+            )
         else:
-            async with self.store.db.execute(f"SELECT {_COLUMNS} FROM node_releases WHERE platform = ? OR platform = ?", (platform, PLATFORM_ANY)) as cur:
+            async with self.store.db.execute(
+                f"SELECT {_COLUMNS} FROM node_releases WHERE platform = ? OR platform = ?", (platform, PLATFORM_ANY)
+            ) as cur:
                 rows = await cur.fetchall()
         return newest([Release(*tuple(r)) for r in rows])

@@ -98,7 +98,12 @@ def test_newer_release_with_the_right_hash_is_installed(site: Site, tmp_path: Pa
     site.register("9.9.9", wheel)
     target = tmp_path / "site-packages"
     said: list[str] = []
-    installed = update(site.coordinator, current="0.1.0", pip_args=["--target", str(target), "--no-index", "--no-deps"], say=said.append)
+    installed = update(
+        site.coordinator,
+        current="0.1.0",
+        pip_args=["--target", str(target), "--no-index", "--no-deps"],
+        say=said.append,
+    )
     assert installed == "9.9.9"
     assert (target / "dbprobe-9.9.9.dist-info" / "METADATA").is_file()
     assert (target / "dbprobe" / "__init__.py").read_text() == "VERSION = '9.9.9'\n"
@@ -110,7 +115,12 @@ def test_hash_mismatch_is_refused_and_nothing_is_installed(site: Site, tmp_path:
     site.register("9.9.9", wheel, sha256="0" * 64)
     target = tmp_path / "site-packages"
     with pytest.raises(UpdateError, match="SHA-256 mismatch"):
-        update(site.coordinator, current="0.1.0", pip_args=["--target", str(target), "--no-index", "--no-deps"], say=lambda _: None)
+        update(
+            site.coordinator,
+            current="0.1.0",
+            pip_args=["--target", str(target), "--no-index", "--no-deps"],
+            say=lambda _: None,
+        )
     assert not target.exists()
 
 
@@ -128,8 +138,12 @@ def test_same_or_older_release_or_none_installs_nothing(site: Site, tmp_path: Pa
 
 def test_cli_refuses_a_tampered_release(site: Site) -> None:
     site.register("99.0.0", tiny_wheel(site.folder, version="99.0.0"), sha256="f" * 64)
-    proc = subprocess.run(darkbloom_cmd("node", "update", "--coordinator", site.coordinator), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        darkbloom_cmd("node", "update", "--coordinator", site.coordinator), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1
     assert "SHA-256 mismatch" in proc.stderr and "refusing to install" in proc.stderr
-    check = subprocess.run(darkbloom_cmd("node", "update", "--check", "-c", site.coordinator), capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        darkbloom_cmd("node", "update", "--check", "-c", site.coordinator), capture_output=True, text=True, timeout=120
+    )
     assert check.returncode == 0 and "99.0.0 is available" in check.stderr

@@ -72,7 +72,9 @@ def test_counters_move_when_a_request_is_served(coordinator: Coordinator) -> Non
 
 def test_unknown_model_names_do_not_become_label_values(coordinator: Coordinator) -> None:
     for i in range(3):
-        resp = coordinator.client.post("/v1/chat/completions", json={**GOOD, "model": f"junk-{i}"}, headers=coordinator.auth)
+        resp = coordinator.client.post(
+            "/v1/chat/completions", json={**GOOD, "model": f"junk-{i}"}, headers=coordinator.auth
+        )
         assert resp.status_code == 404
     samples = scrape(coordinator.client)
     assert value(samples, "darkbloom_requests_total", route="chat.completions", model="unknown", status="failed") == 3

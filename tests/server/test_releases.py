@@ -18,7 +18,12 @@ SHA = "ab" * 32
 
 
 def release(version: str, platform: str = "linux-x86_64", sha: str = SHA) -> dict[str, str]:
-    return {"version": version, "platform": platform, "url": f"https://dl.example/darkbloom-{version}-py3-none-any.whl", "sha256": sha}
+    return {
+        "version": version,
+        "platform": platform,
+        "url": f"https://dl.example/darkbloom-{version}-py3-none-any.whl",
+        "sha256": sha,
+    }
 
 
 @pytest.fixture
@@ -41,7 +46,11 @@ def test_register_then_latest_then_404(app_client: tuple[TestClient, dict[str, s
     client.post("/v1/releases", json=release("1.0.0", platform="macos-arm64"), headers=admin)
 
     latest = client.get("/v1/releases/latest", params={"platform": "linux-x86_64"}).json()
-    assert (latest["version"], latest["platform"], latest["sha256"]) == ("0.10.0", "linux-x86_64", SHA)  # 0.10 > 0.9, not by string
+    assert (latest["version"], latest["platform"], latest["sha256"]) == (
+        "0.10.0",
+        "linux-x86_64",
+        SHA,
+    )  # 0.10 > 0.9, not by string
     assert client.get("/v1/releases/latest", params={"platform": "macos-arm64"}).json()["version"] == "1.0.0"
     assert client.get("/v1/releases/latest", params={"platform": "linux-aarch64"}).status_code == 404
 
@@ -52,11 +61,16 @@ def test_register_then_latest_then_404(app_client: tuple[TestClient, dict[str, s
 def test_registering_needs_the_admin_credential(app_client: tuple[TestClient, dict[str, str]]) -> None:
     client, _ = app_client
     assert client.post("/v1/releases", json=release("0.2.0")).status_code == 401
-    assert client.post("/v1/releases", json=release("0.2.0"), headers={"Authorization": "Bearer dbk-nope"}).status_code == 403
+    assert (
+        client.post("/v1/releases", json=release("0.2.0"), headers={"Authorization": "Bearer dbk-nope"}).status_code
+        == 403
+    )
     assert client.get("/v1/releases/latest", params={"platform": "linux-x86_64"}).status_code == 404
 
 
-def test_same_release_twice_is_idempotent_but_a_changed_hash_conflicts(app_client: tuple[TestClient, dict[str, str]]) -> None:
+def test_same_release_twice_is_idempotent_but_a_changed_hash_conflicts(
+    app_client: tuple[TestClient, dict[str, str]],
+) -> None:
     client, admin = app_client
     assert client.post("/v1/releases", json=release("0.2.0"), headers=admin).status_code == 201
     assert client.post("/v1/releases", json=release("0.2.0"), headers=admin).status_code == 200
@@ -75,7 +89,9 @@ def test_same_release_twice_is_idempotent_but_a_changed_hash_conflicts(app_clien
         ({k: v for k, v in release("0.2.0").items() if k != "url"}, "url"),
     ],
 )
-def test_bad_release_bodies_get_a_400_naming_the_field(app_client: tuple[TestClient, dict[str, str]], body: dict, param: str) -> None:  # type: ignore[type-arg]
+def test_bad_release_bodies_get_a_400_naming_the_field(
+    app_client: tuple[TestClient, dict[str, str]], body: dict, param: str
+) -> None:  # type: ignore[type-arg]
     client, admin = app_client
     resp = client.post("/v1/releases", json=body, headers=admin)
     assert resp.status_code == 400

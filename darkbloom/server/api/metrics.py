@@ -22,6 +22,13 @@ from darkbloom.server.metrics import CONTENT_TYPE, CoordinatorMetrics
 async def metrics(request: Request) -> Response:
     token = os.environ.get("DARKBLOOM_METRICS_TOKEN", "")
     if token and not hmac.compare_digest(bearer_key(request).encode(), token.encode()):
-        return error_response(RequestError(401, "metrics need 'Authorization: Bearer <DARKBLOOM_METRICS_TOKEN>'", type="authentication_error", code="unauthorized"))
+        return error_response(
+            RequestError(
+                401,
+                "metrics need 'Authorization: Bearer <DARKBLOOM_METRICS_TOKEN>'",
+                type="authentication_error",
+                code="unauthorized",
+            )
+        )
     registry: CoordinatorMetrics = request.app.state.metrics
     return Response(registry.exposition(), media_type=CONTENT_TYPE)

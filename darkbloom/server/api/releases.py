@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 import darkbloom
-
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.errors import error_response, read_body
 from darkbloom.server.auth.admin import require_admin
@@ -51,7 +50,9 @@ async def latest_release(request: Request) -> Response:
         return error_response(RequestError(400, "pass ?platform= (e.g. macos-arm64, linux-x86_64)", param="platform"))
     release = await request.app.state.releases.latest(platform)
     if release is None:
-        return error_response(RequestError(404, f"no release is registered for platform {platform!r}", code="release_not_found"))
+        return error_response(
+            RequestError(404, f"no release is registered for platform {platform!r}", code="release_not_found")
+        )
     return JSONResponse(release.to_json())
 
 
