@@ -17,6 +17,7 @@ Each app has its own ``CollectorRegistry``, so two coordinators in one process
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections import deque
@@ -24,8 +25,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from darkbloom import __version__
 from darkbloom.protocol import Chunk, Complete, Frame, Usage
@@ -92,6 +94,41 @@ class TrafficWindow:
         return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
+class LoopHistogram:
+    """A histogram for the relay's per-chunk path: plain integers, no lock.
+
+    prometheus-client's ``Histogram`` takes a lock and a label lookup on every
+    observation; chunks are observed on the event loop only (one thread), and
+    scrapes read from the same loop, so plain counters are safe and several
+    times cheaper (``bench/metrics_overhead.py``).
+    """
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = tuple(sorted(buckets))
+        self.series: dict[str, list[float]] = {}  # label -> [count per bucket..., +Inf count, sum]
+
+    def observe(self, label: str, value: float) -> None:
+        row = self.series.get(label)
+        if row is None:
+            row = self.series[label] = [0.0] * (len(self.bounds) + 2)
+        row[bisect.bisect_left(self.bounds, value)] += 1
+        row[-1] += value
+
+    def count(self, label: str) -> int:
+        row = self.series.get(label)
+        return int(sum(row[:-1])) if row else 0
+
+    def family(self, name: str, documentation: str, label_name: str) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, documentation, labels=[label_name])
+        for label, row in sorted(self.series.items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip((*self.bounds, float("inf")), row[:-1]):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            fam.add_metric([label], buckets, row[-1])
+        return fam
+
+
 class _FleetCollector(Collector):
     """Gauges read from the fleet at scrape time (never double-booked, never stale)."""
 
@@ -144,6 +181,13 @@ class _FleetCollector(Collector):
             for lane, depth in sorted(lane_depths(fleet).items()):
                 lanes.add_metric([lane], depth)
         yield from (nodes, serving, inflight, queued, waiting, lanes)
+        # Per-chunk series: kept as plain numbers on the event loop (see LoopHistogram), exported here.
+        relay = CounterMetricFamily("darkbloom_relay_bytes", "Chunk payload bytes relayed from nodes to consumers.")
+        relay.add_metric([], self.owner.relay_bytes)
+        yield relay
+        yield self.owner.inter_token.family(
+            "darkbloom_inter_token_seconds", "Gap between consecutive streamed chunks.", "model"
+        )
 
 
 def queue_depths(fleet: Any) -> dict[str, int]:
@@ -213,13 +257,7 @@ class CoordinatorMetrics:
             buckets=TTFT_BUCKETS,
             registry=r,
         )
-        self.inter_token = Histogram(
-            "darkbloom_inter_token_seconds",
-            "Gap between consecutive streamed chunks.",
-            ["model"],
-            buckets=GAP_BUCKETS,
-            registry=r,
-        )
+        self.inter_token = LoopHistogram(GAP_BUCKETS)
         self.queue_wait = Histogram(
             "darkbloom_queue_wait_seconds",
             "Time from admission to dispatch to a node.",
@@ -227,9 +265,7 @@ class CoordinatorMetrics:
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        self.relay_bytes = Counter(
-            "darkbloom_relay_bytes", "Chunk payload bytes relayed from nodes to consumers.", registry=r
-        )
+        self.relay_bytes = 0
         self.http = Counter(
             "darkbloom_http_requests",
             "HTTP requests by route template, method and status code.",
@@ -319,8 +355,8 @@ class CoordinatorMetrics:
         if timing.dispatched and timing.admitted:
             self.queue_wait.labels(model).observe(max(0.0, timing.dispatched - timing.admitted))
         if isinstance(frame, Chunk):
-            self.relay_bytes.inc(len(frame.text) + len(frame.sealed or ""))
+            self.relay_bytes += len(frame.text) + len(frame.sealed or "")
 
     def chunk(self, job: InferenceJob, gap_s: float, nbytes: int) -> None:
-        self.inter_token.labels(self._model(job.model)).observe(gap_s)
-        self.relay_bytes.inc(nbytes)
+        self.inter_token.observe(self._model(job.model), gap_s)
+        self.relay_bytes += nbytes

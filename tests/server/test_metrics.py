@@ -161,3 +161,17 @@ def test_traffic_window_forgets_after_a_day() -> None:
     assert w.tokens(now=1_000.0 + 86_400 + 61) == 10
     assert w.median_ttft(now=1_000.0 + 86_400 + 61) == 0.2
     assert w.tokens(now=50_000.0 + 86_400 + 61) == 0 and w.median_ttft(now=50_000.0 + 86_400 + 61) is None
+
+
+def test_loop_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    from darkbloom.server.metrics import LoopHistogram
+
+    h = LoopHistogram((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 3.0):
+        h.observe("m", v)
+    fam = h.family("x_seconds", "x", "model")
+    got = {(s.name, s.labels.get("le")): s.value for s in fam.samples}
+    assert got[("x_seconds_bucket", "0.1")] == 2  # le is inclusive: 0.1 counts in the 0.1 bucket
+    assert got[("x_seconds_bucket", "1.0")] == 3 and got[("x_seconds_bucket", "+Inf")] == 4
+    assert got[("x_seconds_count", None)] == 4 and abs(got[("x_seconds_sum", None)] - 3.65) < 1e-9
+    assert h.count("m") == 4 and h.count("other") == 0
