@@ -9,7 +9,7 @@
 # Environment: DARKBLOOM_HOME (default ~/.darkbloom) holds the venv; DARKBLOOM_BIN (default
 # ~/.local/bin) gets the `darkbloom` link; DARKBLOOM_PYTHON picks the interpreter; DARKBLOOM_PIP_ARGS
 # go to pip; DARKBLOOM_REUSE_SITE names a site-packages folder whose packages the venv may reuse
-# (offline installs, CI). Safe to run twice.
+# (offline installs, CI); DARKBLOOM_NO_MODIFY_PATH=1 leaves shell profiles alone. Safe to run twice.
 set -eu
 
 say() { printf 'darkbloom-install: %s\n' "$*" >&2; }
@@ -134,6 +134,23 @@ fi
 say "installed $("$venv/bin/python" -c 'import darkbloom; print(darkbloom.__version__)'): $bindir/darkbloom"
 case ":$PATH:" in
   *":$bindir:"*) ;;
-  *) say "add $bindir to your PATH, e.g.: echo 'export PATH=\"$bindir:\$PATH\"' >> ~/.profile" ;;
+  *)
+    # Put darkbloom on PATH for future login shells, once per profile file (DARKBLOOM_NO_MODIFY_PATH=1 skips).
+    line="export PATH=\"$bindir:\$PATH\"  # added by darkbloom install.sh"
+    if [ -n "${DARKBLOOM_NO_MODIFY_PATH:-}" ] || [ -z "${HOME:-}" ]; then
+      say "add $bindir to your PATH: echo '$line' >> ~/.profile"
+    else
+      profiles="$HOME/.profile"
+      [ -f "$HOME/.bash_profile" ] && profiles="$profiles $HOME/.bash_profile"
+      case "${SHELL:-}:$os" in *zsh:*|*:Darwin) profiles="$profiles $HOME/.zprofile" ;; esac
+      for profile in $profiles; do
+        if ! grep -qsF "$line" "$profile"; then
+          printf '\n%s\n' "$line" >> "$profile"
+          say "added $bindir to PATH in $profile"
+        fi
+      done
+      say "open a new terminal (or run: export PATH=\"$bindir:\$PATH\") to use darkbloom"
+    fi
+    ;;
 esac
 say "next: darkbloom node doctor   (says whether this machine can serve models)"

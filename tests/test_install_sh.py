@@ -35,10 +35,11 @@ def offline_env(home: Path, pip_args: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DARKBLOOM_", "PIP_", "VIRTUAL_ENV"))}
     env.update(
         HOME=str(home),
-        PATH=f"{home / '.local' / 'bin'}:/usr/bin:/bin",
+        PATH="/usr/bin:/bin",
         DARKBLOOM_PYTHON=sys.executable,
         DARKBLOOM_PIP_ARGS=pip_args,
         DARKBLOOM_REUSE_SITE=sysconfig.get_paths()["purelib"],
+        SHELL="/bin/sh",
     )
     return env
 
@@ -77,6 +78,17 @@ def test_fresh_home_install_gives_a_working_darkbloom_and_is_safe_twice(tmp_path
         "darkbloom must be installed into the venv"
     )
     assert "Linux on" in run.stderr and "MLX backend" in run.stderr
+    profile = (home / ".profile").read_text()
+    assert profile.count("added by darkbloom install.sh") == 1, "PATH is added once, however often it runs"
+    login = subprocess.run(
+        ["sh", "-lc", "command -v darkbloom"],
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=home,
+        timeout=60,
+    )
+    assert login.stdout.strip() == str(link), "a new login shell finds darkbloom on PATH"
 
 
 def test_served_installer_verifies_the_registered_release(site: Site, tmp_path: Path) -> None:  # noqa: F811
