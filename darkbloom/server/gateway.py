@@ -75,7 +75,8 @@ class StreamTap(Protocol):
     ``first_frame`` runs once, when the first frame arrives (``timing`` then
     has ``received``, ``admitted``, ``dispatched`` and ``first_frame``);
     ``chunk`` runs for every later chunk with the seconds since the previous
-    frame and the chunk's payload size in bytes.
+    frame and the chunk's payload length (text, or base64 when sealed: no
+    encoding pass on the hot path, so non-ASCII text counts characters).
     """
 
     def first_frame(self, job: InferenceJob, timing: Timing, frame: Frame) -> None: ...

@@ -182,7 +182,10 @@ class _FleetCollector(Collector):
                 lanes.add_metric([lane], depth)
         yield from (nodes, serving, inflight, queued, waiting, lanes)
         # Per-chunk series: kept as plain numbers on the event loop (see LoopHistogram), exported here.
-        relay = CounterMetricFamily("darkbloom_relay_bytes", "Chunk payload bytes relayed from nodes to consumers.")
+        relay = CounterMetricFamily(
+            "darkbloom_relay_bytes",
+            "Chunk payload relayed from nodes to consumers (bytes of base64 when sealed; characters of plain text).",
+        )
         relay.add_metric([], self.owner.relay_bytes)
         yield relay
         yield self.owner.inter_token.family(
