@@ -59,8 +59,14 @@ def test_request_id_is_in_both_logs_and_the_prompt_in_neither(node_metrics_port:
     assert rid == resp.json()["id"]
 
     coord, node = network.coordinator, network.nodes[0]
+    def logged() -> bool:
+        # Both processes write their line for this request after the response is on the wire.
+        node_done = any(r.get("request_id") == rid for r in json_records(node.text()))
+        coord_done = any(r.get("request_id") == rid and r["msg"] == "http request" for r in json_records(coord.text()))
+        return node_done and coord_done
+
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(r.get("request_id") == rid for r in json_records(node.text())):
+    while time.monotonic() < deadline and not logged():
         time.sleep(0.1)
     coord_lines = [r for r in json_records(coord.text()) if r.get("request_id") == rid]
     node_lines = [r for r in json_records(node.text()) if r.get("request_id") == rid]

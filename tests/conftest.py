@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No per-example deadline: CI shares two cores with real model and server
+# processes, and a slow example is not a wrong one.
+settings.register_profile("darkbloom", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("darkbloom")
 
 
 @pytest.fixture
