@@ -116,6 +116,12 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    response_format: str | None = None
+    """``"json_object"`` when the caller asked for JSON output (OpenAI ``response_format``)."""
+    raw_prompt: str | None = None
+    """A legacy-completions prompt: tokenized verbatim instead of rendering ``messages`` with the chat template."""
 
 
 # ---- node -> coordinator ----------------------------------------------------------

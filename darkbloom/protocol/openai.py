@@ -56,6 +56,11 @@ class Message(msgspec.Struct, frozen=True):
     tool_call_id: str | None = None
 
 
+class ResponseFormat(msgspec.Struct, frozen=True):
+    type: str
+    json_schema: dict[str, Any] | None = None
+
+
 class ChatCompletionRequest(msgspec.Struct, frozen=True):
     """``POST /v1/chat/completions`` body. Unknown fields are ignored, as OpenAI does."""
 
@@ -72,6 +77,13 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     n: int | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -92,17 +104,17 @@ def _flatten(content: str | list[ContentPart] | None) -> str:
     return "".join(parts)
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Decode and validate a chat completion body.
+def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """Decode a JSON request body with ``decoder``; every failure is a 400 that says why.
 
     Raises:
-        RequestError: 400 for empty or invalid JSON, a missing or empty
-            ``model`` or ``messages``, ``n`` > 1, or a bad ``max_tokens``.
+        RequestError: 400 for an empty body, invalid JSON, or a field the
+            schema refuses (``param`` names the top-level field).
     """
     if not body.strip():
         raise RequestError(400, "request body is empty; expected a JSON object")
     try:
-        req = _chat_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         param = msg.rsplit("`$.", 1)[-1].rstrip("`").split(".")[0].split("[")[0] if "`$." in msg else None
@@ -111,21 +123,90 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise RequestError(400, f"invalid request: {msg}", param=param) from None
     except msgspec.DecodeError as exc:
         raise RequestError(400, f"invalid JSON body: {exc}") from None
+
+
+def check_sampling(
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_temperature: float = 2.0,
+    **penalties_and_limits: float | None,
+) -> None:
+    """Range checks shared by the OpenAI and Anthropic adapters.
+
+    ``penalties_and_limits`` takes ``*_penalty`` values (-2..2) and
+    ``max_*tokens`` values (>= 1) by their wire names, so errors name them.
+
+    Raises:
+        RequestError: 400 naming the first out-of-range parameter.
+    """
+    if temperature is not None and not 0 <= temperature <= max_temperature:
+        raise RequestError(400, f"temperature must be between 0 and {max_temperature:g}", param="temperature")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise RequestError(400, "top_p must be in (0, 1]", param="top_p")
+    for name, value in penalties_and_limits.items():
+        if value is None:
+            continue
+        if name.endswith("_penalty") and not -2 <= value <= 2:
+            raise RequestError(400, f"{name} must be between -2 and 2", param=name)
+        if name.endswith("tokens") and value < 1:
+            raise RequestError(400, f"{name} must be a positive integer", param=name)
+
+
+def _check_n(n: int | None) -> None:
+    if n is not None and n != 1:
+        raise RequestError(400, f"n={n} is not supported: only n=1 (send separate requests for more choices)", param="n")
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Decode and validate a chat completion body.
+
+    Raises:
+        RequestError: 400 for empty or invalid JSON, a missing or empty
+            ``model`` or ``messages``, ``n`` > 1, a bad ``max_tokens``, a
+            sampling value out of range, or an unsupported option.
+    """
+    req: ChatCompletionRequest = decode_body(_chat_decoder, body)
     if not req.model:
         raise RequestError(400, "model must be a non-empty string", param="model")
     if not req.messages:
         raise RequestError(400, "messages must be a non-empty array", param="messages")
-    if req.n is not None and req.n != 1:
-        raise RequestError(400, f"n={req.n} is not supported: only n=1 (send separate requests for more choices)", param="n")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(req, name)
-        if value is not None and value < 1:
-            raise RequestError(400, f"{name} must be a positive integer", param=name)
-    if req.temperature is not None and not 0 <= req.temperature <= 2:
-        raise RequestError(400, "temperature must be between 0 and 2", param="temperature")
-    if req.top_p is not None and not 0 < req.top_p <= 1:
-        raise RequestError(400, "top_p must be in (0, 1]", param="top_p")
+    _check_n(req.n)
+    check_sampling(
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_tokens,
+        max_completion_tokens=req.max_completion_tokens,
+        frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty,
+    )
+    if req.logprobs or req.top_logprobs:
+        raise RequestError(400, "logprobs are not supported by this network", param="logprobs" if req.logprobs else "top_logprobs")
+    if req.tool_choice not in (None, "none") and not req.tools:
+        raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
+    fmt = req.response_format
+    if fmt is not None:
+        if fmt.type == "json_schema":
+            raise RequestError(400, "response_format type 'json_schema' is not supported; use 'json_object'", param="response_format")
+        if fmt.type not in ("text", "json_object"):
+            raise RequestError(400, f"response_format type {fmt.type!r} is invalid: expected 'text' or 'json_object'", param="response_format")
+        if fmt.type == "json_object" and not any("json" in _text_of(m.content).lower() for m in req.messages):
+            # OpenAI's own rule: without the word the model may emit whitespace until max_tokens.
+            raise RequestError(
+                400, "'messages' must contain the word 'json' in some form to use 'response_format' of type 'json_object'", param="messages"
+            )
     return req
+
+
+def _text_of(content: str | list[ContentPart] | None) -> str:
+    if isinstance(content, list):
+        return "".join(p.text or "" for p in content)
+    return content or ""
+
+
+def node_seed(seed: int | None) -> int | None:
+    """OpenAI seeds are any 64-bit integer; the node's PRNG takes an unsigned one."""
+    return None if seed is None else seed % 2**64
 
 
 def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], SamplingParams]:
@@ -149,8 +230,11 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         max_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
-        seed=req.seed,
+        seed=node_seed(req.seed),
         stop=stop,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        response_format="json_object" if req.response_format and req.response_format.type == "json_object" else None,
     )
     return messages, params
 
@@ -219,3 +303,98 @@ def model_list(model_ids: list[str], created: int = 0) -> dict[str, Any]:
         "object": "list",
         "data": [{"id": m, "object": "model", "created": created, "owned_by": "darkbloom"} for m in model_ids],
     }
+
+
+# ---- legacy text completions ---------------------------------------------------------------
+
+DEFAULT_COMPLETION_MAX_TOKENS = 16
+"""OpenAI's default ``max_tokens`` for ``/v1/completions``."""
+
+
+class CompletionRequest(msgspec.Struct, frozen=True):
+    """``POST /v1/completions`` body (legacy). Unknown fields are ignored, as OpenAI does."""
+
+    model: str
+    prompt: str | list[Any]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    best_of: int | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    user: str | None = None
+
+
+_completion_decoder = msgspec.json.Decoder(CompletionRequest)
+
+
+def parse_completion_request(body: bytes) -> tuple[CompletionRequest, str]:
+    """Decode and validate a legacy completion body.
+
+    Returns:
+        The request and its one prompt string.
+
+    Raises:
+        RequestError: 400 for invalid JSON or fields, more than one prompt,
+            token-id prompts, ``n``/``best_of`` > 1, ``logprobs`` or ``suffix``.
+    """
+    req: CompletionRequest = decode_body(_completion_decoder, body)
+    if not req.model:
+        raise RequestError(400, "model must be a non-empty string", param="model")
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise RequestError(
+                400, "prompt must be a string or a list of exactly one string (token-id and batched prompts are not supported)", param="prompt"
+            )
+        prompt = prompt[0]
+    if not prompt:
+        raise RequestError(400, "prompt must be a non-empty string", param="prompt")
+    _check_n(req.n)
+    if req.best_of is not None and req.best_of != 1:
+        raise RequestError(400, f"best_of={req.best_of} is not supported: only 1", param="best_of")
+    if req.logprobs:
+        raise RequestError(400, "logprobs are not supported by this network", param="logprobs")
+    if req.suffix:
+        raise RequestError(400, "suffix (insertion) is not supported by this network", param="suffix")
+    check_sampling(
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_tokens,
+        frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty,
+    )
+    return req, prompt
+
+
+def completion_params(req: CompletionRequest, prompt: str) -> SamplingParams:
+    """The node's sampling for a legacy completion: the prompt goes verbatim, no chat template."""
+    return SamplingParams(
+        max_tokens=req.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        seed=node_seed(req.seed),
+        stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        raw_prompt=prompt,
+    )
+
+
+def text_completion(
+    completion_id: str, model: str, created: int, text: str | None, finish_reason: str | None, usage: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """A ``text_completion`` object: the whole answer, or one stream chunk (``text`` None: a usage-only chunk)."""
+    choices = [] if text is None else [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]
+    obj: dict[str, Any] = {"id": completion_id, "object": "text_completion", "created": created, "model": model, "choices": choices}
+    if usage is not None:
+        obj["usage"] = usage
+    return obj

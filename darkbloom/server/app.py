@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from darkbloom.server.access import RequestContextMiddleware
-from darkbloom.server.api import chat, consumer, provider_ws
+from darkbloom.server.api import chat, completions, consumer, messages, models, openapi, provider_ws, responses
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
 from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
 from darkbloom.server.auth.keys import hash_key
@@ -74,8 +74,14 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
 
     routes = [
         Route("/health", consumer.health, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions.completions, methods=["POST"]),
+        Route("/v1/responses", responses.responses, methods=["POST"]),
+        Route("/v1/messages", messages.messages, methods=["POST"]),
         Route("/v1/models", consumer.list_models, methods=["GET"]),
+        Route("/v1/models/capacity", models.capacity, methods=["GET"]),
+        Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
         WebSocketRoute("/v1/provider/ws", provider_ws.provider_socket),
         Route("/metrics", metrics_api.metrics, methods=["GET"]),
         Route("/v1/stats", stats_api.stats, methods=["GET"]),
@@ -88,6 +94,8 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
+    service_times = models.ServiceTimes()
+    app.state.service_times = service_times
     # Metrics first: it then sees (and counts) every job, including ones a later hook refuses.
-    app.state.hooks = [metrics, *(hooks or [])]
+    app.state.hooks = [metrics, service_times, *(hooks or [])]
     return app

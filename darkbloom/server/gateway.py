@@ -49,7 +49,10 @@ class Timing:
     """Monotonic stage stamps (``time.perf_counter``) for the ``X-Timing`` header."""
 
     received: float = field(default_factory=time.perf_counter)
+    authed: float = 0.0
+    parsed: float = 0.0
     admitted: float = 0.0
+    routed: float = 0.0
     dispatched: float = 0.0
     first_frame: float = 0.0
     finished: float = 0.0
@@ -206,6 +209,7 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
         await _settle(hooks, job, "failed", None, None)
         raise
     timing.dispatched = time.perf_counter()
+    timing.routed = flight.dispatched_at
     relay = Relay(job, flight, fleet, hooks, settings, timing)
     try:
         first = await relay.wait_first()

@@ -213,10 +213,16 @@ class MLXEngine:
     ) -> None:
         self._waiting -= 1
         try:
-            msgs = [{"role": m.role, "content": m.content} for m in messages]
-            prompt = self._tok.apply_chat_template(msgs, add_generation_prompt=True)
+            if params.raw_prompt is not None:  # legacy completions: the prompt as given, no chat template
+                prompt = self._tok.encode(params.raw_prompt)
+            else:
+                msgs = [{"role": m.role, "content": m.content} for m in messages]
+                prompt = self._tok.apply_chat_template(msgs, add_generation_prompt=True)
         except Exception as exc:
             self._emit(None, loop, events, Failed(request_id, f"chat template failed: {exc}", "template_error", 400))
+            return
+        if not prompt:
+            self._emit(None, loop, events, Failed(request_id, "the prompt is empty", "invalid_prompt", 400))
             return
         if len(prompt) + params.max_tokens > self.context_length:
             msg = (
@@ -225,7 +231,10 @@ class MLXEngine:
             )
             self._emit(None, loop, events, Failed(request_id, msg, "context_length_exceeded", 400))
             return
-        from mlx_lm.sample_utils import make_sampler
+        from mlx_lm.sample_utils import make_frequency_penalty, make_presence_penalty, make_sampler
+
+        processors = [make_presence_penalty(params.presence_penalty)] if params.presence_penalty else []
+        processors += [make_frequency_penalty(params.frequency_penalty)] if params.frequency_penalty else []
 
         if params.temperature <= 0:
             sampler = None
@@ -234,7 +243,7 @@ class MLXEngine:
         else:
             sampler = make_sampler(temp=params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
         try:
-            (uid,) = self._gen.insert([prompt], max_tokens=[params.max_tokens], samplers=[sampler])
+            (uid,) = self._gen.insert([prompt], max_tokens=[params.max_tokens], samplers=[sampler], logits_processors=[processors])
         except Exception as exc:
             self._emit(None, loop, events, Failed(request_id, f"could not start generation: {exc}"))
             return

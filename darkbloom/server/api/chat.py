@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from darkbloom.protocol import Chunk, Complete, Error
 from darkbloom.protocol.openai import RequestError, chat_chunk, chat_completion, parse_chat_request, to_internal, usage_dict
 from darkbloom.server import gateway
-from darkbloom.server.api.auth import require_consumer
-from darkbloom.server.api.errors import error_response, read_body
-
-
-def sse(obj: object) -> bytes:
-    """One server-sent event carrying a JSON object."""
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, sse, stream_response
+from darkbloom.server.api.errors import error_response
+from darkbloom.server.store import ApiKeyRecord
 
 
 async def chat_completions(request: Request) -> Response:
-    try:
-        return await _chat_completions(request)
-    except RequestError as err:
-        return error_response(err)
+    return await handle(request, _chat_completions, error_response)
 
 
-async def _chat_completions(request: Request) -> Response:
-    timing = gateway.Timing()
-    consumer = await require_consumer(request)
-    req = parse_chat_request(await read_body(request))
+async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
+    req = parse_chat_request(body)
     messages, params = to_internal(req)
-    state = request.app.state
+    if req.tools:
+        # No node advertises a tool-capable template yet, so tools can never be honoured here.
+        raise RequestError(
+            400, f"model {req.model!r} does not support tools: its chat template has no tool support on this network", param="tools"
+        )
+    check_fleet_limits(request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+    timing.parsed = time.perf_counter()
     job = gateway.InferenceJob(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         model=req.model,
@@ -44,45 +40,30 @@ async def _chat_completions(request: Request) -> Response:
         api="chat.completions",
         stream=req.stream,
     )
-    relay = await gateway.start(job, state.fleet, state.hooks, state.settings, timing)
+    relay = await dispatch(request, job, timing)
     created = int(time.time())
-    headers = {"X-Request-Id": job.request_id}
     if not req.stream:
-        try:
-            parts: list[str] = []
-            async for frame in relay.frames():
-                if isinstance(frame, Chunk):
-                    parts.append(frame.text)
-                elif isinstance(frame, Complete):
-                    usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens)
-                    body = chat_completion(job.request_id, job.model, created, "".join(parts), frame.finish_reason, usage)
-                    return JSONResponse(body, headers=headers)
-                elif isinstance(frame, Error):
-                    raise gateway.frame_error(frame)
-            raise RequestError(502, "provider ended the stream without a terminal frame", type="server_error", code="provider_error")
-        finally:
-            await relay.close()
+        text, done = await collect(relay)
+        usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
+        return json_response(chat_completion(job.request_id, job.model, created, text, done.finish_reason, usage), relay)
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            role_sent = False
-            async for frame in relay.frames():
-                if isinstance(frame, Chunk):
-                    yield sse(chat_chunk(job.request_id, job.model, created, content=frame.text, role=None if role_sent else "assistant"))
-                    role_sent = True
-                elif isinstance(frame, Complete):
-                    if not role_sent:
-                        yield sse(chat_chunk(job.request_id, job.model, created, content="", role="assistant"))
-                    yield sse(chat_chunk(job.request_id, job.model, created, finish_reason=frame.finish_reason))
-                    if include_usage:
-                        usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens)
-                        yield sse(chat_chunk(job.request_id, job.model, created, usage=usage, empty_choices=True))
-                    yield b"data: [DONE]\n\n"
-                elif isinstance(frame, Error):
-                    yield sse(gateway.frame_error(frame).body())
-        finally:
-            await relay.close()
+    async def events() -> AsyncIterator[bytes]:
+        role_sent = False
+        async for frame in relay.frames():
+            if isinstance(frame, Chunk):
+                yield sse(chat_chunk(job.request_id, job.model, created, content=frame.text, role=None if role_sent else "assistant"))
+                role_sent = True
+            elif isinstance(frame, Complete):
+                if not role_sent:
+                    yield sse(chat_chunk(job.request_id, job.model, created, content="", role="assistant"))
+                yield sse(chat_chunk(job.request_id, job.model, created, finish_reason=frame.finish_reason))
+                if include_usage:
+                    usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens)
+                    yield sse(chat_chunk(job.request_id, job.model, created, usage=usage, empty_choices=True))
+                yield b"data: [DONE]\n\n"
+            elif isinstance(frame, Error):
+                yield sse(gateway.frame_error(frame).body())
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+    return stream_response(relay, events())

@@ -1,0 +1,171 @@
+"""Anthropic Messages API shapes (``POST /v1/messages``): request, message, stream events, errors.
+
+Requests translate to the same chat messages and sampling as every other
+adapter. Errors are Anthropic's ``{"type": "error", "error": {"type",
+"message"}}``; the adapter raises the shared ``RequestError`` and
+``error_body`` renders it in this shape, mapping the status to Anthropic's
+error type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from darkbloom.protocol.frames import ChatMessage, SamplingParams
+from darkbloom.protocol.openai import RequestError, check_sampling, decode_body
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "cancelled": "end_turn"}
+"""Node finish reasons as Anthropic stop reasons."""
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def error_type(status: int) -> str:
+    """Anthropic's error type for an HTTP status (``api_error`` for other 5xx)."""
+    return _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
+def error_body(err: RequestError) -> dict[str, Any]:
+    """The Anthropic error object for a refused or failed request."""
+    return {"type": "error", "error": {"type": error_type(err.status), "message": err.message}}
+
+
+class ContentBlock(msgspec.Struct, frozen=True):
+    type: str
+    text: str | None = None
+
+
+class MessageParam(msgspec.Struct, frozen=True):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+
+class MessagesRequest(msgspec.Struct, frozen=True):
+    """``POST /v1/messages`` body. Unknown fields are ignored."""
+
+    model: str
+    max_tokens: int
+    messages: list[MessageParam]
+    system: str | list[ContentBlock] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+_decoder = msgspec.json.Decoder(MessagesRequest)
+
+
+def _text(content: str | list[ContentBlock], param: str) -> str:
+    if isinstance(content, str):
+        return content
+    out = []
+    for block in content:
+        if block.type != "text":
+            raise RequestError(400, f"{param}: content block type {block.type!r} is not supported; only 'text'", param=param)
+        out.append(block.text or "")
+    return "".join(out)
+
+
+def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMessage, ...], SamplingParams]:
+    """Decode and validate a Messages body and translate it for the node.
+
+    ``system`` becomes a leading system message; ``metadata`` stays here.
+
+    Raises:
+        RequestError: 400 for invalid JSON or fields, a missing
+            ``max_tokens``, empty ``messages``, non-text blocks, tools,
+            ``top_k`` or extended thinking (not supported here).
+    """
+    req: MessagesRequest = decode_body(_decoder, body)
+    if not req.model:
+        raise RequestError(400, "model: must be a non-empty string", param="model")
+    if not req.messages:
+        raise RequestError(400, "messages: at least one message is required", param="messages")
+    check_sampling(temperature=req.temperature, top_p=req.top_p, max_temperature=1.0, max_tokens=req.max_tokens)
+    for name in ("tools", "tool_choice", "thinking", "top_k"):
+        if getattr(req, name) is not None:
+            raise RequestError(400, f"{name}: not supported for model {req.model!r} on this network", param=name)
+    messages = []
+    if req.system:
+        messages.append(ChatMessage(role="system", content=_text(req.system, "system")))
+    for i, m in enumerate(req.messages):
+        messages.append(ChatMessage(role=m.role, content=_text(m.content, f"messages.{i}.content")))
+    params = SamplingParams(
+        max_tokens=req.max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        stop=tuple(s for s in req.stop_sequences or () if s),
+    )
+    return req, tuple(messages), params
+
+
+def message_object(
+    message_id: str,
+    model: str,
+    text: str | None,
+    stop_reason: str | None,
+    input_tokens: int,
+    output_tokens: int,
+) -> dict[str, Any]:
+    """A ``message`` object: the whole answer (``text`` set) or the ``message_start`` shell (``text`` None)."""
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [] if text is None else [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
+def sse_event(kind: str, data: dict[str, Any]) -> bytes:
+    """One Anthropic server-sent event: ``event:`` line naming the type, then the JSON data."""
+    return b"event: " + kind.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+
+
+def stream_opening(message_id: str, model: str) -> list[bytes]:
+    """``message_start`` (usage 0/0: the node counts the prompt), ``content_block_start``, a ``ping``."""
+    return [
+        sse_event("message_start", {"type": "message_start", "message": message_object(message_id, model, None, None, 0, 0)}),
+        sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        sse_event("ping", {"type": "ping"}),
+    ]
+
+
+def stream_delta(text: str) -> bytes:
+    return sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+
+
+def stream_closing(stop_reason: str, input_tokens: int, output_tokens: int) -> list[bytes]:
+    """``content_block_stop``, ``message_delta`` with the stop reason and final usage, ``message_stop``."""
+    usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+    return [
+        sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}),
+        sse_event("message_stop", {"type": "message_stop"}),
+    ]
+
+
+def stream_error(err: RequestError) -> bytes:
+    """The one ``error`` event for a failure after the stream started."""
+    return sse_event("error", error_body(err))

@@ -1,0 +1,150 @@
+"""What every inference adapter shares: auth and body reading, the ``X-Timing`` header,
+the checks that need the fleet, dispatch through the gateway, and streaming with a
+guaranteed ``Relay.close``.
+
+``X-Timing`` is a JSON object of integer microseconds per stage, in order:
+
+- ``auth``: checking the API key;
+- ``parse``: reading and validating the body;
+- ``admit``: admission hooks (billing hold, rate limits);
+- ``queue``: routing, including any wait for a free slot;
+- ``dispatch``: sending the request to the chosen node;
+- ``ttft``: from dispatch to the node's first frame (prefill and first token);
+- ``total``: from receipt to when the response headers went out (for a
+  stream that is the time to first byte; for a whole answer, everything).
+
+A stage the request never reached (it was refused earlier) is left out;
+``total`` is always there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from darkbloom.protocol.openai import RequestError
+from darkbloom.server import gateway
+from darkbloom.server.api.auth import require_consumer
+from darkbloom.server.api.errors import read_body
+from darkbloom.server.store import ApiKeyRecord
+
+_STAGES = (
+    ("auth", "received", "authed"),
+    ("parse", "authed", "parsed"),
+    ("admit", "parsed", "admitted"),
+    ("queue", "admitted", "routed"),
+    ("dispatch", "routed", "dispatched"),
+    ("ttft", "dispatched", "first_frame"),
+)
+
+Run = Callable[[Request, ApiKeyRecord, bytes, gateway.Timing], Awaitable[Response]]
+
+
+def timing_stages(timing: gateway.Timing, now: float | None = None) -> dict[str, int]:
+    """Microseconds per stage reached so far, plus ``total`` up to ``now``."""
+    out: dict[str, int] = {}
+    for name, start, end in _STAGES:
+        a, b = getattr(timing, start), getattr(timing, end)
+        if a and b:
+            out[name] = max(0, round((b - a) * 1e6))
+    out["total"] = max(0, round(((now or time.perf_counter()) - timing.received) * 1e6))
+    return out
+
+
+def sse(obj: object) -> bytes:
+    """One OpenAI server-sent event carrying a JSON object."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def handle(request: Request, run: Run, render_error: Callable[[RequestError], Response]) -> Response:
+    """Authenticate, read the body, run the adapter; every refusal in the adapter's error shape.
+
+    Every response, refusals included, carries ``X-Timing``.
+    """
+    timing = gateway.Timing()
+    try:
+        consumer = await require_consumer(request)
+        timing.authed = time.perf_counter()
+        body = await read_body(request)
+        response = await run(request, consumer, body, timing)
+    except RequestError as err:
+        response = render_error(err)
+    response.headers["X-Timing"] = json.dumps(timing_stages(timing), separators=(",", ":"))
+    return response
+
+
+def check_fleet_limits(request: Request, model: str, max_tokens: int, param: str) -> None:
+    """Refuse a ``max_tokens`` no node serving ``model`` could ever honour.
+
+    Raises:
+        RequestError: 400 (``invalid_value``, naming ``param``) when
+            ``max_tokens`` exceeds the model's context length.
+    """
+    nodes = request.app.state.fleet.registry.candidates(model)
+    context = max((n.models[model].context_length for n in nodes), default=0)
+    if context and max_tokens > context:
+        raise RequestError(
+            400,
+            f"{param} is too large: {max_tokens}. Model {model!r} has a context of {context} tokens, "
+            f"which must hold the prompt and the completion",
+            param=param,
+            code="invalid_value",
+        )
+
+
+async def dispatch(request: Request, job: gateway.InferenceJob, timing: gateway.Timing) -> gateway.Relay:
+    """Admit, route and dispatch ``job``; returns once the node's first frame is in."""
+    state = request.app.state
+    return await gateway.start(job, state.fleet, state.hooks, state.settings, timing)
+
+
+async def collect(relay: gateway.Relay) -> tuple[str, gateway.Complete]:
+    """A whole (non-streamed) answer: its text and the terminal frame. Closes the relay.
+
+    Raises:
+        RequestError: the node failed, or the stream ended without a terminal frame.
+    """
+    try:
+        parts: list[str] = []
+        async for frame in relay.frames():
+            if isinstance(frame, gateway.Chunk):
+                parts.append(frame.text)
+            elif isinstance(frame, gateway.Complete):
+                return "".join(parts), frame
+            elif isinstance(frame, gateway.Error):
+                raise gateway.frame_error(frame)
+        raise RequestError(502, "provider ended the stream without a terminal frame", type="server_error", code="provider_error")
+    finally:
+        await relay.close()
+
+
+def json_response(body: dict[str, object], relay: gateway.Relay) -> JSONResponse:
+    return JSONResponse(body, headers={"X-Request-Id": relay.job.request_id})
+
+
+def stream_response(relay: gateway.Relay, events: AsyncIterator[bytes]) -> StreamingResponse:
+    """Stream ``events``; the relay is closed when they end, fail, or the client goes away.
+
+    The ``finally`` covers an ending or a cancel while waiting for a frame; the
+    background task covers a disconnect that lands while the generator is
+    suspended at a ``yield`` (``close`` is idempotent).
+    """
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await relay.close()
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Request-Id": relay.job.request_id},
+        background=BackgroundTask(relay.close),
+    )

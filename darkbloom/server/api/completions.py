@@ -1,0 +1,68 @@
+"""``POST /v1/completions``: the legacy OpenAI text-completion adapter over the gateway.
+
+The prompt goes to the node verbatim (``SamplingParams.raw_prompt``): no chat
+template. ``echo`` puts the prompt in front of the completion.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from darkbloom.protocol import Chunk, Complete, Error
+from darkbloom.protocol.openai import completion_params, parse_completion_request, text_completion, usage_dict
+from darkbloom.server import gateway
+from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, sse, stream_response
+from darkbloom.server.api.errors import error_response
+from darkbloom.server.store import ApiKeyRecord
+
+
+async def completions(request: Request) -> Response:
+    return await handle(request, _completions, error_response)
+
+
+async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
+    req, prompt = parse_completion_request(body)
+    params = completion_params(req, prompt)
+    check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
+    timing.parsed = time.perf_counter()
+    job = gateway.InferenceJob(
+        request_id=f"cmpl-{uuid.uuid4().hex}",
+        model=req.model,
+        messages=(),
+        params=params,
+        account_id=consumer.account_id,
+        api="completions",
+        stream=req.stream,
+    )
+    relay = await dispatch(request, job, timing)
+    created = int(time.time())
+    echo = prompt if req.echo else ""
+    if not req.stream:
+        text, done = await collect(relay)
+        usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
+        return json_response(text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage), relay)
+
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    async def events() -> AsyncIterator[bytes]:
+        if echo:
+            yield sse(text_completion(job.request_id, job.model, created, echo, None))
+        async for frame in relay.frames():
+            if isinstance(frame, Chunk):
+                if frame.text:
+                    yield sse(text_completion(job.request_id, job.model, created, frame.text, None))
+            elif isinstance(frame, Complete):
+                yield sse(text_completion(job.request_id, job.model, created, "", frame.finish_reason))
+                if include_usage:
+                    usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens)
+                    yield sse(text_completion(job.request_id, job.model, created, None, None, usage))
+                yield b"data: [DONE]\n\n"
+            elif isinstance(frame, Error):
+                yield sse(gateway.frame_error(frame).body())
+
+    return stream_response(relay, events())

@@ -1,0 +1,75 @@
+"""``POST /v1/messages``: the Anthropic Messages adapter over the gateway.
+
+Auth is ``x-api-key`` (or Bearer); every refusal is an Anthropic error object;
+an error after the stream started is one ``error`` event.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from darkbloom.protocol import Chunk, Complete, Error
+from darkbloom.protocol.anthropic import (
+    STOP_REASONS,
+    error_body,
+    message_object,
+    parse_messages_request,
+    stream_closing,
+    stream_delta,
+    stream_error,
+    stream_opening,
+)
+from darkbloom.protocol.openai import RequestError
+from darkbloom.server import gateway
+from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, stream_response
+from darkbloom.server.store import ApiKeyRecord
+
+
+def anthropic_error(err: RequestError) -> JSONResponse:
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
+
+
+async def messages(request: Request) -> Response:
+    return await handle(request, _messages, anthropic_error)
+
+
+async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
+    req, chat, params = parse_messages_request(body)
+    check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
+    timing.parsed = time.perf_counter()
+    job = gateway.InferenceJob(
+        request_id=f"msg_{uuid.uuid4().hex}",
+        model=req.model,
+        messages=chat,
+        params=params,
+        account_id=consumer.account_id,
+        api="messages",
+        stream=req.stream,
+    )
+    relay = await dispatch(request, job, timing)
+    if not req.stream:
+        text, done = await collect(relay)
+        u = done.usage
+        body_out = message_object(job.request_id, job.model, text, STOP_REASONS[done.finish_reason], u.prompt_tokens, u.completion_tokens)
+        return json_response(body_out, relay)
+
+    async def events() -> AsyncIterator[bytes]:
+        for event in stream_opening(job.request_id, job.model):
+            yield event
+        async for frame in relay.frames():
+            if isinstance(frame, Chunk):
+                if frame.text:
+                    yield stream_delta(frame.text)
+            elif isinstance(frame, Complete):
+                u = frame.usage
+                for event in stream_closing(STOP_REASONS[frame.finish_reason], u.prompt_tokens, u.completion_tokens):
+                    yield event
+            elif isinstance(frame, Error):
+                yield stream_error(gateway.frame_error(frame))
+
+    return stream_response(relay, events())

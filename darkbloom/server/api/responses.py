@@ -1,0 +1,70 @@
+"""``POST /v1/responses``: the OpenAI Responses adapter over the gateway.
+
+Streams carry ``event:`` lines and end with ``response.completed``,
+``response.incomplete`` or ``response.failed``; there is no ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from darkbloom.protocol import Chunk, Complete, Error
+from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
+from darkbloom.server import gateway
+from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, stream_response
+from darkbloom.server.api.errors import error_response
+from darkbloom.server.store import ApiKeyRecord
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return f"event: {obj['type']}\ndata: ".encode() + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def responses(request: Request) -> Response:
+    return await handle(request, _responses, error_response)
+
+
+async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
+    req, messages, params = parse_responses_request(body)
+    check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")
+    timing.parsed = time.perf_counter()
+    job = gateway.InferenceJob(
+        request_id=f"resp_{uuid.uuid4().hex}",
+        model=req.model,
+        messages=messages,
+        params=params,
+        account_id=consumer.account_id,
+        api="responses",
+        stream=req.stream,
+    )
+    relay = await dispatch(request, job, timing)
+    state = ResponseState(job.request_id, f"msg_{uuid.uuid4().hex}", job.model, int(time.time()), req)
+    if not req.stream:
+        text, done = await collect(relay)
+        state.text = text
+        state.finish(done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens)
+        return json_response(state.body(), relay)
+
+    async def events() -> AsyncIterator[bytes]:
+        for event in state.opening():
+            yield _event(event)
+        async for frame in relay.frames():
+            if isinstance(frame, Chunk):
+                if frame.text:
+                    yield _event(state.delta(frame.text))
+            elif isinstance(frame, Complete):
+                state.finish(frame.finish_reason, frame.usage.prompt_tokens, frame.usage.completion_tokens)
+                for event in state.closing():
+                    yield _event(event)
+            elif isinstance(frame, Error):
+                err = gateway.frame_error(frame)
+                yield _event(state.failed(err.code or "server_error", err.message))
+
+    return stream_response(relay, events())
