@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,20 +39,34 @@ def e2e_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-e2e")
 
 
-@pytest.fixture
-def network(tmp_path: Path, e2e_model_dir: Path) -> Iterator[Network]:
-    """A real coordinator process and one real node process serving the tiny model."""
+@contextlib.contextmanager
+def run_network(home: Path, model_dir: Path) -> Iterator[Network]:
+    """Start a coordinator and one node under ``home``; stop both on exit."""
     port = free_port()
-    db_url = f"sqlite:///{tmp_path / 'coord.db'}"
-    coord = start(["serve", "--port", str(port), "--db", db_url, "--home", str(tmp_path / "coord")], tmp_path / "coord.log")
+    db_url = f"sqlite:///{home / 'coord.db'}"
+    coord = start(["serve", "--port", str(port), "--db", db_url, "--home", str(home / "coord")], home / "coord.log")
     base = f"http://127.0.0.1:{port}"
-    net = Network(base, "", db_url, tmp_path, coord, [], e2e_model_dir)
+    net = Network(base, "", db_url, home, coord, [], model_dir)
     try:
         wait_http(f"{base}/health", proc=coord)
-        net.key = create_key(db_url, tmp_path / "coord")
+        net.key = create_key(db_url, home / "coord")
         net.add_node("node1")
         wait_model(base, net.key, net.model)
         yield net
     finally:
         for proc in [*net.nodes, net.coordinator]:
             proc.stop()
+
+
+@pytest.fixture
+def network(tmp_path: Path, e2e_model_dir: Path) -> Iterator[Network]:
+    """A real coordinator process and one real node process serving the tiny model."""
+    with run_network(tmp_path, e2e_model_dir) as net:
+        yield net
+
+
+@pytest.fixture(scope="session")
+def shared_network(tmp_path_factory: pytest.TempPathFactory, e2e_model_dir: Path) -> Iterator[Network]:
+    """One coordinator and node for every test that neither kills nor restarts them (saves start-up time)."""
+    with run_network(tmp_path_factory.mktemp("shared"), e2e_model_dir) as net:
+        yield net

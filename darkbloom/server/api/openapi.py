@@ -112,12 +112,56 @@ def _get(summary: str, ok: str, params: list[dict[str, Any]] | None = None) -> d
     return {"get": op}
 
 
+_SAMPLING = {"temperature": {"minimum": 0, "maximum": 2}, "top_p": {"exclusiveMinimum": 0, "maximum": 1}}
+_PENALTIES = {"presence_penalty": {"minimum": -2, "maximum": 2}, "frequency_penalty": {"minimum": -2, "maximum": 2}}
+_CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
+    "ChatCompletionRequest": {
+        **_SAMPLING,
+        **_PENALTIES,
+        "model": {"minLength": 1},
+        "messages": {"minItems": 1},
+        "n": {"minimum": 1, "maximum": 1},
+        "max_tokens": {"minimum": 1},
+        "max_completion_tokens": {"minimum": 1},
+    },
+    "CompletionRequest": {
+        **_SAMPLING,
+        **_PENALTIES,
+        "model": {"minLength": 1},
+        "n": {"minimum": 1, "maximum": 1},
+        "best_of": {"minimum": 1, "maximum": 1},
+        "max_tokens": {"minimum": 1},
+        "prompt": {"minLength": 1, "minItems": 1, "maxItems": 1},
+    },
+    "ResponsesRequest": {**_SAMPLING, "model": {"minLength": 1}, "input": {"minLength": 1, "minItems": 1}, "max_output_tokens": {"minimum": 1}},
+    "MessagesRequest": {
+        "temperature": {"minimum": 0, "maximum": 1},
+        "top_p": {"exclusiveMinimum": 0, "maximum": 1},
+        "model": {"minLength": 1},
+        "messages": {"minItems": 1},
+        "max_tokens": {"minimum": 1},
+    },
+}
+
+
+def _constrain(components: dict[str, Any]) -> None:
+    """Add the range checks the parsers enforce, so the document says what is valid (not only the types)."""
+    for name, fields in _CONSTRAINTS.items():
+        props = components[name]["properties"]
+        for field_name, extra in fields.items():
+            prop = props[field_name]
+            for branch in prop.get("anyOf", [prop]):
+                if branch.get("type") != "null":
+                    branch.update(extra)
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document (built once)."""
     _, components = msgspec.json.schema_components(
         [ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest], ref_template=REF
     )
+    _constrain(components)
     components.update(_error_schemas())
     bearer = [{"bearer": []}]
     either = [{"bearer": []}, {"x-api-key": []}]
