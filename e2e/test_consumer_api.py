@@ -186,7 +186,8 @@ def test_messages_stream(shared_network: Network, claude: anthropic.Anthropic) -
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == expected
-    assert final.stop_reason == "end_turn" and final.content[0].text == expected  # type: ignore[union-attr]
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", stop)
+    assert final.content[0].text == expected  # type: ignore[union-attr]
     assert final.usage.input_tokens > 0 and 0 < final.usage.output_tokens <= 24
 
 

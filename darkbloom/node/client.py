@@ -177,7 +177,7 @@ class NodeSession:
                 await self._send(ws, Chunk(request_id=req.request_id, seq=seq, text=ev.text, tokens=ev.tokens))  # type: ignore[arg-type]
                 seq += 1
             elif isinstance(ev, Finished):
-                await self._send(ws, Complete(request_id=req.request_id, usage=ev.usage, finish_reason=ev.finish_reason))  # type: ignore[arg-type]
+                await self._send(ws, Complete(request_id=req.request_id, usage=ev.usage, finish_reason=ev.finish_reason, stop_sequence=ev.stop_sequence))  # type: ignore[arg-type]
                 log.info(
                     "request %s done: %s, %d prompt + %d completion tokens in %.2f s",
                     req.request_id, ev.finish_reason, ev.usage.prompt_tokens, ev.usage.completion_tokens, time.perf_counter() - started,

@@ -19,6 +19,11 @@ from darkbloom.protocol.openai import RequestError, check_sampling, decode_body
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "cancelled": "end_turn"}
 """Node finish reasons as Anthropic stop reasons."""
 
+
+def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
+    """Anthropic's ``stop_reason``: ``stop_sequence`` when one of the caller's stop strings ended it."""
+    return "stop_sequence" if stop_sequence is not None and finish_reason == "stop" else STOP_REASONS[finish_reason]
+
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -124,6 +129,7 @@ def message_object(
     stop_reason: str | None,
     input_tokens: int,
     output_tokens: int,
+    stop_sequence: str | None = None,
 ) -> dict[str, Any]:
     """A ``message`` object: the whole answer (``text`` set) or the ``message_start`` shell (``text`` None)."""
     return {
@@ -133,7 +139,7 @@ def message_object(
         "model": model,
         "content": [] if text is None else [{"type": "text", "text": text}],
         "stop_reason": stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": stop_sequence if stop_reason == "stop_sequence" else None,
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
     }
 
@@ -156,12 +162,12 @@ def stream_delta(text: str) -> bytes:
     return sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
 
 
-def stream_closing(stop_reason: str, input_tokens: int, output_tokens: int) -> list[bytes]:
+def stream_closing(stop_reason: str, input_tokens: int, output_tokens: int, stop_sequence: str | None = None) -> list[bytes]:
     """``content_block_stop``, ``message_delta`` with the stop reason and final usage, ``message_stop``."""
     usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
     return [
         sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}),
+        sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence if stop_reason == "stop_sequence" else None}, "usage": usage}),
         sse_event("message_stop", {"type": "message_stop"}),
     ]
 

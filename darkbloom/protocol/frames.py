@@ -176,6 +176,8 @@ class Complete(_Frame, frozen=True, tag="complete"):
     usage: Usage
     finish_reason: Literal["stop", "length", "tool_calls", "cancelled"] = "stop"
     receipt: str | None = None
+    stop_sequence: str | None = None
+    """The caller's stop string that ended generation (finish_reason ``stop``), if one did."""
 
 
 class AttestationResponse(_Frame, frozen=True, tag="attestation_response"):

@@ -14,6 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 from darkbloom.server.access import RequestContextMiddleware
 from darkbloom.server.api import chat, completions, consumer, messages, models, openapi, provider_ws, responses
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
+from darkbloom.server.api.adapter import TimingHeader
 from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
 from darkbloom.server.auth.keys import hash_key
 from darkbloom.server.gateway import RequestHook
@@ -90,7 +91,8 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/install.sh", releases_api.install_script, methods=["GET"]),
         Route("/v1/{rest:path}", consumer.not_implemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestContextMiddleware, metrics=metrics)])
+    middleware = [Middleware(RequestContextMiddleware, metrics=metrics), Middleware(TimingHeader)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics

@@ -122,3 +122,11 @@ def test_emitted_text_never_ends_inside_a_stop_that_completes_later(case: tuple[
             break
         if first >= 0:
             assert len(emitted) <= first  # nothing of the stop, or past it, ever got out
+
+
+def test_the_matched_stop_string_is_reported() -> None:
+    m = StopMatcher(("END", "\n\n"))
+    assert m.matched is None
+    assert m.feed("abc") == ("a", False) and m.matched is None
+    assert m.feed("\n\nxyz") == ("bc", True)
+    assert m.matched == "\n\n"

@@ -180,3 +180,74 @@ def test_completions_send_the_prompt_verbatim_and_echo_it(coordinator: Coordinat
         t.join(10)
     choice = out["resp"].json()["choices"][0]
     assert (choice["text"], choice["finish_reason"]) == ("once upon a time, the end", "stop")
+
+
+def _post_in_thread(coordinator: Coordinator, route: str, body: dict[str, Any], out: dict[str, Any]) -> Any:
+    import threading
+
+    t = threading.Thread(target=lambda: out.update(resp=coordinator.client.post(route, json=body, headers=coordinator.auth)))
+    t.start()
+    return t
+
+
+def test_node_error_mid_stream_is_one_response_failed_event(coordinator: Coordinator) -> None:
+    out: dict[str, Any] = {}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register_node(ws)
+        t = _post_in_thread(coordinator, "/v1/responses", {**GOOD["/v1/responses"], "stream": True}, out)
+        req = decode(ws.receive_bytes())
+        ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="Hel")))
+        ws.send_bytes(encode(Error(message="engine fell over", request_id=req.request_id)))
+        t.join(10)
+    events = [json.loads(e) for e in _events(out["resp"].text)]
+    assert [e["type"] for e in events][-2:] == ["response.output_text.delta", "response.failed"]
+    assert events[-1]["response"]["status"] == "failed"
+    assert events[-1]["response"]["error"]["message"] == "engine fell over"
+
+
+def test_sampling_options_reach_the_node_and_caller_fields_do_not(coordinator: Coordinator) -> None:
+    out: dict[str, Any] = {}
+    body = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "reply in JSON"}],
+        "response_format": {"type": "json_object"},
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
+        "seed": -1,
+        "stop": "END",
+        "max_completion_tokens": 7,
+        "user": "alice@example.com",
+        "metadata": {"secret": "s3cr3t"},
+    }
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register_node(ws)
+        t = _post_in_thread(coordinator, "/v1/chat/completions", body, out)
+        raw = ws.receive_bytes()
+        req = decode(raw)
+        ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(3, 0))))
+        t.join(10)
+    p = req.params
+    assert (p.response_format, p.presence_penalty, p.frequency_penalty, p.stop, p.max_tokens) == ("json_object", 0.5, -0.25, ("END",), 7)
+    assert p.seed == 2**64 - 1  # any 64-bit seed is fine; the node's PRNG takes it unsigned
+    assert b"alice" not in raw and b"s3cr3t" not in raw
+    assert out["resp"].status_code == 200
+
+
+def test_openapi_document_lists_every_consumer_route(coordinator: Coordinator) -> None:
+    doc = coordinator.client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) == {
+        "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
+        "/v1/models", "/v1/models/capacity", "/v1/models/{model}",
+    }
+    chat = doc["components"]["schemas"]["ChatCompletionRequest"]
+    assert set(chat["required"]) == {"model", "messages"} and "presence_penalty" in chat["properties"]
+    assert "X-Timing" in doc["paths"]["/v1/messages"]["post"]["responses"]["200"]["headers"]
+
+
+@pytest.mark.parametrize("path", ["/health", "/v1/models", "/v1/nope", "/openapi.json", "/v1/models/capacity", "/v1/models/m1"])
+def test_every_response_carries_x_timing(coordinator: Coordinator, path: str) -> None:
+    resp = coordinator.client.get(path, headers=coordinator.auth)
+    timing = json.loads(resp.headers["x-timing"])
+    assert isinstance(timing["total"], int) and timing["total"] >= 0
+    assert resp.headers.get_list("x-timing") == [resp.headers["x-timing"]]

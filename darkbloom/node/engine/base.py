@@ -29,6 +29,7 @@ class Finished:
     request_id: str
     usage: Usage
     finish_reason: Literal["stop", "length", "cancelled"]
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,7 +306,7 @@ class MLXEngine:
             self._emit(act, loop, act.events, TextDelta(act.request_id, tail, act.unsent_tokens))
             act.unsent_tokens = 0
         usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated)
-        self._emit(act, loop, act.events, Finished(act.request_id, usage, reason))  # type: ignore[arg-type]
+        self._emit(act, loop, act.events, Finished(act.request_id, usage, reason, act.stops.matched))  # type: ignore[arg-type]
         self._forget(uid)
 
     def _forget(self, uid: int) -> None:

@@ -15,6 +15,8 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._hold = max((len(s) for s in self._stops), default=0) - 1
         self._pending = ""
+        self.matched: str | None = None
+        """The stop string that was hit, once one is."""
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self._stops:
@@ -22,6 +24,7 @@ class StopMatcher:
         buf = self._pending + text
         cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
         if cut >= 0:
+            self.matched = min((s for s in self._stops if buf.find(s) == cut), key=len)
             self._pending = ""
             return buf[:cut], True
         if self._hold <= 0:

@@ -14,7 +14,9 @@ guaranteed ``Relay.close``.
   stream that is the time to first byte; for a whole answer, everything).
 
 A stage the request never reached (it was refused earlier) is left out;
-``total`` is always there.
+``total`` is always there. Routes that are not inference adapters (model
+list, health, the 404 catch-all) carry just ``total``, added by
+``TimingHeader``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
@@ -148,3 +151,27 @@ def stream_response(relay: gateway.Relay, events: AsyncIterator[bytes]) -> Strea
         headers={"Cache-Control": "no-cache", "X-Request-Id": relay.job.request_id},
         background=BackgroundTask(relay.close),
     )
+
+
+class TimingHeader:
+    """ASGI middleware: every HTTP response without an ``X-Timing`` header gets one with ``total``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = time.perf_counter()
+
+        async def send_with_timing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-timing" for k, _ in headers):
+                    total = max(0, round((time.perf_counter() - received) * 1e6))
+                    headers.append((b"x-timing", b'{"total":%d}' % total))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_timing)

@@ -15,10 +15,10 @@ from starlette.responses import JSONResponse, Response
 
 from darkbloom.protocol import Chunk, Complete, Error
 from darkbloom.protocol.anthropic import (
-    STOP_REASONS,
     error_body,
     message_object,
     parse_messages_request,
+    stop_reason,
     stream_closing,
     stream_delta,
     stream_error,
@@ -55,7 +55,8 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
     if not req.stream:
         text, done = await collect(relay)
         u = done.usage
-        body_out = message_object(job.request_id, job.model, text, STOP_REASONS[done.finish_reason], u.prompt_tokens, u.completion_tokens)
+        reason = stop_reason(done.finish_reason, done.stop_sequence)
+        body_out = message_object(job.request_id, job.model, text, reason, u.prompt_tokens, u.completion_tokens, done.stop_sequence)
         return json_response(body_out, relay)
 
     async def events() -> AsyncIterator[bytes]:
@@ -67,7 +68,8 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
                     yield stream_delta(frame.text)
             elif isinstance(frame, Complete):
                 u = frame.usage
-                for event in stream_closing(STOP_REASONS[frame.finish_reason], u.prompt_tokens, u.completion_tokens):
+                reason = stop_reason(frame.finish_reason, frame.stop_sequence)
+                for event in stream_closing(reason, u.prompt_tokens, u.completion_tokens, frame.stop_sequence):
                     yield event
             elif isinstance(frame, Error):
                 yield stream_error(gateway.frame_error(frame))
