@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -50,13 +51,15 @@ def stop_in(text: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def oai(shared_network: Network) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{shared_network.base_url}/v1", api_key=shared_network.key, max_retries=0)
+def oai(shared_network: Network) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{shared_network.base_url}/v1", api_key=shared_network.key, max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
-def claude(shared_network: Network) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=shared_network.base_url, api_key=shared_network.key, max_retries=0)
+def claude(shared_network: Network) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=shared_network.base_url, api_key=shared_network.key, max_retries=0) as client:
+        yield client
 
 
 # ---- chat completions -------------------------------------------------------------------------
@@ -252,3 +255,19 @@ def test_client_disconnect_cancels_the_generation_and_frees_the_slot(shared_netw
     assert capacity(shared_network)["busy_slots"] == 0
     done = httpx.post(f"{shared_network.base_url}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, headers=headers, timeout=30)
     assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 4
+
+
+def test_non_streaming_caller_that_hangs_up_cancels_the_generation(shared_network: Network) -> None:
+    node = shared_network.nodes[0]
+    before = node.text().count("cancelled by coordinator: client disconnected")
+    body = {"model": shared_network.model, "messages": PROMPT, "max_tokens": 2000, "temperature": 0}
+    headers = {"Authorization": f"Bearer {shared_network.key}"}
+    with pytest.raises(httpx.ReadTimeout):  # gives up long before 2000 tokens are generated
+        httpx.post(f"{shared_network.base_url}/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 10
+    while node.text().count("cancelled by coordinator: client disconnected") == before:
+        assert time.monotonic() < deadline, "the node never heard that the caller hung up"
+        time.sleep(0.05)
+    while capacity(shared_network)["busy_slots"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

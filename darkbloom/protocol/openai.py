@@ -158,6 +158,11 @@ def _check_n(n: int | None) -> None:
         raise RequestError(400, f"n={n} is not supported: only n=1 (send separate requests for more choices)", param="n")
 
 
+def _check_stream_options(stream: bool, options: StreamOptions | None) -> None:
+    if options is not None and not stream:
+        raise RequestError(400, "stream_options is only allowed when stream is true", param="stream_options")
+
+
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Decode and validate a chat completion body.
 
@@ -172,6 +177,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     if not req.messages:
         raise RequestError(400, "messages must be a non-empty array", param="messages")
     _check_n(req.n)
+    _check_stream_options(req.stream, req.stream_options)
     check_sampling(
         temperature=req.temperature,
         top_p=req.top_p,
@@ -359,6 +365,7 @@ def parse_completion_request(body: bytes) -> tuple[CompletionRequest, str]:
     if not prompt:
         raise RequestError(400, "prompt must be a non-empty string", param="prompt")
     _check_n(req.n)
+    _check_stream_options(req.stream, req.stream_options)
     if req.best_of is not None and req.best_of != 1:
         raise RequestError(400, f"best_of={req.best_of} is not supported: only 1", param="best_of")
     if req.logprobs:

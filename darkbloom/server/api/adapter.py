@@ -22,8 +22,12 @@ list, health, the 404 catch-all) carry just ``total``, added by
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -44,6 +48,8 @@ _STAGES = (
     ("dispatch", "routed", "dispatched"),
     ("ttft", "dispatched", "first_frame"),
 )
+
+log = logging.getLogger(__name__)
 
 Run = Callable[[Request, ApiKeyRecord, bytes, gateway.Timing], Awaitable[Response]]
 
@@ -77,8 +83,15 @@ async def handle(request: Request, run: Run, render_error: Callable[[RequestErro
         response = await run(request, consumer, body, timing)
     except RequestError as err:
         response = render_error(err)
+    except Exception:  # a bug must still answer in the route's shape, never a bare 500 page
+        log.exception("%s %s failed", request.method, request.url.path)
+        response = render_error(internal_error())
     response.headers["X-Timing"] = json.dumps(timing_stages(timing), separators=(",", ":"))
     return response
+
+
+def internal_error() -> RequestError:
+    return RequestError(500, "internal error in the coordinator; it has been logged", type="server_error", code="internal_error")
 
 
 def check_fleet_limits(request: Request, model: str, max_tokens: int, param: str) -> None:
@@ -106,12 +119,40 @@ async def dispatch(request: Request, job: gateway.InferenceJob, timing: gateway.
     return await gateway.start(job, state.fleet, state.hooks, state.settings, timing)
 
 
-async def collect(relay: gateway.Relay) -> tuple[str, gateway.Complete]:
+async def collect(request: Request, relay: gateway.Relay) -> tuple[str, gateway.Complete]:
     """A whole (non-streamed) answer: its text and the terminal frame. Closes the relay.
 
+    A caller that hangs up while waiting gets its generation cancelled on the
+    node at once, as a streaming caller does.
+
     Raises:
-        RequestError: the node failed, or the stream ended without a terminal frame.
+        RequestError: the node failed, the stream ended without a terminal
+            frame, or (499) the client went away.
     """
+    outcome: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+
+        async def gather() -> None:
+            try:
+                outcome["answer"] = await _collect(relay)
+            except RequestError as err:
+                outcome["error"] = err
+            finally:
+                tg.cancel_scope.cancel()
+
+        async def watch_disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(gather)
+        tg.start_soon(watch_disconnect)
+    if "answer" in outcome:
+        return outcome["answer"]  # type: ignore[no-any-return]
+    raise outcome.get("error") or RequestError(499, "client closed the request", code="client_closed_request")
+
+
+async def _collect(relay: gateway.Relay) -> tuple[str, gateway.Complete]:
     try:
         parts: list[str] = []
         async for frame in relay.frames():
@@ -130,8 +171,11 @@ def json_response(body: dict[str, object], relay: gateway.Relay) -> JSONResponse
     return JSONResponse(body, headers={"X-Request-Id": relay.job.request_id})
 
 
-def stream_response(relay: gateway.Relay, events: AsyncIterator[bytes]) -> StreamingResponse:
+def stream_response(relay: gateway.Relay, events: AsyncIterator[bytes], error_event: Callable[[RequestError], bytes]) -> StreamingResponse:
     """Stream ``events``; the relay is closed when they end, fail, or the client goes away.
+
+    A bug while streaming ends the stream with one ``error_event`` in the
+    route's own shape rather than a cut connection.
 
     The ``finally`` covers an ending or a cancel while waiting for a frame; the
     background task covers a disconnect that lands while the generator is
@@ -142,6 +186,9 @@ def stream_response(relay: gateway.Relay, events: AsyncIterator[bytes]) -> Strea
         try:
             async for event in events:
                 yield event
+        except Exception:
+            log.exception("stream of %s failed", relay.job.request_id)
+            yield error_event(internal_error())
         finally:
             await relay.close()
 

@@ -43,7 +43,7 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     relay = await dispatch(request, job, timing)
     created = int(time.time())
     if not req.stream:
-        text, done = await collect(relay)
+        text, done = await collect(request, relay)
         usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
         return json_response(chat_completion(job.request_id, job.model, created, text, done.finish_reason, usage), relay)
 
@@ -66,4 +66,4 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
             elif isinstance(frame, Error):
                 yield sse(gateway.frame_error(frame).body())
 
-    return stream_response(relay, events())
+    return stream_response(relay, events(), lambda err: sse(err.body()))

@@ -43,7 +43,7 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
     created = int(time.time())
     echo = prompt if req.echo else ""
     if not req.stream:
-        text, done = await collect(relay)
+        text, done = await collect(request, relay)
         usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
         return json_response(text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage), relay)
 
@@ -65,4 +65,4 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
             elif isinstance(frame, Error):
                 yield sse(gateway.frame_error(frame).body())
 
-    return stream_response(relay, events())
+    return stream_response(relay, events(), lambda err: sse(err.body()))

@@ -53,7 +53,7 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
     )
     relay = await dispatch(request, job, timing)
     if not req.stream:
-        text, done = await collect(relay)
+        text, done = await collect(request, relay)
         u = done.usage
         reason = stop_reason(done.finish_reason, done.stop_sequence)
         body_out = message_object(job.request_id, job.model, text, reason, u.prompt_tokens, u.completion_tokens, done.stop_sequence)
@@ -74,4 +74,4 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
             elif isinstance(frame, Error):
                 yield stream_error(gateway.frame_error(frame))
 
-    return stream_response(relay, events())
+    return stream_response(relay, events(), stream_error)

@@ -47,7 +47,7 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
     relay = await dispatch(request, job, timing)
     state = ResponseState(job.request_id, f"msg_{uuid.uuid4().hex}", job.model, int(time.time()), req)
     if not req.stream:
-        text, done = await collect(relay)
+        text, done = await collect(request, relay)
         state.text = text
         state.finish(done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens)
         return json_response(state.body(), relay)
@@ -67,4 +67,4 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
                 err = gateway.frame_error(frame)
                 yield _event(state.failed(err.code or "server_error", err.message))
 
-    return stream_response(relay, events())
+    return stream_response(relay, events(), lambda err: _event(state.failed(err.code or "server_error", err.message)))
