@@ -32,7 +32,12 @@ def main() -> None:
     model = build_tiny_model(tmp / "models" / "tiny-e2e")
     with run_network(tmp / "net", model) as net:
         headers = {"Authorization": f"Bearer {net.key}"}
-        body = {"model": net.model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16, "stream": True}
+        body = {
+            "model": net.model,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 16,
+            "stream": True,
+        }
         stages: dict[str, list[int]] = {}
         with httpx.Client(base_url=net.base_url, headers=headers, timeout=60) as client:
             for _ in range(args.requests):

@@ -67,7 +67,9 @@ def claude(shared_network: Network) -> Iterator[anthropic.Anthropic]:
 
 def test_chat_non_stream_cuts_at_a_stop_string(shared_network: Network, oai: openai.OpenAI) -> None:
     stop, expected = stop_in(reference(shared_network.model_dir, 24))
-    resp = oai.chat.completions.create(model=shared_network.model, messages=PROMPT, max_tokens=24, temperature=0, stop=stop)
+    resp = oai.chat.completions.create(
+        model=shared_network.model, messages=PROMPT, max_tokens=24, temperature=0, stop=stop
+    )
     assert resp.choices[0].message.content == expected
     assert resp.choices[0].finish_reason == "stop"
 
@@ -92,7 +94,9 @@ def test_chat_stream_with_stop_list_and_usage(shared_network: Network, oai: open
 
 def test_presence_penalty_is_honoured(shared_network: Network, oai: openai.OpenAI) -> None:
     def ask(**extra: Any) -> str:
-        r = oai.chat.completions.create(model=shared_network.model, messages=PROMPT, max_tokens=40, temperature=0, **extra)
+        r = oai.chat.completions.create(
+            model=shared_network.model, messages=PROMPT, max_tokens=40, temperature=0, **extra
+        )
         return r.choices[0].message.content or ""
 
     plain = ask()
@@ -127,7 +131,9 @@ def test_json_mode_and_seeded_sampling_are_accepted(shared_network: Network, oai
 
 
 def test_completions_non_stream_uses_the_raw_prompt(shared_network: Network, oai: openai.OpenAI) -> None:
-    resp = oai.completions.create(model=shared_network.model, prompt=RAW_PROMPT, max_tokens=12, temperature=0, echo=True)
+    resp = oai.completions.create(
+        model=shared_network.model, prompt=RAW_PROMPT, max_tokens=12, temperature=0, echo=True
+    )
     assert resp.object == "text_completion"
     assert resp.choices[0].text == RAW_PROMPT + reference(shared_network.model_dir, 12, chat=False)
     assert resp.usage is not None and resp.usage.completion_tokens == 12
@@ -135,10 +141,17 @@ def test_completions_non_stream_uses_the_raw_prompt(shared_network: Network, oai
 
 def test_completions_stream(shared_network: Network, oai: openai.OpenAI) -> None:
     stream = oai.completions.create(
-        model=shared_network.model, prompt=RAW_PROMPT, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+        model=shared_network.model,
+        prompt=RAW_PROMPT,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
-    assert "".join(c.choices[0].text for c in chunks if c.choices) == reference(shared_network.model_dir, 12, chat=False)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == reference(
+        shared_network.model_dir, 12, chat=False
+    )
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
 
@@ -147,7 +160,9 @@ def test_completions_stream(shared_network: Network, oai: openai.OpenAI) -> None
 
 
 def test_responses_non_stream(shared_network: Network, oai: openai.OpenAI) -> None:
-    resp = oai.responses.create(model=shared_network.model, input=PROMPT[0]["content"], max_output_tokens=16, temperature=0)
+    resp = oai.responses.create(
+        model=shared_network.model, input=PROMPT[0]["content"], max_output_tokens=16, temperature=0
+    )
     assert resp.output_text == reference(shared_network.model_dir, 16)
     assert resp.status == "incomplete" and resp.incomplete_details is not None
     assert resp.incomplete_details.reason == "max_output_tokens"
@@ -157,12 +172,21 @@ def test_responses_non_stream(shared_network: Network, oai: openai.OpenAI) -> No
 def test_responses_stream_follows_the_documented_event_sequence(shared_network: Network, oai: openai.OpenAI) -> None:
     events = list(
         oai.responses.create(
-            model=shared_network.model, input=[{"role": "user", "content": PROMPT[0]["content"]}], max_output_tokens=16, temperature=0, stream=True
+            model=shared_network.model,
+            input=[{"role": "user", "content": PROMPT[0]["content"]}],
+            max_output_tokens=16,
+            temperature=0,
+            stream=True,
         )
     )
     kinds = [e.type for e in events]
     head = ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
-    tail = ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.incomplete"]
+    tail = [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
+    ]
     assert kinds[:4] == head and kinds[-4:] == tail
     assert set(kinds[4:-4]) == {"response.output_text.delta"} and len(kinds) > 9
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -184,7 +208,11 @@ def test_messages_non_stream(shared_network: Network, claude: anthropic.Anthropi
 def test_messages_stream(shared_network: Network, claude: anthropic.Anthropic) -> None:
     stop, expected = stop_in(reference(shared_network.model_dir, 24))
     with claude.messages.stream(
-        model=shared_network.model, max_tokens=24, messages=PROMPT, stop_sequences=[stop], extra_body=GREEDY  # type: ignore[arg-type]
+        model=shared_network.model,
+        max_tokens=24,
+        messages=PROMPT,
+        stop_sequences=[stop],
+        extra_body=GREEDY,  # type: ignore[arg-type]
     ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -197,7 +225,9 @@ def test_messages_stream(shared_network: Network, claude: anthropic.Anthropic) -
 # ---- limits, in each SDK's own error type ----------------------------------------------------
 
 
-def test_context_too_long_and_max_tokens_too_large_are_400s(shared_network: Network, oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+def test_context_too_long_and_max_tokens_too_large_are_400s(
+    shared_network: Network, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
     long = [{"role": "user", "content": TOO_LONG}]
     with pytest.raises(openai.BadRequestError) as info:
         oai.chat.completions.create(model=shared_network.model, messages=long, max_tokens=8)  # type: ignore[arg-type]
@@ -241,7 +271,10 @@ def capacity(net: Network) -> dict[str, Any]:
 def test_client_disconnect_cancels_the_generation_and_frees_the_slot(shared_network: Network) -> None:
     body = {"model": shared_network.model, "messages": PROMPT, "max_tokens": 1500, "temperature": 0, "stream": True}
     headers = {"Authorization": f"Bearer {shared_network.key}"}
-    with httpx.Client(timeout=30) as client, client.stream("POST", f"{shared_network.base_url}/v1/chat/completions", json=body, headers=headers) as r:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{shared_network.base_url}/v1/chat/completions", json=body, headers=headers) as r,
+    ):
         assert r.status_code == 200
         request_id = r.headers["x-request-id"]
         lines = r.iter_lines()
@@ -250,10 +283,17 @@ def test_client_disconnect_cancels_the_generation_and_frees_the_slot(shared_netw
     # The client is gone: the node must hear about it and stop, and the slot must come back.
     deadline = time.monotonic() + 10
     while f"{request_id} cancelled by coordinator" not in shared_network.nodes[0].text():
-        assert time.monotonic() < deadline, "the node never reported the cancel:\n" + shared_network.nodes[0].text()[-2000:]
+        assert time.monotonic() < deadline, (
+            "the node never reported the cancel:\n" + shared_network.nodes[0].text()[-2000:]
+        )
         time.sleep(0.05)
     assert capacity(shared_network)["busy_slots"] == 0
-    done = httpx.post(f"{shared_network.base_url}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, headers=headers, timeout=30)
+    done = httpx.post(
+        f"{shared_network.base_url}/v1/chat/completions",
+        json={**body, "stream": False, "max_tokens": 4},
+        headers=headers,
+        timeout=30,
+    )
     assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 4
 
 
@@ -263,7 +303,12 @@ def test_non_streaming_caller_that_hangs_up_cancels_the_generation(shared_networ
     body = {"model": shared_network.model, "messages": PROMPT, "max_tokens": 2000, "temperature": 0}
     headers = {"Authorization": f"Bearer {shared_network.key}"}
     with pytest.raises(httpx.ReadTimeout):  # gives up long before 2000 tokens are generated
-        httpx.post(f"{shared_network.base_url}/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(30, read=0.5))
+        httpx.post(
+            f"{shared_network.base_url}/v1/chat/completions",
+            json=body,
+            headers=headers,
+            timeout=httpx.Timeout(30, read=0.5),
+        )
     deadline = time.monotonic() + 10
     while node.text().count("cancelled by coordinator: client disconnected") == before:
         assert time.monotonic() < deadline, "the node never heard that the caller hung up"

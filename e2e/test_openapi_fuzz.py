@@ -47,5 +47,9 @@ def test_no_request_gets_a_5xx(case: schemathesis.Case, shared_network: Network)
         limit = {"/v1/chat/completions": "max_tokens", "/v1/responses": "max_output_tokens"}.get(case.path)
         if limit and body.get(limit) is None and body.get("max_completion_tokens") is None:
             body[limit] = 8  # the defaults (256) would make this test slow, not better
-    response = case.call(base_url=shared_network.base_url, headers={"Authorization": f"Bearer {shared_network.key}"}, timeout=60)
-    assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}\n{body!r}"
+    response = case.call(
+        base_url=shared_network.base_url, headers={"Authorization": f"Bearer {shared_network.key}"}, timeout=60
+    )
+    assert response.status_code < 500, (
+        f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}\n{body!r}"
+    )

@@ -24,6 +24,7 @@ def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
     """Anthropic's ``stop_reason``: ``stop_sequence`` when one of the caller's stop strings ended it."""
     return "stop_sequence" if stop_sequence is not None and finish_reason == "stop" else STOP_REASONS[finish_reason]
 
+
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -84,7 +85,9 @@ def _text(content: str | list[ContentBlock], param: str) -> str:
     out = []
     for block in content:
         if block.type != "text":
-            raise RequestError(400, f"{param}: content block type {block.type!r} is not supported; only 'text'", param=param)
+            raise RequestError(
+                400, f"{param}: content block type {block.type!r} is not supported; only 'text'", param=param
+            )
         out.append(block.text or "")
     return "".join(out)
 
@@ -152,22 +155,42 @@ def sse_event(kind: str, data: dict[str, Any]) -> bytes:
 def stream_opening(message_id: str, model: str) -> list[bytes]:
     """``message_start`` (usage 0/0: the node counts the prompt), ``content_block_start``, a ``ping``."""
     return [
-        sse_event("message_start", {"type": "message_start", "message": message_object(message_id, model, None, None, 0, 0)}),
-        sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        sse_event(
+            "message_start", {"type": "message_start", "message": message_object(message_id, model, None, None, 0, 0)}
+        ),
+        sse_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         sse_event("ping", {"type": "ping"}),
     ]
 
 
 def stream_delta(text: str) -> bytes:
-    return sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+    return sse_event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+    )
 
 
-def stream_closing(stop_reason: str, input_tokens: int, output_tokens: int, stop_sequence: str | None = None) -> list[bytes]:
+def stream_closing(
+    stop_reason: str, input_tokens: int, output_tokens: int, stop_sequence: str | None = None
+) -> list[bytes]:
     """``content_block_stop``, ``message_delta`` with the stop reason and final usage, ``message_stop``."""
     usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
     return [
         sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence if stop_reason == "stop_sequence" else None}, "usage": usage}),
+        sse_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": stop_reason,
+                    "stop_sequence": stop_sequence if stop_reason == "stop_sequence" else None,
+                },
+                "usage": usage,
+            },
+        ),
         sse_event("message_stop", {"type": "message_stop"}),
     ]
 

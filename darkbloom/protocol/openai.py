@@ -153,12 +153,14 @@ def check_sampling(
             raise RequestError(400, f"{name} must be a positive integer", param=name)
 
 
-def _check_n(n: int | None) -> None:
+def require_single_choice(n: int | None) -> None:
     if n is not None and n != 1:
-        raise RequestError(400, f"n={n} is not supported: only n=1 (send separate requests for more choices)", param="n")
+        raise RequestError(
+            400, f"n={n} is not supported: only n=1 (send separate requests for more choices)", param="n"
+        )
 
 
-def _check_stream_options(stream: bool, options: StreamOptions | None) -> None:
+def check_stream_options(stream: bool, options: StreamOptions | None) -> None:
     if options is not None and not stream:
         raise RequestError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
@@ -176,8 +178,8 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise RequestError(400, "model must be a non-empty string", param="model")
     if not req.messages:
         raise RequestError(400, "messages must be a non-empty array", param="messages")
-    _check_n(req.n)
-    _check_stream_options(req.stream, req.stream_options)
+    require_single_choice(req.n)
+    check_stream_options(req.stream, req.stream_options)
     check_sampling(
         temperature=req.temperature,
         top_p=req.top_p,
@@ -187,19 +189,29 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         presence_penalty=req.presence_penalty,
     )
     if req.logprobs or req.top_logprobs:
-        raise RequestError(400, "logprobs are not supported by this network", param="logprobs" if req.logprobs else "top_logprobs")
+        raise RequestError(
+            400, "logprobs are not supported by this network", param="logprobs" if req.logprobs else "top_logprobs"
+        )
     if req.tool_choice not in (None, "none") and not req.tools:
         raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
     fmt = req.response_format
     if fmt is not None:
         if fmt.type == "json_schema":
-            raise RequestError(400, "response_format type 'json_schema' is not supported; use 'json_object'", param="response_format")
+            raise RequestError(
+                400, "response_format type 'json_schema' is not supported; use 'json_object'", param="response_format"
+            )
         if fmt.type not in ("text", "json_object"):
-            raise RequestError(400, f"response_format type {fmt.type!r} is invalid: expected 'text' or 'json_object'", param="response_format")
+            raise RequestError(
+                400,
+                f"response_format type {fmt.type!r} is invalid: expected 'text' or 'json_object'",
+                param="response_format",
+            )
         if fmt.type == "json_object" and not any("json" in _text_of(m.content).lower() for m in req.messages):
             # OpenAI's own rule: without the word the model may emit whitespace until max_tokens.
             raise RequestError(
-                400, "'messages' must contain the word 'json' in some form to use 'response_format' of type 'json_object'", param="messages"
+                400,
+                "'messages' must contain the word 'json' in some form to use 'response_format' of type 'json_object'",
+                param="messages",
             )
     return req
 
@@ -275,7 +287,9 @@ def chat_chunk(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [] if empty_choices else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": []
+        if empty_choices
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
     if usage is not None:
         chunk["usage"] = usage
@@ -309,99 +323,3 @@ def model_list(model_ids: list[str], created: int = 0) -> dict[str, Any]:
         "object": "list",
         "data": [{"id": m, "object": "model", "created": created, "owned_by": "darkbloom"} for m in model_ids],
     }
-
-
-# ---- legacy text completions ---------------------------------------------------------------
-
-DEFAULT_COMPLETION_MAX_TOKENS = 16
-"""OpenAI's default ``max_tokens`` for ``/v1/completions``."""
-
-
-class CompletionRequest(msgspec.Struct, frozen=True):
-    """``POST /v1/completions`` body (legacy). Unknown fields are ignored, as OpenAI does."""
-
-    model: str
-    prompt: str | list[Any]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int | None = None
-    best_of: int | None = None
-    echo: bool = False
-    logprobs: int | None = None
-    suffix: str | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    user: str | None = None
-
-
-_completion_decoder = msgspec.json.Decoder(CompletionRequest)
-
-
-def parse_completion_request(body: bytes) -> tuple[CompletionRequest, str]:
-    """Decode and validate a legacy completion body.
-
-    Returns:
-        The request and its one prompt string.
-
-    Raises:
-        RequestError: 400 for invalid JSON or fields, more than one prompt,
-            token-id prompts, ``n``/``best_of`` > 1, ``logprobs`` or ``suffix``.
-    """
-    req: CompletionRequest = decode_body(_completion_decoder, body)
-    if not req.model:
-        raise RequestError(400, "model must be a non-empty string", param="model")
-    prompt = req.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise RequestError(
-                400, "prompt must be a string or a list of exactly one string (token-id and batched prompts are not supported)", param="prompt"
-            )
-        prompt = prompt[0]
-    if not prompt:
-        raise RequestError(400, "prompt must be a non-empty string", param="prompt")
-    _check_n(req.n)
-    _check_stream_options(req.stream, req.stream_options)
-    if req.best_of is not None and req.best_of != 1:
-        raise RequestError(400, f"best_of={req.best_of} is not supported: only 1", param="best_of")
-    if req.logprobs:
-        raise RequestError(400, "logprobs are not supported by this network", param="logprobs")
-    if req.suffix:
-        raise RequestError(400, "suffix (insertion) is not supported by this network", param="suffix")
-    check_sampling(
-        temperature=req.temperature,
-        top_p=req.top_p,
-        max_tokens=req.max_tokens,
-        frequency_penalty=req.frequency_penalty,
-        presence_penalty=req.presence_penalty,
-    )
-    return req, prompt
-
-
-def completion_params(req: CompletionRequest, prompt: str) -> SamplingParams:
-    """The node's sampling for a legacy completion: the prompt goes verbatim, no chat template."""
-    return SamplingParams(
-        max_tokens=req.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        seed=node_seed(req.seed),
-        stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
-        presence_penalty=req.presence_penalty or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0,
-        raw_prompt=prompt,
-    )
-
-
-def text_completion(
-    completion_id: str, model: str, created: int, text: str | None, finish_reason: str | None, usage: dict[str, int] | None = None
-) -> dict[str, Any]:
-    """A ``text_completion`` object: the whole answer, or one stream chunk (``text`` None: a usage-only chunk)."""
-    choices = [] if text is None else [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]
-    obj: dict[str, Any] = {"id": completion_id, "object": "text_completion", "created": created, "model": model, "choices": choices}
-    if usage is not None:
-        obj["usage"] = usage
-    return obj

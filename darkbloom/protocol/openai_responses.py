@@ -100,7 +100,9 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
     if req.tools:
         raise RequestError(400, f"tools are not supported for model {req.model!r} on this network", param="tools")
     if req.previous_response_id:
-        raise RequestError(400, "previous_response_id is not supported: responses are not stored", param="previous_response_id")
+        raise RequestError(
+            400, "previous_response_id is not supported: responses are not stored", param="previous_response_id"
+        )
     if req.reasoning:
         raise RequestError(400, "reasoning options are not supported by this network's models", param="reasoning")
     if req.text is not None and req.text.format.type not in ("text", "json_object"):
@@ -195,7 +197,11 @@ class ResponseState:
             self._event("response.created", response=self.body()),
             self._event("response.in_progress", response=self.body()),
             self._event("response.output_item.added", output_index=0, item=self._item("in_progress")),
-            self._event("response.content_part.added", **self._at(), part={"type": "output_text", "text": "", "annotations": [], "logprobs": []}),
+            self._event(
+                "response.content_part.added",
+                **self._at(),
+                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            ),
         ]
 
     def delta(self, text: str) -> dict[str, Any]:

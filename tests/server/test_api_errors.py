@@ -18,8 +18,18 @@ GOOD: dict[str, dict[str, Any]] = {
     "/v1/messages": {"model": "m1", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
 }
 ROUTES = list(GOOD)
-MAX_TOKENS = {"/v1/chat/completions": "max_tokens", "/v1/completions": "max_tokens", "/v1/responses": "max_output_tokens", "/v1/messages": "max_tokens"}
-REQUIRED = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/responses": "input", "/v1/messages": "max_tokens"}
+MAX_TOKENS = {
+    "/v1/chat/completions": "max_tokens",
+    "/v1/completions": "max_tokens",
+    "/v1/responses": "max_output_tokens",
+    "/v1/messages": "max_tokens",
+}
+REQUIRED = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/responses": "input",
+    "/v1/messages": "max_tokens",
+}
 UNSUPPORTED = {
     "/v1/chat/completions": ("n", 2),
     "/v1/completions": ("best_of", 3),
@@ -80,7 +90,9 @@ def test_unknown_model_is_404(coordinator: Coordinator, route: str) -> None:
 @pytest.mark.parametrize("route", ROUTES)
 def test_unsupported_parameter_is_400_naming_it(coordinator: Coordinator, route: str) -> None:
     name, value = UNSUPPORTED[route]
-    err = check_error(route, coordinator.client.post(route, json={**GOOD[route], name: value}, headers=coordinator.auth), 400)
+    err = check_error(
+        route, coordinator.client.post(route, json={**GOOD[route], name: value}, headers=coordinator.auth), 400
+    )
     assert name in (err.get("param") or err["message"])
 
 
@@ -91,7 +103,9 @@ def test_missing_key_is_401_in_the_routes_shape(coordinator: Coordinator, route:
 
 
 def test_messages_accepts_x_api_key(coordinator: Coordinator) -> None:
-    resp = coordinator.client.post("/v1/messages", json={**GOOD["/v1/messages"], "model": "nope"}, headers={"x-api-key": coordinator.key})
+    resp = coordinator.client.post(
+        "/v1/messages", json={**GOOD["/v1/messages"], "model": "nope"}, headers={"x-api-key": coordinator.key}
+    )
     assert check_error("/v1/messages", resp, 404)["type"] == "not_found_error"
 
 
@@ -114,7 +128,9 @@ def test_context_too_long_from_the_node_is_400(coordinator: Coordinator, route: 
     out: dict[str, Any] = {}
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         register_node(ws)
-        t = threading.Thread(target=lambda: out.update(resp=coordinator.client.post(route, json=GOOD[route], headers=coordinator.auth)))
+        t = threading.Thread(
+            target=lambda: out.update(resp=coordinator.client.post(route, json=GOOD[route], headers=coordinator.auth))
+        )
         t.start()
         req = decode(ws.receive_bytes())
         msg = "prompt of 5000 tokens plus max_tokens 8 exceeds the model's context length of 2048 tokens"
@@ -130,7 +146,9 @@ def test_tools_are_refused_naming_the_model(coordinator: Coordinator) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     err = check_error(
         "/v1/chat/completions",
-        coordinator.client.post("/v1/chat/completions", json={**GOOD["/v1/chat/completions"], "tools": tools}, headers=coordinator.auth),
+        coordinator.client.post(
+            "/v1/chat/completions", json={**GOOD["/v1/chat/completions"], "tools": tools}, headers=coordinator.auth
+        ),
         400,
     )
     assert err["param"] == "tools" and "m1" in err["message"]
@@ -138,7 +156,11 @@ def test_tools_are_refused_naming_the_model(coordinator: Coordinator) -> None:
 
 def test_json_mode_needs_the_word_json(coordinator: Coordinator) -> None:
     body = {**GOOD["/v1/chat/completions"], "response_format": {"type": "json_object"}}
-    err = check_error("/v1/chat/completions", coordinator.client.post("/v1/chat/completions", json=body, headers=coordinator.auth), 400)
+    err = check_error(
+        "/v1/chat/completions",
+        coordinator.client.post("/v1/chat/completions", json=body, headers=coordinator.auth),
+        400,
+    )
     assert "json" in err["message"]
 
 
@@ -149,7 +171,9 @@ def test_node_error_mid_stream_is_one_anthropic_error_event(coordinator: Coordin
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         register_node(ws)
         body = {**GOOD["/v1/messages"], "stream": True}
-        t = threading.Thread(target=lambda: out.update(resp=coordinator.client.post("/v1/messages", json=body, headers=coordinator.auth)))
+        t = threading.Thread(
+            target=lambda: out.update(resp=coordinator.client.post("/v1/messages", json=body, headers=coordinator.auth))
+        )
         t.start()
         req = decode(ws.receive_bytes())
         ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="Hel")))
@@ -169,7 +193,11 @@ def test_completions_send_the_prompt_verbatim_and_echo_it(coordinator: Coordinat
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         register_node(ws)
         body = {**GOOD["/v1/completions"], "echo": True, "user": "u-42"}
-        t = threading.Thread(target=lambda: out.update(resp=coordinator.client.post("/v1/completions", json=body, headers=coordinator.auth)))
+        t = threading.Thread(
+            target=lambda: out.update(
+                resp=coordinator.client.post("/v1/completions", json=body, headers=coordinator.auth)
+            )
+        )
         t.start()
         raw = ws.receive_bytes()
         req = decode(raw)
@@ -185,7 +213,9 @@ def test_completions_send_the_prompt_verbatim_and_echo_it(coordinator: Coordinat
 def _post_in_thread(coordinator: Coordinator, route: str, body: dict[str, Any], out: dict[str, Any]) -> Any:
     import threading
 
-    t = threading.Thread(target=lambda: out.update(resp=coordinator.client.post(route, json=body, headers=coordinator.auth)))
+    t = threading.Thread(
+        target=lambda: out.update(resp=coordinator.client.post(route, json=body, headers=coordinator.auth))
+    )
     t.start()
     return t
 
@@ -227,7 +257,13 @@ def test_sampling_options_reach_the_node_and_caller_fields_do_not(coordinator: C
         ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(3, 0))))
         t.join(10)
     p = req.params
-    assert (p.response_format, p.presence_penalty, p.frequency_penalty, p.stop, p.max_tokens) == ("json_object", 0.5, -0.25, ("END",), 7)
+    assert (p.response_format, p.presence_penalty, p.frequency_penalty, p.stop, p.max_tokens) == (
+        "json_object",
+        0.5,
+        -0.25,
+        ("END",),
+        7,
+    )
     assert p.seed == 2**64 - 1  # any 64-bit seed is fine; the node's PRNG takes it unsigned
     assert b"alice" not in raw and b"s3cr3t" not in raw
     assert out["resp"].status_code == 200
@@ -237,15 +273,22 @@ def test_openapi_document_lists_every_consumer_route(coordinator: Coordinator) -
     doc = coordinator.client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
-        "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
-        "/v1/models", "/v1/models/capacity", "/v1/models/{model}",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/models",
+        "/v1/models/capacity",
+        "/v1/models/{model}",
     }
     chat = doc["components"]["schemas"]["ChatCompletionRequest"]
     assert set(chat["required"]) == {"model", "messages"} and "presence_penalty" in chat["properties"]
     assert "X-Timing" in doc["paths"]["/v1/messages"]["post"]["responses"]["200"]["headers"]
 
 
-@pytest.mark.parametrize("path", ["/health", "/v1/models", "/v1/nope", "/openapi.json", "/v1/models/capacity", "/v1/models/m1"])
+@pytest.mark.parametrize(
+    "path", ["/health", "/v1/models", "/v1/nope", "/openapi.json", "/v1/models/capacity", "/v1/models/m1"]
+)
 def test_every_response_carries_x_timing(coordinator: Coordinator, path: str) -> None:
     resp = coordinator.client.get(path, headers=coordinator.auth)
     timing = json.loads(resp.headers["x-timing"])

@@ -22,7 +22,13 @@ def test_free_slots_mean_no_wait() -> None:
     reg = _registry(2, 4)
     reg.nodes["n0"].in_flight = 2
     cap = model_capacity(reg, "m", service_s=3.0)
-    assert (cap["nodes"], cap["slots"], cap["busy_slots"], cap["free_slots"], cap["queued"]) == (["n0", "n1"], 6, 2, 4, 0)
+    assert (cap["nodes"], cap["slots"], cap["busy_slots"], cap["free_slots"], cap["queued"]) == (
+        ["n0", "n1"],
+        6,
+        2,
+        4,
+        0,
+    )
     assert cap["estimated_wait_ms"] == 0
 
 

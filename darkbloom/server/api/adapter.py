@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
-
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -91,7 +90,9 @@ async def handle(request: Request, run: Run, render_error: Callable[[RequestErro
 
 
 def internal_error() -> RequestError:
-    return RequestError(500, "internal error in the coordinator; it has been logged", type="server_error", code="internal_error")
+    return RequestError(
+        500, "internal error in the coordinator; it has been logged", type="server_error", code="internal_error"
+    )
 
 
 def check_fleet_limits(request: Request, model: str, max_tokens: int, param: str) -> None:
@@ -162,7 +163,9 @@ async def _collect(relay: gateway.Relay) -> tuple[str, gateway.Complete]:
                 return "".join(parts), frame
             elif isinstance(frame, gateway.Error):
                 raise gateway.frame_error(frame)
-        raise RequestError(502, "provider ended the stream without a terminal frame", type="server_error", code="provider_error")
+        raise RequestError(
+            502, "provider ended the stream without a terminal frame", type="server_error", code="provider_error"
+        )
     finally:
         await relay.close()
 
@@ -171,7 +174,9 @@ def json_response(body: dict[str, object], relay: gateway.Relay) -> JSONResponse
     return JSONResponse(body, headers={"X-Request-Id": relay.job.request_id})
 
 
-def stream_response(relay: gateway.Relay, events: AsyncIterator[bytes], error_event: Callable[[RequestError], bytes]) -> StreamingResponse:
+def stream_response(
+    relay: gateway.Relay, events: AsyncIterator[bytes], error_event: Callable[[RequestError], bytes]
+) -> StreamingResponse:
     """Stream ``events``; the relay is closed when they end, fail, or the client goes away.
 
     A bug while streaming ends the stream with one ``error_event`` in the

@@ -10,9 +10,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from darkbloom.protocol import Chunk, Complete, Error
-from darkbloom.protocol.openai import RequestError, chat_chunk, chat_completion, parse_chat_request, to_internal, usage_dict
+from darkbloom.protocol.openai import (
+    RequestError,
+    chat_chunk,
+    chat_completion,
+    parse_chat_request,
+    to_internal,
+    usage_dict,
+)
 from darkbloom.server import gateway
-from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, sse, stream_response
+from darkbloom.server.api.adapter import (
+    check_fleet_limits,
+    collect,
+    dispatch,
+    handle,
+    json_response,
+    sse,
+    stream_response,
+)
 from darkbloom.server.api.errors import error_response
 from darkbloom.server.store import ApiKeyRecord
 
@@ -27,9 +42,13 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     if req.tools:
         # No node advertises a tool-capable template yet, so tools can never be honoured here.
         raise RequestError(
-            400, f"model {req.model!r} does not support tools: its chat template has no tool support on this network", param="tools"
+            400,
+            f"model {req.model!r} does not support tools: its chat template has no tool support on this network",
+            param="tools",
         )
-    check_fleet_limits(request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+    check_fleet_limits(
+        request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    )
     timing.parsed = time.perf_counter()
     job = gateway.InferenceJob(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -45,7 +64,9 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     if not req.stream:
         text, done = await collect(request, relay)
         usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
-        return json_response(chat_completion(job.request_id, job.model, created, text, done.finish_reason, usage), relay)
+        return json_response(
+            chat_completion(job.request_id, job.model, created, text, done.finish_reason, usage), relay
+        )
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -53,7 +74,11 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
         role_sent = False
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
-                yield sse(chat_chunk(job.request_id, job.model, created, content=frame.text, role=None if role_sent else "assistant"))
+                yield sse(
+                    chat_chunk(
+                        job.request_id, job.model, created, content=frame.text, role=None if role_sent else "assistant"
+                    )
+                )
                 role_sent = True
             elif isinstance(frame, Complete):
                 if not role_sent:

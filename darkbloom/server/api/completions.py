@@ -14,9 +14,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from darkbloom.protocol import Chunk, Complete, Error
-from darkbloom.protocol.openai import completion_params, parse_completion_request, text_completion, usage_dict
+from darkbloom.protocol.openai import usage_dict
+from darkbloom.protocol.openai_completions import completion_params, parse_completion_request, text_completion
 from darkbloom.server import gateway
-from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, sse, stream_response
+from darkbloom.server.api.adapter import (
+    check_fleet_limits,
+    collect,
+    dispatch,
+    handle,
+    json_response,
+    sse,
+    stream_response,
+)
 from darkbloom.server.api.errors import error_response
 from darkbloom.server.store import ApiKeyRecord
 
@@ -45,7 +54,9 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
     if not req.stream:
         text, done = await collect(request, relay)
         usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
-        return json_response(text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage), relay)
+        return json_response(
+            text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage), relay
+        )
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 

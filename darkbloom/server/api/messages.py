@@ -56,7 +56,9 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
         text, done = await collect(request, relay)
         u = done.usage
         reason = stop_reason(done.finish_reason, done.stop_sequence)
-        body_out = message_object(job.request_id, job.model, text, reason, u.prompt_tokens, u.completion_tokens, done.stop_sequence)
+        body_out = message_object(
+            job.request_id, job.model, text, reason, u.prompt_tokens, u.completion_tokens, done.stop_sequence
+        )
         return json_response(body_out, relay)
 
     async def events() -> AsyncIterator[bytes]:

@@ -98,4 +98,3 @@ async def capacity(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": data})
 
     return await handle(request, run, error_response)
-

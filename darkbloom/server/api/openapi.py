@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from darkbloom import __version__
 from darkbloom.protocol.anthropic import MessagesRequest
-from darkbloom.protocol.openai import ChatCompletionRequest, CompletionRequest
+from darkbloom.protocol.openai import ChatCompletionRequest
+from darkbloom.protocol.openai_completions import CompletionRequest
 from darkbloom.protocol.openai_responses import ResponsesRequest
 
 REF = "#/components/schemas/{name}"
@@ -57,15 +58,43 @@ def _error_schemas() -> dict[str, Any]:
             "required": ["type", "error"],
             "properties": {
                 "type": {"const": "error"},
-                "error": {"type": "object", "required": ["type", "message"], "properties": {"type": {"type": "string"}, "message": {"type": "string"}}},
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                },
             },
         },
-        "ChatCompletion": {"type": "object", "required": ["id", "object", "choices", "usage"], "properties": {"object": {"const": "chat.completion"}}},
-        "TextCompletion": {"type": "object", "required": ["id", "object", "choices", "usage"], "properties": {"object": {"const": "text_completion"}}},
-        "Response": {"type": "object", "required": ["id", "object", "status", "output"], "properties": {"object": {"const": "response"}}},
-        "AnthropicMessage": {"type": "object", "required": ["id", "type", "content", "stop_reason", "usage"], "properties": {"type": {"const": "message"}}},
-        "Model": {"type": "object", "required": ["id", "object"], "properties": {"id": {"type": "string"}, "object": {"const": "model"}}},
-        "ModelList": {"type": "object", "required": ["object", "data"], "properties": {"data": {"type": "array", "items": _ref("Model")}}},
+        "ChatCompletion": {
+            "type": "object",
+            "required": ["id", "object", "choices", "usage"],
+            "properties": {"object": {"const": "chat.completion"}},
+        },
+        "TextCompletion": {
+            "type": "object",
+            "required": ["id", "object", "choices", "usage"],
+            "properties": {"object": {"const": "text_completion"}},
+        },
+        "Response": {
+            "type": "object",
+            "required": ["id", "object", "status", "output"],
+            "properties": {"object": {"const": "response"}},
+        },
+        "AnthropicMessage": {
+            "type": "object",
+            "required": ["id", "type", "content", "stop_reason", "usage"],
+            "properties": {"type": {"const": "message"}},
+        },
+        "Model": {
+            "type": "object",
+            "required": ["id", "object"],
+            "properties": {"id": {"type": "string"}, "object": {"const": "model"}},
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {"data": {"type": "array", "items": _ref("Model")}},
+        },
         "ModelCapacity": {
             "type": "object",
             "required": ["id", "nodes", "slots", "free_slots", "busy_slots", "queued", "estimated_wait_ms"],
@@ -79,7 +108,11 @@ def _error_schemas() -> dict[str, Any]:
                 "estimated_wait_ms": {"type": ["integer", "null"]},
             },
         },
-        "CapacityList": {"type": "object", "required": ["object", "data"], "properties": {"data": {"type": "array", "items": _ref("ModelCapacity")}}},
+        "CapacityList": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {"data": {"type": "array", "items": _ref("ModelCapacity")}},
+        },
     }
 
 
@@ -87,7 +120,11 @@ def _responses(ok: str, error: str, stream: bool) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": _ref(ok)}}
     if stream:
         content["text/event-stream"] = {"schema": {"type": "string"}}
-    err = {"description": "refused or failed", "headers": {"X-Timing": TIMING_HEADER}, "content": {"application/json": {"schema": _ref(error)}}}
+    err = {
+        "description": "refused or failed",
+        "headers": {"X-Timing": TIMING_HEADER},
+        "content": {"application/json": {"schema": _ref(error)}},
+    }
     out: dict[str, Any] = {"200": {"description": "OK", "headers": {"X-Timing": TIMING_HEADER}, "content": content}}
     for status in ("400", "401", "404", "413", "502", "503", "504"):
         out[status] = err
@@ -106,7 +143,11 @@ def _inference(summary: str, body: str, ok: str, error: str, security: list[dict
 
 
 def _get(summary: str, ok: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}], "responses": _responses(ok, "OpenAIError", stream=False)}
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": _responses(ok, "OpenAIError", stream=False),
+    }
     if params:
         op["parameters"] = params
     return {"get": op}
@@ -133,7 +174,12 @@ _CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
         "max_tokens": {"minimum": 1},
         "prompt": {"minLength": 1, "minItems": 1, "maxItems": 1},
     },
-    "ResponsesRequest": {**_SAMPLING, "model": {"minLength": 1}, "input": {"minLength": 1, "minItems": 1}, "max_output_tokens": {"minimum": 1}},
+    "ResponsesRequest": {
+        **_SAMPLING,
+        "model": {"minLength": 1},
+        "input": {"minLength": 1, "minItems": 1},
+        "max_output_tokens": {"minimum": 1},
+    },
     "MessagesRequest": {
         "temperature": {"minimum": 0, "maximum": 1},
         "top_p": {"exclusiveMinimum": 0, "maximum": 1},
@@ -170,12 +216,24 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Darkbloom consumer API", "version": __version__},
         "paths": {
-            "/v1/chat/completions": _inference("OpenAI chat completions (stream or not)", "ChatCompletionRequest", "ChatCompletion", "OpenAIError", bearer),
-            "/v1/completions": _inference("OpenAI legacy text completions", "CompletionRequest", "TextCompletion", "OpenAIError", bearer),
+            "/v1/chat/completions": _inference(
+                "OpenAI chat completions (stream or not)",
+                "ChatCompletionRequest",
+                "ChatCompletion",
+                "OpenAIError",
+                bearer,
+            ),
+            "/v1/completions": _inference(
+                "OpenAI legacy text completions", "CompletionRequest", "TextCompletion", "OpenAIError", bearer
+            ),
             "/v1/responses": _inference("OpenAI Responses API", "ResponsesRequest", "Response", "OpenAIError", bearer),
-            "/v1/messages": _inference("Anthropic Messages API", "MessagesRequest", "AnthropicMessage", "AnthropicError", either),
+            "/v1/messages": _inference(
+                "Anthropic Messages API", "MessagesRequest", "AnthropicMessage", "AnthropicError", either
+            ),
             "/v1/models": _get("Models served by connected nodes", "ModelList"),
-            "/v1/models/capacity": _get("Per model: nodes, free and busy slots, queued requests, estimated wait", "CapacityList"),
+            "/v1/models/capacity": _get(
+                "Per model: nodes, free and busy slots, queued requests, estimated wait", "CapacityList"
+            ),
             "/v1/models/{model}": _get("One served model", "Model", model_param),
         },
         "components": {
