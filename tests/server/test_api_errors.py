@@ -294,3 +294,41 @@ def test_every_response_carries_x_timing(coordinator: Coordinator, path: str) ->
     timing = json.loads(resp.headers["x-timing"])
     assert isinstance(timing["total"], int) and timing["total"] >= 0
     assert resp.headers.get_list("x-timing") == [resp.headers["x-timing"]]
+
+
+def _answer_once(coordinator: Coordinator, route: str, body: dict[str, Any]) -> Any:
+    out: dict[str, Any] = {}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register_node(ws)
+        t = _post_in_thread(coordinator, route, body, out)
+        req = decode(ws.receive_bytes())
+        ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="Hel")))
+        ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(3, 1))))
+        t.join(10)
+    return out["resp"]
+
+
+def _broken(*_a: Any, **_k: Any) -> Any:
+    raise KeyError("a bug")
+
+
+def test_a_bug_in_an_adapter_is_a_500_in_the_routes_shape(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from darkbloom.server.api import messages
+
+    monkeypatch.setattr(messages, "message_object", _broken)
+    err = check_error("/v1/messages", _answer_once(coordinator, "/v1/messages", GOOD["/v1/messages"]), 500)
+    assert err["type"] == "api_error"
+
+
+def test_a_bug_mid_stream_ends_it_with_one_error_event(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from darkbloom.server.api import messages
+
+    monkeypatch.setattr(messages, "stream_delta", _broken)
+    resp = _answer_once(coordinator, "/v1/messages", {**GOOD["/v1/messages"], "stream": True})
+    kinds = [line.removeprefix("event: ") for line in resp.text.splitlines() if line.startswith("event: ")]
+    assert kinds == ["message_start", "content_block_start", "ping", "error"]
+    assert json.loads(_events(resp.text)[-1])["error"]["type"] == "api_error"
