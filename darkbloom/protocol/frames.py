@@ -61,6 +61,8 @@ class ModelInfo(msgspec.Struct, frozen=True):
     weight_hash: str | None = None
     template_render_ok: bool = True
     context_length: int = 0
+    supports_tools: bool = False
+    """The chat template renders ``tools`` and the node can parse the model's tool calls."""
 
 
 SlotState = Literal["running", "idle", "idle_shutdown", "crashed", "reloading"]
@@ -99,6 +101,14 @@ class Usage(msgspec.Struct, frozen=True):
     cached_tokens: int = 0
 
 
+class ToolCall(msgspec.Struct, frozen=True):
+    """A function call the model made: ``arguments`` is JSON text, as OpenAI sends it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     """One message of the conversation a node renders with its chat template."""
 
@@ -106,6 +116,7 @@ class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     content: str = ""
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -122,6 +133,8 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     """``"json_object"`` when the caller asked for JSON output (OpenAI ``response_format``)."""
     raw_prompt: str | None = None
     """A legacy-completions prompt: tokenized verbatim instead of rendering ``messages`` with the chat template."""
+    tools: str | None = None
+    """JSON text of the OpenAI ``tools`` list, rendered into the prompt by the node's chat template."""
 
 
 # ---- node -> coordinator ----------------------------------------------------------
@@ -163,6 +176,7 @@ class Chunk(_Frame, frozen=True, tag="chunk", omit_defaults=True):
     text: str
     tokens: int = 1
     sealed: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Complete(_Frame, frozen=True, tag="complete"):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from darkbloom.protocol.frames import ChatMessage, SamplingParams
+from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
 
 
 class RequestError(Exception):
@@ -49,11 +49,34 @@ class StreamOptions(msgspec.Struct, frozen=True):
     include_usage: bool = False
 
 
+class FunctionCall(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str = "{}"
+
+
+class MessageToolCall(msgspec.Struct, frozen=True):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class FunctionSpec(msgspec.Struct, frozen=True):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(msgspec.Struct, frozen=True):
+    function: FunctionSpec
+    type: Literal["function"] = "function"
+
+
 class Message(msgspec.Struct, frozen=True):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
 
 
 class ResponseFormat(msgspec.Struct, frozen=True):
@@ -80,7 +103,7 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolSpec] | None = None
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -194,6 +217,13 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         )
     if req.tool_choice not in (None, "none") and not req.tools:
         raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
+    if req.tool_choice not in (None, "none", "auto"):
+        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
+        raise RequestError(
+            400,
+            f"tool_choice {req.tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'",
+            param="tool_choice",
+        )
     fmt = req.response_format
     if fmt is not None:
         if fmt.type == "json_schema":
@@ -240,6 +270,7 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
             content=_flatten(m.content),
             name=m.name,
             tool_call_id=m.tool_call_id,
+            tool_calls=tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()),
         )
         for m in req.messages
     )
@@ -253,8 +284,27 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         response_format="json_object" if req.response_format and req.response_format.type == "json_object" else None,
+        tools=tools_json(req),
     )
     return messages, params
+
+
+def tools_json(req: ChatCompletionRequest) -> str | None:
+    """The tools the node should render into the prompt, as JSON text (none for ``tool_choice`` "none")."""
+    if not req.tools or req.tool_choice == "none":
+        return None
+    return msgspec.json.encode(req.tools).decode()
+
+
+def tool_call_dicts(calls: tuple[ToolCall, ...] | list[ToolCall], start: int = 0, *, indexed: bool = False) -> list[dict[str, Any]]:
+    """OpenAI ``tool_calls`` entries; stream deltas carry an ``index`` as well."""
+    out = []
+    for i, call in enumerate(calls, start):
+        entry: dict[str, Any] = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        if indexed:
+            entry = {"index": i, **entry}
+        out.append(entry)
+    return out
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -275,6 +325,7 @@ def chat_chunk(
     finish_reason: str | None = None,
     usage: dict[str, int] | None = None,
     empty_choices: bool = False,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` object for a stream."""
     delta: dict[str, Any] = {}
@@ -282,6 +333,8 @@ def chat_chunk(
         delta["role"] = role
     if content is not None:
         delta["content"] = content
+    if tool_calls:
+        delta["tool_calls"] = tool_calls
     chunk: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
@@ -297,9 +350,18 @@ def chat_chunk(
 
 
 def chat_completion(
-    completion_id: str, model: str, created: int, content: str, finish_reason: str, usage: dict[str, int]
+    completion_id: str,
+    model: str,
+    created: int,
+    content: str,
+    finish_reason: str,
+    usage: dict[str, int],
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A whole ``chat.completion`` object for a non-streaming answer."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message = {"role": "assistant", "content": content or None, "tool_calls": tool_calls}
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -308,7 +370,7 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }

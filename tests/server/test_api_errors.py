@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from darkbloom.protocol import Chunk, Complete, Error, ModelInfo, Register, Usage, decode, encode
-from tests.server.conftest import Coordinator
+from tests.server.conftest import Coordinator, register
 from tests.server.test_provider_socket import _events
 
 GOOD: dict[str, dict[str, Any]] = {
@@ -144,13 +144,15 @@ def test_context_too_long_from_the_node_is_400(coordinator: Coordinator, route: 
 
 def test_tools_are_refused_naming_the_model(coordinator: Coordinator) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    err = check_error(
-        "/v1/chat/completions",
-        coordinator.client.post(
-            "/v1/chat/completions", json={**GOOD["/v1/chat/completions"], "tools": tools}, headers=coordinator.auth
-        ),
-        400,
-    )
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register(ws)  # a node whose template has no tool-calling format
+        err = check_error(
+            "/v1/chat/completions",
+            coordinator.client.post(
+                "/v1/chat/completions", json={**GOOD["/v1/chat/completions"], "tools": tools}, headers=coordinator.auth
+            ),
+            400,
+        )
     assert err["param"] == "tools" and "m1" in err["message"]
 
 

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from darkbloom.protocol import ToolCall
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
 from darkbloom.server.api.auth import require_consumer
@@ -120,8 +121,12 @@ async def dispatch(request: Request, job: gateway.InferenceJob, timing: gateway.
     return await gateway.start(job, state.fleet, state.hooks, state.settings, timing)
 
 
-async def collect(request: Request, relay: gateway.Relay) -> tuple[str, gateway.Complete]:
+async def collect(
+    request: Request, relay: gateway.Relay, tool_calls: list[ToolCall] | None = None
+) -> tuple[str, gateway.Complete]:
     """A whole (non-streamed) answer: its text and the terminal frame. Closes the relay.
+
+    Tool calls the model made are appended to ``tool_calls`` when given.
 
     A caller that hangs up while waiting gets its generation cancelled on the
     node at once, as a streaming caller does.
@@ -135,7 +140,7 @@ async def collect(request: Request, relay: gateway.Relay) -> tuple[str, gateway.
 
         async def gather() -> None:
             try:
-                outcome["answer"] = await _collect(relay)
+                outcome["answer"] = await _collect(relay, tool_calls)
             except RequestError as err:
                 outcome["error"] = err
             finally:
@@ -153,12 +158,14 @@ async def collect(request: Request, relay: gateway.Relay) -> tuple[str, gateway.
     raise outcome.get("error") or RequestError(499, "client closed the request", code="client_closed_request")
 
 
-async def _collect(relay: gateway.Relay) -> tuple[str, gateway.Complete]:
+async def _collect(relay: gateway.Relay, tool_calls: list[ToolCall] | None) -> tuple[str, gateway.Complete]:
     try:
         parts: list[str] = []
         async for frame in relay.frames():
             if isinstance(frame, gateway.Chunk):
                 parts.append(frame.text)
+                if tool_calls is not None:
+                    tool_calls.extend(frame.tool_calls)
             elif isinstance(frame, gateway.Complete):
                 return "".join(parts), frame
             elif isinstance(frame, gateway.Error):

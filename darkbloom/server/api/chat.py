@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error
+from darkbloom.protocol import Chunk, Complete, Error, ToolCall
 from darkbloom.protocol.openai import (
     RequestError,
     chat_chunk,
     chat_completion,
     parse_chat_request,
     to_internal,
+    tool_call_dicts,
     usage_dict,
 )
 from darkbloom.server import gateway
@@ -32,6 +33,22 @@ from darkbloom.server.api.errors import error_response
 from darkbloom.server.store import ApiKeyRecord
 
 
+def check_tool_support(request: Request, model: str) -> None:
+    """Refuse ``tools`` for a model no connected node can render and parse tool calls for.
+
+    Raises:
+        RequestError: 400 naming ``tools``.
+    """
+    nodes = request.app.state.fleet.registry.candidates(model)
+    if nodes and not any(n.models[model].supports_tools for n in nodes):
+        raise RequestError(
+            400,
+            f"model {model!r} does not support tools: its chat template has no tool-calling format "
+            f"this network can parse. Send the request without 'tools', or pick a tool-capable model",
+            param="tools",
+        )
+
+
 async def chat_completions(request: Request) -> Response:
     return await handle(request, _chat_completions, error_response)
 
@@ -39,13 +56,8 @@ async def chat_completions(request: Request) -> Response:
 async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req = parse_chat_request(body)
     messages, params = to_internal(req)
-    if req.tools:
-        # No node advertises a tool-capable template yet, so tools can never be honoured here.
-        raise RequestError(
-            400,
-            f"model {req.model!r} does not support tools: its chat template has no tool support on this network",
-            param="tools",
-        )
+    if params.tools is not None:
+        check_tool_support(request, req.model)
     check_fleet_limits(
         request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     )
@@ -62,24 +74,36 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     relay = await dispatch(request, job, timing)
     created = int(time.time())
     if not req.stream:
-        text, done = await collect(request, relay)
+        calls: list[ToolCall] = []
+        text, done = await collect(request, relay, calls)
         usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
-        return json_response(
-            chat_completion(job.request_id, job.model, created, text, done.finish_reason, usage), relay
+        body = chat_completion(
+            job.request_id, job.model, created, text, done.finish_reason, usage, tool_call_dicts(calls) or None
         )
+        return json_response(body, relay)
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     async def events() -> AsyncIterator[bytes]:
         role_sent = False
+        n_calls = 0
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
-                yield sse(
-                    chat_chunk(
-                        job.request_id, job.model, created, content=frame.text, role=None if role_sent else "assistant"
+                if frame.text or not frame.tool_calls or not role_sent:
+                    yield sse(
+                        chat_chunk(
+                            job.request_id,
+                            job.model,
+                            created,
+                            content=frame.text,
+                            role=None if role_sent else "assistant",
+                        )
                     )
-                )
-                role_sent = True
+                    role_sent = True
+                if frame.tool_calls:
+                    deltas = tool_call_dicts(frame.tool_calls, n_calls, indexed=True)
+                    n_calls += len(deltas)
+                    yield sse(chat_chunk(job.request_id, job.model, created, tool_calls=deltas))
             elif isinstance(frame, Complete):
                 if not role_sent:
                     yield sse(chat_chunk(job.request_id, job.model, created, content="", role="assistant"))

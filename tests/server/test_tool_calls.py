@@ -1,0 +1,130 @@
+"""Tool calling through the coordinator, parsed by the official openai SDK.
+
+A stand-in node (the real provider WebSocket protocol) plays a tool-capable
+model, so these tests pin the coordinator's side: what reaches the node, and
+what the SDK receives. The node's own parsing is tested in tests/node.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import openai
+
+from darkbloom.protocol import Chunk, Complete, InferenceRequest, ModelInfo, Register, ToolCall, Usage, decode, encode
+from tests.server.conftest import Coordinator
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+CALL = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+
+
+def _tool_node(ws: Any) -> None:
+    ws.send_bytes(encode(Register(node_id="tools-node", models=(ModelInfo(id="m1", supports_tools=True),))))  # type: ignore[arg-type]
+    decode(ws.receive_bytes())
+
+
+def _sdk(coordinator: Coordinator) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=coordinator.key, http_client=coordinator.client, max_retries=0)
+
+
+def _answer_with_a_call(ws: Any, holder: dict[str, Any]) -> None:
+    req = decode(ws.receive_bytes())
+    assert isinstance(req, InferenceRequest)
+    holder["request"] = req
+    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="Let me check. ")))
+    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=1, text="", tokens=12, tool_calls=(CALL,))))
+    ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(30, 14), finish_reason="tool_calls")))
+
+
+def test_non_streaming_tool_call_reaches_the_sdk(coordinator: Coordinator) -> None:
+    holder: dict[str, Any] = {}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws)
+        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+        node.start()
+        resp = _sdk(coordinator).chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "weather in Paris?"}], tools=TOOLS  # type: ignore[arg-type]
+        )
+        node.join(10)
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check. "
+    (call,) = choice.message.tool_calls or []
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
+    # The node got the tools to render with its chat template.
+    assert json.loads(holder["request"].params.tools)[0]["function"]["name"] == "get_weather"
+
+
+def test_streamed_tool_call_deltas_accumulate_in_the_sdk(coordinator: Coordinator) -> None:
+    holder: dict[str, Any] = {}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws)
+        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+        node.start()
+        stream = _sdk(coordinator).chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "weather?"}], tools=TOOLS, stream=True  # type: ignore[arg-type]
+        )
+        calls: dict[int, dict[str, str]] = {}
+        finish = None
+        for chunk in stream:
+            for delta_call in chunk.choices[0].delta.tool_calls or []:
+                entry = calls.setdefault(delta_call.index, {"name": "", "arguments": ""})
+                if delta_call.function and delta_call.function.name:
+                    entry["name"] += delta_call.function.name
+                if delta_call.function and delta_call.function.arguments:
+                    entry["arguments"] += delta_call.function.arguments
+            finish = chunk.choices[0].finish_reason or finish
+        node.join(10)
+    assert calls == {0: {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    assert finish == "tool_calls"
+
+
+def test_tool_results_round_trip_to_the_node(coordinator: Coordinator) -> None:
+    holder: dict[str, Any] = {}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws)
+        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+        node.start()
+        _sdk(coordinator).chat.completions.create(
+            model="m1",
+            tools=TOOLS,  # type: ignore[arg-type]
+            messages=[
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+            ],
+        )
+        node.join(10)
+    msgs = holder["request"].messages
+    assert msgs[1].tool_calls == (ToolCall("call_1", "get_weather", '{"city":"Paris"}'),)
+    assert (msgs[2].role, msgs[2].tool_call_id, msgs[2].content) == ("tool", "call_1", "18C and sunny")
+
+
+def test_tool_choice_none_sends_no_tools_and_required_is_refused(coordinator: Coordinator) -> None:
+    base = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws)
+        resp = coordinator.client.post("/v1/chat/completions", json={**base, "tool_choice": "required"}, headers=coordinator.auth)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "tool_choice"
+
+        holder: dict[str, Any] = {}
+        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+        node.start()
+        coordinator.client.post("/v1/chat/completions", json={**base, "tool_choice": "none"}, headers=coordinator.auth)
+        node.join(10)
+    assert holder["request"].params.tools is None
