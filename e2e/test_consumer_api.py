@@ -105,11 +105,22 @@ def test_presence_penalty_is_honoured(shared_network: Network, oai: openai.OpenA
     assert ask(frequency_penalty=2.0) != plain
 
 
-def test_tools_are_a_400_for_a_model_without_tool_support(shared_network: Network, oai: openai.OpenAI) -> None:
+def test_tools_are_rendered_into_the_prompt_by_the_node(shared_network: Network, oai: openai.OpenAI) -> None:
+    # The tiny model's template is tool-capable (ChatML + <tool_call> JSON); its random weights never
+    # emit a call, so this pins the rendering: the node's prompt and answer equal mlx-lm's with the tools.
+    import mlx_lm
+
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
-    with pytest.raises(openai.BadRequestError) as info:
-        oai.chat.completions.create(model=shared_network.model, messages=PROMPT, tools=tools, tool_choice="auto")  # type: ignore[arg-type]
-    assert info.value.param == "tools"
+    model, tok = _model(shared_network.model_dir)
+    prompt = tok.apply_chat_template(PROMPT, tools=tools, add_generation_prompt=True)
+    expected = "".join(r.text for r in mlx_lm.stream_generate(model, tok, prompt, max_tokens=8))
+    resp = oai.chat.completions.create(
+        model=shared_network.model, messages=PROMPT, tools=tools, tool_choice="auto", max_tokens=8, **GREEDY  # type: ignore[arg-type]
+    )
+    assert resp.usage is not None and resp.usage.prompt_tokens == len(prompt)
+    assert resp.choices[0].message.content == expected
+    plain = oai.chat.completions.create(model=shared_network.model, messages=PROMPT, max_tokens=1, **GREEDY)  # type: ignore[arg-type]
+    assert plain.usage is not None and plain.usage.prompt_tokens < len(prompt)
 
 
 def test_json_mode_and_seeded_sampling_are_accepted(shared_network: Network, oai: openai.OpenAI) -> None:

@@ -174,7 +174,7 @@ class NodeSession:
         while True:
             ev = await events.get()
             if isinstance(ev, TextDelta):
-                await self._send(ws, Chunk(request_id=req.request_id, seq=seq, text=ev.text, tokens=ev.tokens))  # type: ignore[arg-type]
+                await self._send(ws, Chunk(request_id=req.request_id, seq=seq, text=ev.text, tokens=ev.tokens, tool_calls=ev.tool_calls))  # type: ignore[arg-type]
                 seq += 1
             elif isinstance(ev, Finished):
                 await self._send(ws, Complete(request_id=req.request_id, usage=ev.usage, finish_reason=ev.finish_reason, stop_sequence=ev.stop_sequence))  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ HTTP layer turns it into ``{"error": {...}}`` without guessing.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import msgspec
@@ -103,7 +104,8 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     response_format: ResponseFormat | None = None
-    tools: list[ToolSpec] | None = None
+    tools: list[dict[str, Any]] | None = None
+    """Kept as sent (key order included) so the node renders exactly what the caller wrote; checked against ``ToolSpec``."""
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -217,6 +219,11 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         )
     if req.tool_choice not in (None, "none") and not req.tools:
         raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
+    if req.tools:
+        try:
+            msgspec.convert(req.tools, list[ToolSpec])
+        except msgspec.ValidationError as exc:
+            raise RequestError(400, f"invalid tools: {exc}", param="tools") from None
     if req.tool_choice not in (None, "none", "auto"):
         # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
         raise RequestError(
@@ -293,7 +300,7 @@ def tools_json(req: ChatCompletionRequest) -> str | None:
     """The tools the node should render into the prompt, as JSON text (none for ``tool_choice`` "none")."""
     if not req.tools or req.tool_choice == "none":
         return None
-    return msgspec.json.encode(req.tools).decode()
+    return json.dumps(req.tools, ensure_ascii=False)
 
 
 def tool_call_dicts(calls: tuple[ToolCall, ...] | list[ToolCall], start: int = 0, *, indexed: bool = False) -> list[dict[str, Any]]:

@@ -67,3 +67,46 @@ def test_garbage_inside_markers_stays_text() -> None:
     ex = _extractor()
     assert ex.feed("<tool_call>not json</tool_call>!") == ("<tool_call>not json</tool_call>!", [])
     assert not ex.made_call
+
+
+PIECES = TEXT.partition(" done")[0].split(" ")
+
+
+def test_engine_lifts_a_tool_call_out_of_generated_text(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """The engine's text path with tools on: markup in, a ToolCall and finish_reason tool_calls out."""
+    import asyncio
+
+    from darkbloom.node.engine.base import Finished, TextDelta
+    from darkbloom.node.engine.mlx_engine import MLXEngine, _Active
+    from darkbloom.node.engine.stops import StopMatcher
+    from darkbloom.protocol import SamplingParams
+
+    engine = MLXEngine(tiny_model_dir, "tiny", max_concurrency=2)
+    engine.wait_ready(60)
+    try:
+        assert engine._tok.has_tool_calling
+
+        async def run() -> list:  # type: ignore[type-arg]
+            events: asyncio.Queue = asyncio.Queue()  # type: ignore[type-arg]
+            loop = asyncio.get_running_loop()
+            params = SamplingParams(tools=json.dumps([{"type": "function", "function": {"name": "get_weather"}}]))
+            act = _Active("r1", 99, events, None, StopMatcher(()), 5, tools=engine._tool_extractor(params))
+            engine._active[99], engine._loops[99] = act, loop
+            for piece in PIECES:  # as decode steps would deliver it
+                act.generated += 1
+                act.unsent_tokens += 1
+                engine._emit_text(act, piece + " ")
+            engine._finish(99, "stop", flush=False)
+            await asyncio.sleep(0.05)
+            return [events.get_nowait() for _ in range(events.qsize())]
+
+        evs = asyncio.run(run())
+    finally:
+        engine.close()
+    deltas = [e for e in evs if isinstance(e, TextDelta)]
+    calls = [c for d in deltas for c in d.tool_calls]
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert "".join(d.text for d in deltas).strip() == "Checking."
+    assert sum(d.tokens for d in deltas) == len(PIECES)
+    (done,) = [e for e in evs if isinstance(e, Finished)]
+    assert done.finish_reason == "tool_calls" and done.usage.completion_tokens == len(PIECES)

@@ -128,3 +128,10 @@ def test_tool_choice_none_sends_no_tools_and_required_is_refused(coordinator: Co
         coordinator.client.post("/v1/chat/completions", json={**base, "tool_choice": "none"}, headers=coordinator.auth)
         node.join(10)
     assert holder["request"].params.tools is None
+
+
+def test_malformed_tools_are_a_400_naming_tools(coordinator: Coordinator) -> None:
+    body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {}}]}
+    resp = coordinator.client.post("/v1/chat/completions", json=body, headers=coordinator.auth)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "tools" and "name" in resp.json()["error"]["message"]

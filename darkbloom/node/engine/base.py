@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, Usage
+from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, ToolCall, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class TextDelta:
     request_id: str
     text: str
     tokens: int
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,7 @@ class Finished:
 
     request_id: str
     usage: Usage
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: Literal["stop", "length", "cancelled", "tool_calls"]
     stop_sequence: str | None = None
 
 

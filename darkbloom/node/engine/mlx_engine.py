@@ -9,6 +9,7 @@ they finish or are cancelled, so a cancel takes effect within one step.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import sys
@@ -20,7 +21,8 @@ from typing import Any
 
 from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
 from darkbloom.node.engine.stops import StopMatcher
-from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, Usage
+from darkbloom.node.engine.tools import ToolCallExtractor
+from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, ToolCall, Usage
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,35 @@ class _Active:
     detok: Any
     stops: StopMatcher
     prompt_tokens: int
+    tools: ToolCallExtractor | None = None
     generated: int = 0
     unsent_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
+
+
+def template_messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them; tool-call arguments as objects, as HF templates render them."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _json_or_text(c.arguments)}}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id:
+            msg["tool_call_id"] = m.tool_call_id
+        if m.name:
+            msg["name"] = m.name
+        out.append(msg)
+    return out
+
+
+def _json_or_text(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
 
 
 def _seeded_sampler(temperature: float, top_p: float, seed: int) -> Any:
@@ -216,8 +244,8 @@ class MLXEngine:
             if params.raw_prompt is not None:  # legacy completions: the prompt as given, no chat template
                 prompt = self._tok.encode(params.raw_prompt)
             else:
-                msgs = [{"role": m.role, "content": m.content} for m in messages]
-                prompt = self._tok.apply_chat_template(msgs, add_generation_prompt=True)
+                tools = json.loads(params.tools) if params.tools else None
+                prompt = self._tok.apply_chat_template(template_messages(messages), tools=tools, add_generation_prompt=True)
         except Exception as exc:
             self._emit(None, loop, events, Failed(request_id, f"chat template failed: {exc}", "template_error", 400))
             return
@@ -254,6 +282,7 @@ class MLXEngine:
             detok=self._tok.detokenizer,
             stops=StopMatcher(params.stop),
             prompt_tokens=len(prompt),
+            tools=self._tool_extractor(params),
         )
         self._loops[uid] = loop
         self._by_request[request_id] = uid
@@ -284,9 +313,7 @@ class MLXEngine:
             if r.finish_reason != "stop":
                 act.detok.add_token(r.token)
             text, hit_stop = act.stops.feed(act.detok.last_segment)
-            if text:
-                self._emit(act, self._loops[r.uid], act.events, TextDelta(act.request_id, text, act.unsent_tokens))
-                act.unsent_tokens = 0
+            self._emit_text(act, text)
             if hit_stop:
                 self._gen.remove([r.uid])
                 self._finish(r.uid, "stop", flush=False)
@@ -296,18 +323,39 @@ class MLXEngine:
     def _finish(self, uid: int, reason: str, flush: bool = True) -> None:
         act = self._active[uid]
         loop = self._loops[uid]
-        tail = ""
         if flush and reason != "cancelled":
             act.detok.finalize()
             tail, _ = act.stops.feed(act.detok.last_segment)
-            tail += act.stops.flush()
+            self._emit_text(act, tail + act.stops.flush(), final=True)
         # Tokens that produced no text (EOS, a stop string) still count: deltas sum to usage.
-        if tail or act.unsent_tokens:
-            self._emit(act, loop, act.events, TextDelta(act.request_id, tail, act.unsent_tokens))
+        if act.unsent_tokens:
+            self._emit(act, loop, act.events, TextDelta(act.request_id, "", act.unsent_tokens))
             act.unsent_tokens = 0
+        if reason == "stop" and act.tools is not None and act.tools.made_call:
+            reason = "tool_calls"
         usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated)
         self._emit(act, loop, act.events, Finished(act.request_id, usage, reason, act.stops.matched))  # type: ignore[arg-type]
         self._forget(uid)
+
+    def _tool_extractor(self, params: SamplingParams) -> ToolCallExtractor | None:
+        if not params.tools or not self._tok.has_tool_calling or self._tok.tool_parser is None:
+            return None
+        return ToolCallExtractor(
+            self._tok.tool_call_start, self._tok.tool_call_end, self._tok.tool_parser, json.loads(params.tools)
+        )
+
+    def _emit_text(self, act: _Active, text: str, final: bool = False) -> None:
+        """Send generated text (tool calls lifted out of it), with the tokens not yet reported."""
+        calls: list[ToolCall] = []
+        if act.tools is not None:
+            text, calls = act.tools.feed(text)
+            if final:
+                rest, more = act.tools.flush()
+                text, calls = text + rest, calls + more
+        if text or calls:
+            delta = TextDelta(act.request_id, text, act.unsent_tokens, tuple(calls))
+            self._emit(act, self._loops[act.uid], act.events, delta)
+            act.unsent_tokens = 0
 
     def _forget(self, uid: int) -> None:
         act = self._active.pop(uid)

@@ -34,11 +34,15 @@ def read_config(path: Path) -> dict:
         raise ModelDirError(f"{cfg} is unreadable: {exc}") from exc
 
 
-def template_renders(path: Path) -> tuple[bool, str]:
+PROBE_TOOLS = [{"type": "function", "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def template_check(path: Path) -> tuple[bool, str, bool]:
     """Render a probe conversation with the model's chat template.
 
     Returns:
-        Whether it rendered, and the error if not.
+        Whether it rendered, the error if not, and whether the model supports
+        tools (mlx-lm knows its tool-call format and the template renders tools).
     """
     try:
         from mlx_lm.tokenizer_utils import load as load_tokenizer
@@ -46,10 +50,23 @@ def template_renders(path: Path) -> tuple[bool, str]:
         tok = load_tokenizer(path)
         out = tok.apply_chat_template(PROBE, add_generation_prompt=True, tokenize=False)
         if not out:
-            return False, "template rendered an empty prompt"
-        return True, ""
+            return False, "template rendered an empty prompt", False
     except Exception as exc:  # any failure means: never route to this model
-        return False, f"{type(exc).__name__}: {exc}"
+        return False, f"{type(exc).__name__}: {exc}", False
+    tools = False
+    if tok.has_tool_calling and tok.tool_parser is not None:
+        try:
+            with_tools = tok.apply_chat_template(PROBE, tools=PROBE_TOOLS, add_generation_prompt=True, tokenize=False)
+            tools = '"probe"' in with_tools
+        except Exception:  # a template that cannot render tools simply does not support them
+            tools = False
+    return True, "", tools
+
+
+def template_renders(path: Path) -> tuple[bool, str]:
+    """Whether the chat template renders a probe conversation, and the error if not."""
+    ok, err, _ = template_check(path)
+    return ok, err
 
 
 def describe(path: Path) -> tuple[ModelInfo, str]:
@@ -65,7 +82,7 @@ def describe(path: Path) -> tuple[ModelInfo, str]:
     weights = list(path.glob("*.safetensors"))
     if not weights:
         raise ModelDirError(f"{path} holds no .safetensors weights")
-    ok, err = template_renders(path)
+    ok, err, tools = template_check(path)
     quant = config.get("quantization") or {}
     info = ModelInfo(
         id=model_id_for(path, config),
@@ -73,5 +90,6 @@ def describe(path: Path) -> tuple[ModelInfo, str]:
         quantization=f"q{quant['bits']}" if isinstance(quant, dict) and "bits" in quant else str(config.get("torch_dtype", "")),
         template_render_ok=ok,
         context_length=int(config.get("max_position_embeddings") or 0),
+        supports_tools=tools,
     )
     return info, err

@@ -12,8 +12,17 @@ import json
 from pathlib import Path
 
 CHAT_TEMPLATE = (
+    # ChatML with the common JSON tool-call format (<tool_call>{"name", "arguments"}</tool_call>),
+    # so the tiny model exercises tool rendering and parsing like a Qwen or Hermes model.
+    "{% if tools %}<|im_start|>system\nYou may call these tools:\n<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools>\n"
+    'Call one as <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>\n{% endif %}'
     "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] or '' }}"
+    "{% for tool_call in message.tool_calls or [] %}"
+    "{% if tool_call.function %}{% set tool_call = tool_call.function %}{% endif %}"
+    '<tool_call>{"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}</tool_call>'
+    "{% endfor %}<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
