@@ -61,16 +61,18 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
                 f"darkbloom: admin credential (shown once; also saved 0600 to {admin_key_path(settings.home)}):\n{admin_key}",
                 flush=True,
             )
-        fleet = Fleet()
+        fleet = Fleet(config=settings.routing)
         app.state.fleet = fleet
         metrics.fleet = fleet
         evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings))
+        upkeep = asyncio.create_task(fleet.run())
         try:
             yield
         finally:
-            evictor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await evictor
+            for task in (evictor, upkeep):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await store.close()
 
     routes = [

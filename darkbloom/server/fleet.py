@@ -1,51 +1,40 @@
-"""The live fleet: node WebSocket connections and the requests in flight on them.
+"""The live fleet: node sockets, requests in flight, the queue's waiters.
 
-This is the async shell around the pure ``Registry``: it owns the sockets and
-one asyncio queue per in-flight request, onto which the provider socket
-handler puts that request's frames in arrival order.
+This is the async shell around the pure routing state
+(``darkbloom.server.routing``): it owns each node's two-lane writer, one
+frame buffer per in-flight request, and the futures of queued requests. Every
+decision (where a request goes, whether it queues or gets a 429, which queued
+request goes next, which node loads a model) is made by the pure code with
+``clock()`` passed in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
-from darkbloom.protocol import Cancel, ChatMessage, Error, Frame, InferenceRequest, SamplingParams, encode
+from darkbloom.protocol import Cancel, Capacity, ChatMessage, Error, Frame, InferenceRequest, LoadModel, SamplingParams
+from darkbloom.protocol.frames import SealedEnvelope
+from darkbloom.server.routing.hedging import hedge_delay_s
 from darkbloom.server.routing.registry import Registry
+from darkbloom.server.routing.route import Dispatch, Enqueue, NoNode, Reject, drain, route
+from darkbloom.server.routing.state import FleetState, RouteRequest, RoutingConfig
+from darkbloom.server.routing.warmpool import load_finished, plan_warm_pool
+from darkbloom.server.writer import NodeWriter, WriterClosed, WriterLimits
 
 log = logging.getLogger(__name__)
 
 SendBytes = Callable[[bytes], Awaitable[None]]
 
-
-@dataclass
-class NodeLink:
-    """One node's socket: a single writer so frames are never interleaved."""
-
-    node_id: str
-    send_bytes: SendBytes
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    requests: set[str] = field(default_factory=set)
-
-    async def send(self, frame: Frame) -> None:
-        data = encode(frame)
-        async with self.lock:
-            await self.send_bytes(data)
-
-
-@dataclass
-class InFlight:
-    """A request dispatched to a node; its frames arrive on ``frames``."""
-
-    request_id: str
-    model: str
-    node_id: str
-    frames: asyncio.Queue[Frame] = field(default_factory=asyncio.Queue)
-    dispatched_at: float = field(default_factory=time.perf_counter)
-    done: bool = False
+SLOW_CONSUMER_GRACE_S = 0.25
+"""How long a request's buffer may stay over its limit before the request ends with 499."""
+BUFFER_FRAMES = 1024
+"""Frames a request may have waiting for its consumer (a 1k-token answer at one token a frame)."""
 
 
 class NoNodeError(Exception):
@@ -57,61 +46,304 @@ class NoNodeError(Exception):
         self.known = known
 
 
-class Fleet:
-    """Connected nodes, their registry entries, and in-flight requests."""
+class Refused(Exception):
+    """Routing refused the request at once: 429 (queue full, wait too long, queue timeout) or 400."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.registry = Registry()
+    def __init__(self, status: int, code: str, reason: str, retry_after_s: int = 0) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class NodeLink:
+    """One node's socket: all writes go through its two-lane ``NodeWriter``."""
+
+    node_id: str
+    send_bytes: SendBytes
+    close: Callable[[], Awaitable[None]] | None = None
+    limits: WriterLimits = field(default_factory=WriterLimits)
+    requests: set[str] = field(default_factory=set)
+    writer: NodeWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = NodeWriter(self.send_bytes, limits=self.limits)
+
+    async def send(self, frame: Frame) -> None:
+        await self.writer.send(frame)
+
+
+class InFlight:
+    """A request dispatched to a node; its frames wait here, in arrival order, for the consumer."""
+
+    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "dispatched_at", "done", "wake", "_buf", "_limit", "_overflow", "_on_overflow")
+
+    def __init__(self, request_id: str, model: str, node_id: str, limit: int = BUFFER_FRAMES, on_overflow: Callable[[InFlight], None] | None = None) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.node_id = node_id
+        self.expected_ttft_s = 0.0
+        self.dispatched_at = time.perf_counter()
+        self.done = False
+        self.wake = asyncio.Event()  # shared between a request and its hedge
+        self._buf: deque[Frame] = deque()
+        self._limit = limit
+        self._overflow: asyncio.TimerHandle | None = None
+        self._on_overflow = on_overflow
+
+    def push(self, frame: Frame) -> None:
+        self._buf.append(frame)
+        self.wake.set()
+        if len(self._buf) > self._limit and self._overflow is None and self._on_overflow is not None:
+            self._overflow = asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._overflow = None
+        if len(self._buf) > self._limit and not self.done and self._on_overflow is not None:
+            self._on_overflow(self)
+
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def pop(self) -> Frame | None:
+        return self._buf.popleft() if self._buf else None
+
+    async def next(self, timeout: float) -> Frame | None:
+        """The next frame, or None after ``timeout`` seconds without one."""
+        if self._buf:
+            return self._buf.popleft()
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._buf:
+                    self.wake.clear()
+                    await self.wake.wait()
+        except TimeoutError:
+            return None
+        return self._buf.popleft()
+
+    @property
+    def frames(self) -> InFlight:  # the old queue attribute: tests put frames with put_nowait
+        return self
+
+    def put_nowait(self, frame: Frame) -> None:
+        self.push(frame)
+
+
+def estimate_prompt_tokens(messages: tuple[ChatMessage, ...]) -> int:
+    """A tokenizer-free estimate (about 4 characters a token, plus per-message framing)."""
+    return sum(len(m.content) for m in messages) // 4 + 4 * len(messages)
+
+
+class Fleet:
+    """Connected nodes, in-flight requests and queued ones, around one ``FleetState``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, config: RoutingConfig | None = None) -> None:
+        self.state = FleetState(config or RoutingConfig())
+        self.registry: Registry = self.state.registry
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, InFlight] = {}
+        self._waiters: dict[str, asyncio.Future[str]] = {}
         self.clock = clock
 
+    @property
+    def config(self) -> RoutingConfig:
+        return self.state.config
+
+    # ---- nodes ----------------------------------------------------------------------
+
     def attach(self, link: NodeLink) -> None:
+        """A registered node's socket is ready: start its writer, let queued requests at it."""
         self.links[link.node_id] = link
+        link.writer._on_stuck = lambda reason, nid=link.node_id, lk=link: self._stuck(nid, lk, reason)
+        link.writer.start()
+        node = self.registry.nodes.get(link.node_id)
+        if node is not None:
+            self._drain_models(node.slots)
+
+    def _stuck(self, node_id: str, link: NodeLink, reason: str) -> None:
+        async def drop() -> None:
+            if self.links.get(node_id) is link:
+                await self.detach(node_id, "provider disconnected")
+            if link.close is not None:
+                with contextlib.suppress(Exception):
+                    await link.close()
+
+        asyncio.get_running_loop().create_task(drop())
 
     async def detach(self, node_id: str, reason: str = "provider disconnected") -> None:
         """Forget a node and fail each of its in-flight requests with a 502."""
         link = self.links.pop(node_id, None)
-        self.registry.remove(node_id)
-        if link is None:
-            return
-        for rid in list(link.requests):
-            flight = self.inflight.get(rid)
-            if flight is not None:
-                flight.frames.put_nowait(Error(message=reason, code="provider_error", status=502, request_id=rid))
+        node = self.registry.remove(node_id)
+        if link is not None:
+            await link.writer.close()
+            for rid in list(link.requests):
+                flight = self.inflight.get(rid)
+                if flight is not None:
+                    flight.push(Error(message=reason, code="provider_error", status=502, request_id=rid))  # type: ignore[arg-type]
+                self.state.release(rid, self.clock(), ok=None)
+        if node is not None:
+            self._drain_models(node.slots)
 
-    async def dispatch(self, request_id: str, model: str, messages: tuple[ChatMessage, ...], params: SamplingParams) -> InFlight:
-        """Route a request to a node and send it.
+    def heartbeat(self, node_id: str, capacity: Capacity | None) -> bool:
+        """Record a heartbeat; new capacity may let queued requests go."""
+        fresh = self.registry.heartbeat(node_id, capacity, self.clock())
+        node = self.registry.nodes.get(node_id)
+        if fresh and capacity is not None and node is not None:
+            self._drain_models(node.slots)
+        return fresh
+
+    def load_status(self, node_id: str, model: str, status: str) -> None:
+        if status in ("loaded", "load_failed"):
+            load_finished(self.state, node_id, model, status == "loaded", self.clock())
+
+    # ---- requests ---------------------------------------------------------------------
+
+    async def dispatch(
+        self,
+        request_id: str,
+        model: str,
+        messages: tuple[ChatMessage, ...],
+        params: SamplingParams,
+        *,
+        prompt_tokens: int | None = None,
+        exclude: frozenset[str] = frozenset(),
+        queue: bool = True,
+        sealed: SealedEnvelope | None = None,
+    ) -> InFlight:
+        """Route a request, waiting in the model's queue if need be, and send it.
 
         Raises:
             NoNodeError: no connected node serves ``model``.
+            Refused: 429 (queue full, estimated wait too long, or queue
+                timeout; with a Retry-After), 400 (never fits), or, with
+                ``queue=False``, no room right now.
         """
-        node = self.registry.pick(model)
-        if node is None or node.node_id not in self.links:
-            raise NoNodeError(model, model in self.registry.known_models)
-        link = self.links[node.node_id]
-        flight = InFlight(request_id=request_id, model=model, node_id=node.node_id)
-        self.inflight[request_id] = flight
-        link.requests.add(request_id)
-        node.in_flight += 1
-        node.served += 1
+        tokens = prompt_tokens if prompt_tokens is not None else estimate_prompt_tokens(messages)
+        req = RouteRequest(request_id, model, tokens, params.max_tokens, exclude)
+        while True:
+            decision = route(req, self.state, self.clock())
+            if isinstance(decision, Dispatch):
+                self.state.commit(req, decision.node_id, self.clock())
+                node_id, ttft = decision.node_id, decision.expected_ttft_s
+            elif isinstance(decision, NoNode):
+                raise NoNodeError(model, decision.known)
+            elif isinstance(decision, Reject):
+                raise Refused(decision.status, decision.code, decision.reason, decision.retry_after_s)
+            else:
+                assert isinstance(decision, Enqueue)
+                if not queue:
+                    raise Refused(429, "rate_limit_exceeded", "no room", self.state.retry_after(model))
+                node_id, ttft = await self._wait_in_queue(req), 0.0
+            link = self.links.get(node_id)
+            if link is None or link.writer.closed:
+                self.state.release(request_id, self.clock())
+                continue  # the node left between routing and sending: route again
+            flight = InFlight(request_id, model, node_id, on_overflow=self._slow_consumer)
+            flight.expected_ttft_s = ttft
+            self.inflight[request_id] = flight
+            link.requests.add(request_id)
+            try:
+                await link.send(InferenceRequest(request_id=request_id, model=model, messages=messages, params=params, sealed=sealed))  # type: ignore[arg-type]
+            except WriterClosed:
+                self.finish(request_id)
+                continue
+            except BaseException:
+                await self.cancel(request_id, "dispatch interrupted")
+                raise
+            return flight
+
+    async def _wait_in_queue(self, req: RouteRequest) -> str:
+        self.state.enqueue(req, self.clock())
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters[req.request_id] = fut
+        self._plan_warm_pool()
         try:
-            await link.send(InferenceRequest(request_id=request_id, model=model, messages=messages, params=params))
-        except Exception:
-            self.finish(request_id)
+            return await fut
+        except BaseException:
+            # Cancelled (client left) or timed out: leave the queue; give back a slot granted meanwhile.
+            self._waiters.pop(req.request_id, None)
+            self.state.dequeue(req.request_id, req.model)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.state.release(req.request_id, self.clock())
+                self._drain_models((req.model,))
             raise
-        return flight
+
+    def _drain_models(self, models: object) -> None:
+        now = self.clock()
+        for model in list(models):  # type: ignore[call-overload]
+            if not self.state.depth(model):
+                continue
+            for req, decision in drain(self.state, model, now):
+                fut = self._waiters.pop(req.request_id, None)
+                if fut is None or fut.done():
+                    self.state.release(req.request_id, now)
+                else:
+                    fut.set_result(decision.node_id)
+
+    def hedge_delay_s(self, flight: InFlight) -> float:
+        """Seconds after dispatch at which ``flight`` gets a speculative twin (inf: never)."""
+        cfg = self.config.hedge
+        return hedge_delay_s(flight.expected_ttft_s, cfg) if cfg.enabled else float("inf")
+
+    def may_hedge(self, model: str) -> bool:
+        return self.state.governor.allow(self.state.depth(model), len(self.registry.available.get(model, ())))
+
+    def expire_queued(self) -> int:
+        """Fail queued requests past the queue timeout with 429; returns how many."""
+        expired = self.state.expire(self.clock())
+        for waiter in expired:
+            fut = self._waiters.pop(waiter.request_id, None)
+            if fut is not None and not fut.done():
+                secs = self.config.queue_timeout_s
+                fut.set_exception(Refused(429, "rate_limit_exceeded", f"no capacity for {waiter.model} within {secs:.0f} s", self.state.retry_after(waiter.model)))
+        return len(expired)
+
+    def _plan_warm_pool(self) -> None:
+        for plan in plan_warm_pool(self.state, self.clock()):
+            link = self.links.get(plan.node_id)
+            if link is not None:
+                log.info("warm pool: asking node %s to load %s", plan.node_id, plan.model)
+                asyncio.get_running_loop().create_task(self._send_quietly(link, LoadModel(model=plan.model)))
+
+    async def _send_quietly(self, link: NodeLink, frame: Frame) -> None:
+        try:
+            await link.send(frame)
+        except WriterClosed as exc:
+            log.info("%s for node %s not sent: %s", type(frame).__name__, link.node_id, exc)
+
+    async def run(self, tick_s: float = 0.25) -> None:
+        """Background upkeep until cancelled: queue timeouts every tick, the warm pool every ``warm_tick_s``."""
+        last_warm = self.clock()
+        while True:
+            await asyncio.sleep(tick_s)
+            self.expire_queued()
+            if self.clock() - last_warm >= self.config.warm_tick_s:
+                last_warm = self.clock()
+                self._plan_warm_pool()
 
     def deliver(self, node_id: str, request_id: str, frame: Frame) -> bool:
-        """Hand a frame from a node to its request; False if the request is unknown."""
+        """Hand a frame from a node to its request; False if the request is unknown or over."""
         flight = self.inflight.get(request_id)
-        if flight is None or flight.node_id != node_id:
+        if flight is None or flight.node_id != node_id or flight.done:
             return False
-        flight.frames.put_nowait(frame)
+        flight.push(frame)
+        if isinstance(frame, Error) and frame.feasible_after_ms:
+            self.state.model_stats(flight.model).feasible_after_ms = frame.feasible_after_ms
         return True
 
-    def finish(self, request_id: str) -> None:
-        """Release a request's slot on its node; idempotent."""
+    def _slow_consumer(self, flight: InFlight) -> None:
+        log.info("request %s: consumer too slow for %.0f ms; ending it with 499", flight.request_id, SLOW_CONSUMER_GRACE_S * 1000)
+        flight.push(Error(message="consumer too slow to read the stream", code="client_too_slow", status=499, request_id=flight.request_id))  # type: ignore[arg-type]
+        asyncio.get_running_loop().create_task(self.cancel(flight.request_id, "consumer too slow"))
+
+    def finish(self, request_id: str, ok: bool | None = None) -> None:
+        """Release a request's reservation and let the queue move; idempotent.
+
+        Args:
+            ok: True completed, False failed on the node, None says nothing about the node.
+        """
         flight = self.inflight.pop(request_id, None)
         if flight is None:
             return
@@ -119,19 +351,15 @@ class Fleet:
         link = self.links.get(flight.node_id)
         if link is not None:
             link.requests.discard(request_id)
-        node = self.registry.nodes.get(flight.node_id)
-        if node is not None:
-            node.in_flight = max(0, node.in_flight - 1)
+        if self.state.release(request_id, self.clock(), ok) is not None:
+            self._drain_models((flight.model,))
 
     async def cancel(self, request_id: str, reason: str) -> None:
-        """Tell the node to stop a request and release it here."""
+        """Tell the node to stop a request (control lane) and release it here."""
         flight = self.inflight.get(request_id)
         if flight is None:
             return
         link = self.links.get(flight.node_id)
         self.finish(request_id)
         if link is not None:
-            try:
-                await link.send(Cancel(request_id=request_id, reason=reason))
-            except Exception as exc:  # the socket is going away; detach handles the rest
-                log.info("cancel for %s not sent: %s", request_id, exc)
+            await self._send_quietly(link, Cancel(request_id=request_id, reason=reason))  # type: ignore[arg-type]

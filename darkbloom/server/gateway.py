@@ -11,6 +11,7 @@ exactly one terminal settlement) happens here, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from darkbloom.logging_setup import set_request_id
 from darkbloom.protocol import ChatMessage, Chunk, Complete, Error, Frame, SamplingParams, Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.errors import model_not_found, model_unavailable
-from darkbloom.server.fleet import Fleet, InFlight, NoNodeError
+from darkbloom.server.fleet import Fleet, InFlight, NoNodeError, Refused
 from darkbloom.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class InferenceJob:
     account_id: str
     api: str = "chat.completions"
     stream: bool = False
+    prompt_tokens: int | None = None
+    """Routing hint; estimated from ``messages`` when not given (a sealed request gives it)."""
 
 
 @dataclass
@@ -94,7 +97,13 @@ def frame_error(frame: Error) -> RequestError:
 
 
 class Relay:
-    """A dispatched request: its frames in order, and exactly one ending."""
+    """A dispatched request: its frames in order, and exactly one ending.
+
+    Until the first content arrives the relay may hold two flights: the
+    first node's, and a speculative one on a second node (see ``wait_first``).
+    The first to produce content wins; the other is cancelled; the job is
+    settled once, naming the winner.
+    """
 
     def __init__(self, job: InferenceJob, flight: InFlight, fleet: Fleet, hooks: list[RequestHook], settings: Settings, timing: Timing) -> None:
         self.job = job
@@ -105,6 +114,8 @@ class Relay:
         self.timing = timing
         self.first: Frame | None = None
         self.terminal: Frame | None = None
+        self.hedged = False
+        self._others: list[InFlight] = []
         self._closed = False
         self._taps = [h for h in hooks if isinstance(h, StreamTap)]
 
@@ -112,35 +123,119 @@ class Relay:
     def node_id(self) -> str:
         return self.flight.node_id
 
+    def _timeout_error(self, timeout: float) -> Error:
+        return Error(
+            message=f"no response from the provider within {timeout:.0f} s",
+            code="timeout",
+            status=504,
+            request_id=self.job.request_id,  # type: ignore[arg-type]
+        )
+
     async def _next(self, timeout: float) -> Frame:
-        try:
-            return await asyncio.wait_for(self.flight.frames.get(), timeout)
-        except asyncio.TimeoutError:
-            return Error(
-                message=f"no response from the provider within {timeout:.0f} s",
-                code="timeout",
-                status=504,
-                request_id=self.job.request_id,  # type: ignore[arg-type]
-            )
+        frame = await self.flight.next(timeout)
+        return frame if frame is not None else self._timeout_error(timeout)
 
     async def wait_first(self) -> Frame:
-        self.first = await self._next(self.settings.first_token_timeout_s)
+        """The first frame that counts: content (a chunk or ``complete``) or the final error.
+
+        Hedging: if nothing has arrived by half the first-content deadline
+        and the governor allows it, the request goes to a second node too.
+        Failover: an error before any content from one node leaves the race
+        to the other, or (once, when no hedge is running) to a fresh node.
+        """
+        fleet, job = self.fleet, self.job
+        deadline = time.perf_counter() + self.settings.first_token_timeout_s
+        hedge_at = time.perf_counter() + fleet.hedge_delay_s(self.flight)
+        flights = [self.flight]
+        tried = {self.flight.node_id}
+        failovers = 0
+        last_error: Error | None = None
+        while True:
+            for f in flights:
+                frame = f.pop()
+                if frame is None:
+                    continue
+                if isinstance(frame, Error) and (len(flights) > 1 or (failovers == 0 and frame.status >= 500 and frame.status != 504)):
+                    last_error = frame
+                    flights.remove(f)
+                    fleet.finish(f.request_id, ok=False if frame.status >= 500 else None)
+                    if not flights:
+                        failovers += 1
+                        spare = await self._extra_flight(tried, failover=True)
+                        if spare is None:
+                            return await self._won(f, last_error, flights)
+                        flights.append(spare)
+                        spare.wake = f.wake
+                    break
+                return await self._won(f, frame, flights)
+            else:
+                now = time.perf_counter()
+                if now >= deadline:
+                    return await self._won(flights[0], self._timeout_error(self.settings.first_token_timeout_s), flights)
+                wake = flights[0].wake
+                wait = deadline - now
+                if not self.hedged and len(flights) == 1:
+                    if now >= hedge_at:
+                        self.hedged = True  # one hedge at most, whether or not it could go
+                        hedge = await self._extra_flight(tried, failover=False)
+                        if hedge is not None:
+                            hedge.wake = wake
+                            flights.append(hedge)
+                        continue
+                    wait = min(wait, hedge_at - now)
+                self._others = [f for f in flights if f is not self.flight]
+                wake.clear()
+                if any(f.pending() for f in flights):
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await wake.wait()
+
+    async def _extra_flight(self, tried: set[str], *, failover: bool) -> InFlight | None:
+        fleet, job = self.fleet, self.job
+        if not failover and not fleet.may_hedge(job.model):
+            return None
+        rid = f"{job.request_id}-{'f' if failover else 'h'}{len(tried)}"
+        try:
+            flight = await fleet.dispatch(
+                rid, job.model, job.messages, job.params,
+                prompt_tokens=job.prompt_tokens, exclude=frozenset(tried), queue=False,
+            )
+        except (NoNodeError, Refused):
+            return None
+        tried.add(flight.node_id)
+        log.info("request %s: %s to node %s", job.request_id, "failing over" if failover else "hedging", flight.node_id)
+        return flight
+
+    async def _won(self, winner: InFlight, frame: Frame, flights: list[InFlight]) -> Frame:
+        hedge_involved = self.hedged and (len(flights) > 1 or winner is not self.flight)
+        if hedge_involved and not isinstance(frame, Error):
+            self.fleet.state.governor.record(hedge_won=winner is not self.flight)
+        losers = [f for f in flights if f is not winner]
+        self.flight = winner
+        self._others = losers
+        for loser in losers:
+            await self.fleet.cancel(loser.request_id, "another provider answered first")
+        self._others = []
+        self.first = frame
         self.timing.first_frame = time.perf_counter()
         for tap in self._taps:
-            tap.first_frame(self.job, self.timing, self.first)
-        return self.first
+            tap.first_frame(self.job, self.timing, frame)
+        return frame
 
     async def frames(self) -> AsyncIterator[Frame]:
         """Every frame from the first to the terminal one (``complete`` or ``error``)."""
         frame = self.first if self.first is not None else await self.wait_first()
         last = self.timing.first_frame
+        timeout = self.settings.request_timeout_s
         while True:
             if isinstance(frame, (Complete, Error)):
                 self.terminal = frame
                 yield frame
                 return
             yield frame
-            frame = await self._next(self.settings.request_timeout_s)
+            nxt = self.flight.pop()
+            frame = nxt if nxt is not None else await self._next(timeout)
             if self._taps and isinstance(frame, Chunk):
                 now = time.perf_counter()
                 nbytes = len(frame.text) + len(frame.sealed or "")
@@ -159,16 +254,21 @@ class Relay:
         self._closed = True
         self.timing.finished = time.perf_counter()
         with anyio.CancelScope(shield=True):
+            for other in self._others:
+                await self.fleet.cancel(other.request_id, "client disconnected")
             term = self.terminal
+            rid = self.flight.request_id
             if term is None:
-                await self.fleet.cancel(self.job.request_id, "client disconnected")
+                await self.fleet.cancel(rid, "client disconnected")
                 await _settle(self.hooks, self.job, "cancelled", None, self.node_id)
+            elif isinstance(term, Complete):
+                self.fleet.finish(rid, ok=True)
+                await _settle(self.hooks, self.job, "completed", term.usage, self.node_id)
             else:
-                self.fleet.finish(self.job.request_id)
-                if isinstance(term, Complete):
-                    await _settle(self.hooks, self.job, "completed", term.usage, self.node_id)
-                else:
-                    await _settle(self.hooks, self.job, "failed", None, self.node_id)
+                if term.status == 499:
+                    await self.fleet.cancel(rid, "consumer too slow")
+                self.fleet.finish(rid, ok=False if term.status >= 500 and term.code != "timeout" else None)
+                await _settle(self.hooks, self.job, "failed", None, self.node_id)
 
 
 async def _settle(hooks: list[RequestHook], job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None:
@@ -201,10 +301,13 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
         raise
     timing.admitted = time.perf_counter()
     try:
-        flight = await fleet.dispatch(job.request_id, job.model, job.messages, job.params)
+        flight = await fleet.dispatch(job.request_id, job.model, job.messages, job.params, prompt_tokens=job.prompt_tokens)
     except NoNodeError as exc:
         await _settle(hooks, job, "failed", None, None)
         raise (model_unavailable(job.model) if exc.known else model_not_found(job.model)) from None
+    except Refused as exc:
+        await _settle(hooks, job, "failed", None, None)
+        raise refused_error(exc) from None
     except BaseException:
         await _settle(hooks, job, "failed", None, None)
         raise
@@ -223,4 +326,14 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     return relay
 
 
-__all__ = ["Chunk", "Complete", "Error", "InferenceJob", "Outcome", "Relay", "RequestHook", "StreamTap", "Timing", "frame_error", "start"]
+def refused_error(exc: Refused) -> RequestError:
+    """A routing refusal as the consumer's error: 429 always carries ``Retry-After``."""
+    if exc.status == 429:
+        return RequestError(429, exc.reason, type="rate_limit_error", code=exc.code, headers={"Retry-After": str(max(1, exc.retry_after_s))})
+    return RequestError(exc.status, exc.reason, code=exc.code, param="max_tokens" if exc.status == 400 else None)
+
+
+__all__ = [
+    "Chunk", "Complete", "Error", "InferenceJob", "Outcome", "Relay", "RequestHook", "StreamTap", "Timing",
+    "frame_error", "refused_error", "start",
+]

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from darkbloom.server.routing.state import RoutingConfig
+
 
 def darkbloom_home(explicit: str | Path | None = None) -> Path:
     """The darkbloom home: ``--home``, else ``$DARKBLOOM_HOME``, else ``~/.darkbloom``."""
@@ -33,6 +35,7 @@ class Settings:
     request_timeout_s: float = 600.0
     first_token_timeout_s: float = 120.0
     max_body_bytes: int = 16 * 1024 * 1024
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def resolved_db_url(self) -> str:
         return self.db_url or default_db_url(self.home)

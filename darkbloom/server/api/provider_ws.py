@@ -19,6 +19,7 @@ from darkbloom.protocol import (
     Complete,
     Error,
     Heartbeat,
+    LoadModelStatus,
     ProtocolError,
     Register,
     Registered,
@@ -70,7 +71,7 @@ async def provider_socket(ws: WebSocket) -> None:
         await fleet.detach(node_id, "provider reconnected")
     now = fleet.clock()
     fleet.registry.add(node_id, frame.models, frame.hardware, now, version=frame.version, capacity=frame.capacity)
-    link = NodeLink(node_id=node_id, send_bytes=ws.send_bytes)
+    link = NodeLink(node_id=node_id, send_bytes=ws.send_bytes, close=ws.close)
     fleet.attach(link)
     log.info("node %s registered with models %s", node_id, [m.id for m in frame.models])
     try:
@@ -104,6 +105,8 @@ async def _serve(ws: WebSocket, fleet: Fleet, link: NodeLink) -> None:
             else:
                 log.warning("node %s reports: %s", node_id, frame.message)
         elif isinstance(frame, Heartbeat):
-            fleet.registry.heartbeat(node_id, frame.capacity, fleet.clock())
+            fleet.heartbeat(node_id, frame.capacity)
+        elif isinstance(frame, LoadModelStatus):
+            fleet.load_status(node_id, frame.model, frame.status)
         else:
             await link.send(Error(message=f"unexpected {type(frame).__name__} frame from a node", code="bad_frame", status=400))

@@ -1,0 +1,156 @@
+"""One writer per node socket, with two lanes: control frames first, then data.
+
+Control frames (cancel, attestation challenge, trust status, load/unload
+model, connection-level errors) go out before any queued data frame
+(inference requests); within a lane, frames keep their order. A write in
+progress is never pre-empted. A write that takes too long (control 5 s; data
+``bytes / 2 MiB/s`` clamped to 5-30 s, the original's numbers) means the
+socket is stuck: the writer stops, and ``on_stuck`` drops the connection so
+its requests fail cleanly instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from darkbloom.protocol import (
+    AttestationChallenge,
+    Cancel,
+    Error,
+    Frame,
+    LoadModel,
+    Registered,
+    TrustStatus,
+    UnloadModel,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+CONTROL_FRAMES = (Cancel, AttestationChallenge, TrustStatus, LoadModel, UnloadModel, Registered, Error)
+"""Frames that take the control lane; everything else is data."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterLimits:
+    control_queue: int = 64
+    data_queue: int = 128
+    control_timeout_s: float = 5.0
+    data_bytes_per_s: float = 2 * 1024 * 1024
+    data_min_timeout_s: float = 5.0
+    data_max_timeout_s: float = 30.0
+
+    def data_timeout(self, size: int) -> float:
+        return max(self.data_min_timeout_s, min(self.data_max_timeout_s, size / self.data_bytes_per_s))
+
+
+class WriterClosed(ConnectionError):
+    """The node's writer has stopped (socket stuck or gone)."""
+
+
+class NodeWriter:
+    """The single writer task of one node socket.
+
+    Args:
+        send_bytes: Writes one WebSocket message.
+        on_stuck: Called once with a reason when a write fails or exceeds its timeout.
+        limits: Queue sizes and write timeouts.
+    """
+
+    def __init__(
+        self,
+        send_bytes: Callable[[bytes], Awaitable[None]],
+        on_stuck: Callable[[str], object] | None = None,
+        limits: WriterLimits = WriterLimits(),
+    ) -> None:
+        self._send_bytes = send_bytes
+        self._on_stuck = on_stuck
+        self.limits = limits
+        self._control: deque[bytes] = deque()
+        self._data: deque[bytes] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.reason = ""
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def send(self, frame: Frame) -> None:
+        """Queue a frame on its lane; waits while that lane is full.
+
+        Raises:
+            WriterClosed: the writer has stopped.
+        """
+        data = encode(frame)
+        control = isinstance(frame, CONTROL_FRAMES)
+        lane, cap = (self._control, self.limits.control_queue) if control else (self._data, self.limits.data_queue)
+        while len(lane) >= cap and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+        if self.closed:
+            raise WriterClosed(self.reason or "writer closed")
+        lane.append(data)
+        self._ready.set()
+        if self._task is None:
+            self.start()
+
+    def pending(self) -> tuple[int, int]:
+        """Frames waiting in (control, data)."""
+        return len(self._control), len(self._data)
+
+    async def _run(self) -> None:
+        lim = self.limits
+        try:
+            while True:
+                while not self._control and not self._data:
+                    self._ready.clear()
+                    await self._ready.wait()
+                if self._control:
+                    data, timeout = self._control.popleft(), lim.control_timeout_s
+                else:
+                    data = self._data.popleft()
+                    timeout = lim.data_timeout(len(data))
+                self._room.set()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._send_bytes(data)
+                except TimeoutError:
+                    self._stop(f"write stuck for over {timeout:.0f} s")
+                    return
+                except Exception as exc:  # the socket went away under us
+                    self._stop(f"write failed: {exc.__class__.__name__}")
+                    return
+        except asyncio.CancelledError:
+            self._stop("writer closed")
+            raise
+
+    def _stop(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.reason = reason
+        self._control.clear()
+        self._data.clear()
+        self._room.set()
+        if reason != "writer closed":
+            log.warning("node writer stopped: %s", reason)
+            if self._on_stuck is not None:
+                self._on_stuck(reason)
+
+    async def close(self) -> None:
+        """Stop the writer task (queued frames are dropped: the socket is closing)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._stop("writer closed")
