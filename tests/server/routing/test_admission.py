@@ -1,0 +1,102 @@
+"""Token-budget admission never over-commits a slot, whatever the arrivals and completions."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from darkbloom.protocol import Capacity, Hardware, ModelInfo, SlotCapacity
+from darkbloom.server.routing.admission import OverCommit, TokenBudget
+from darkbloom.server.routing.route import POLICIES, Dispatch, Enqueue, Reject, drain, route
+from darkbloom.server.routing.state import FleetState, RouteRequest, RoutingConfig
+
+MODEL = "m"
+
+arrival = st.tuples(st.just("arrive"), st.integers(1, 3000), st.integers(1, 3000))
+completion = st.tuples(st.just("complete"), st.integers(0, 1000), st.integers(0, 0))
+capacity = st.tuples(st.just("capacity"), st.integers(0, 3), st.integers(1, 6))
+ops = st.lists(st.one_of(arrival, arrival, completion, capacity), max_size=120)
+
+
+def _within(fleet: FleetState, node_id: str) -> None:
+    """Right after an admission, the slot it landed on is within its reported limits."""
+    b = fleet.registry.nodes[node_id].slots[MODEL].budget
+    assert b.running <= b.max_concurrency
+    assert b.max_tokens <= 0 or b.reserved <= b.max_tokens
+
+
+def _books(fleet: FleetState) -> None:
+    """Every slot's counters equal the sum of the reservations held on it."""
+    for node in fleet.registry.nodes.values():
+        b = node.slots[MODEL].budget
+        held = [r for r in fleet.reservations.values() if r.node_id == node.node_id]
+        assert b.running == len(held) and b.reserved == sum(r.need for r in held)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, policy=st.sampled_from(POLICIES))
+def test_admission_never_over_commits(ops: list[tuple[str, int, int]], policy: str) -> None:
+    fleet = FleetState(RoutingConfig(policy=policy, queue_depth=8))
+    seqs = {}
+    for i in range(3):
+        nid = f"n{i}"
+        cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model=MODEL, max_concurrency=2 + i, active_token_budget_max=4000 * (i + 1)),))
+        fleet.registry.add(nid, (ModelInfo(id=MODEL),), Hardware(memory_gb=32), 0.0, capacity=cap)
+        seqs[nid] = 1
+    now = 0.0
+    for n, (kind, a, b) in enumerate(ops):
+        now += 0.1
+        admitted: list[str] = []
+        if kind == "arrive":
+            req = RouteRequest(f"r{n}", MODEL, a, b)
+            d = route(req, fleet, now)
+            if isinstance(d, Dispatch):
+                fleet.commit(req, d.node_id, now)
+                admitted.append(d.node_id)
+            elif isinstance(d, Enqueue):
+                fleet.enqueue(req, now)
+            else:
+                assert isinstance(d, Reject)
+        elif kind == "complete" and fleet.reservations:
+            rid = sorted(fleet.reservations)[a % len(fleet.reservations)]
+            fleet.release(rid, now, ok=True)
+            admitted += [d.node_id for _, d in drain(fleet, MODEL, now)]
+        elif kind == "capacity":
+            # The node reports a new budget; a smaller one leaves it over until its work drains,
+            # and nothing new may land on it meanwhile.
+            nid = f"n{a % 3}"
+            seqs[nid] += 1
+            cap = Capacity(capacity_seq=seqs[nid], slots=(SlotCapacity(model=MODEL, max_concurrency=b, active_token_budget_max=1000 * b),))
+            fleet.registry.heartbeat(nid, cap, now)
+            admitted += [d.node_id for _, d in drain(fleet, MODEL, now)]
+        for node_id in admitted:
+            _within(fleet, node_id)
+        _books(fleet)
+    for rid in list(fleet.reservations):
+        fleet.release(rid, now)
+    for node in fleet.registry.nodes.values():
+        assert node.slots[MODEL].budget.reserved == 0 and node.slots[MODEL].budget.running == 0
+
+
+def test_token_budget_refuses_what_does_not_fit() -> None:
+    b = TokenBudget(max_tokens=100, max_concurrency=2)
+    b.reserve(60)
+    assert not b.fits(41) and b.fits(40)
+    b.reserve(40)
+    assert not b.fits(1)  # full on both counts
+    try:
+        b.reserve(1)
+    except OverCommit:
+        pass
+    else:
+        raise AssertionError("reserve past the budget must raise")
+    b.release(60)
+    assert b.fits(60) and b.reserved == 40 and b.running == 1
+
+
+def test_a_request_larger_than_any_node_is_refused_with_400() -> None:
+    fleet = FleetState()
+    cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model=MODEL, max_concurrency=4, active_token_budget_max=1000),))
+    fleet.registry.add("n", (ModelInfo(id=MODEL),), Hardware(), 0.0, capacity=cap)
+    d = route(RouteRequest("r", MODEL, 900, 200), fleet, 1.0)
+    assert isinstance(d, Reject) and d.status == 400

@@ -1,0 +1,82 @@
+"""The node writer: control frames overtake queued data frames; a stuck write drops the socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+from darkbloom.protocol import Cancel, InferenceRequest, LoadModel, TrustStatus, decode
+from darkbloom.server.writer import NodeWriter, WriterClosed, WriterLimits
+
+
+def _req(i: int) -> InferenceRequest:
+    return InferenceRequest(request_id=f"r{i}", model="m")  # type: ignore[arg-type]
+
+
+def test_control_frames_overtake_queued_data_frames() -> None:
+    async def run() -> list[str]:
+        sent: list[str] = []
+        gate = asyncio.Event()
+
+        async def send_bytes(data: bytes) -> None:
+            await gate.wait()  # the socket is slow: the first write holds everything behind it
+            f = decode(data)
+            sent.append(f"{type(f).__name__}:{getattr(f, 'request_id', '') or getattr(f, 'model', '') or f.status}")  # type: ignore[union-attr]
+
+        w = NodeWriter(send_bytes)
+        w.start()
+        for i in range(4):
+            await w.send(_req(i))
+        await asyncio.sleep(0.01)  # r0 is now being written
+        await w.send(Cancel(request_id="r2"))  # type: ignore[arg-type]
+        await w.send(TrustStatus(trust_level="hardware", status="fenced"))
+        await w.send(LoadModel(model="big"))
+        assert w.pending() == (3, 3)
+        gate.set()
+        while len(sent) < 7:
+            await asyncio.sleep(0.001)
+        await w.close()
+        return sent
+
+    sent = asyncio.run(run())
+    # r0 was in progress (never pre-empted); then every control frame in order; then the data in order.
+    assert sent == [
+        "InferenceRequest:r0",
+        "Cancel:r2",
+        "TrustStatus:fenced",
+        "LoadModel:big",
+        "InferenceRequest:r1",
+        "InferenceRequest:r2",
+        "InferenceRequest:r3",
+    ]
+
+
+def test_a_stuck_write_stops_the_writer_and_reports_it() -> None:
+    async def run() -> tuple[list[str], bool]:
+        reasons: list[str] = []
+
+        async def never(data: bytes) -> None:
+            await asyncio.Event().wait()
+
+        w = NodeWriter(never, on_stuck=reasons.append, limits=WriterLimits(control_timeout_s=0.05, data_min_timeout_s=0.05))
+        w.start()
+        await w.send(Cancel(request_id="r"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        try:
+            await w.send(_req(1))
+        except WriterClosed:
+            refused = True
+        else:
+            refused = False
+        await w.close()
+        return reasons, refused
+
+    reasons, refused = asyncio.run(run())
+    assert reasons and "stuck" in reasons[0]
+    assert refused
+
+
+def test_data_write_timeout_scales_with_size() -> None:
+    lim = WriterLimits()
+    assert lim.data_timeout(1000) == 5.0
+    assert lim.data_timeout(20 * 1024 * 1024) == 10.0
+    assert lim.data_timeout(500 * 1024 * 1024) == 30.0
