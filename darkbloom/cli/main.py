@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from darkbloom.cli import keys, node, serve, up
+from darkbloom.cli import keys, node, serve, sim, up
 
 app = typer.Typer(
     name="darkbloom",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
+app.command("sim")(sim.sim)
 app.add_typer(node.app, name="node")
 app.add_typer(keys.app, name="keys")
 

@@ -230,6 +230,8 @@ class Fleet:
             elif isinstance(decision, NoNode):
                 raise NoNodeError(model, decision.known)
             elif isinstance(decision, Reject):
+                if decision.status == 429:
+                    self.state.note_refused(model)
                 raise Refused(decision.status, decision.code, decision.reason, decision.retry_after_s)
             else:
                 assert isinstance(decision, Enqueue)

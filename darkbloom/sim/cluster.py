@@ -35,6 +35,13 @@ class SimNode:
     prefill_free_at: float = 0.0
     seq: int = 0
     busy_s: float = 0.0
+    slot_s: float = 0.0
+    slot_since: float = 0.0
+
+    def account(self, now: float) -> None:
+        """Accrue slot-seconds (concurrency x warm models) up to ``now``; call before the warm set changes."""
+        self.slot_s += self.max_concurrency * len(self.warm) * (now - self.slot_since)
+        self.slot_since = now
     flights: set[str] = field(default_factory=set)
 
     def free_gb(self) -> float:

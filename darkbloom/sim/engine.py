@@ -106,7 +106,10 @@ class Simulation:
             if kind in (EXPIRE, WARM, HEARTBEAT) and self.out.finished >= pending and now > self.end:
                 break
         self.out.makespan_s = max(self.out.last_finish, self.end)
-        self.out.slot_seconds = sum(n.max_concurrency * ((n.left_at or self.out.makespan_s) - n.joined_at) for n in self.nodes.values())
+        for n in self.nodes.values():
+            if n.left_at is None:
+                n.account(self.out.makespan_s)
+        self.out.slot_seconds = sum(n.slot_s for n in self.nodes.values())
         self.out.busy_seconds = sum(n.busy_s for n in self.nodes.values())
         self.out.hedges, self.out.hedge_wins = self.state.governor.tries, self.state.governor.wins
         return self.out
@@ -114,27 +117,28 @@ class Simulation:
     # ---- nodes --------------------------------------------------------------------------
 
     def _join(self, node: SimNode, now: float) -> None:
-        node.joined_at = now
+        node.joined_at = node.slot_since = now
         self.nodes[node.node_id] = node
         self.state.registry.add(node.node_id, node.model_infos(), node.hardware(), now, capacity=node.capacity(now, self.rng, BUDGET_PER_SLOT))
         self._push(now + self.rng.uniform(0, HEARTBEAT_S), HEARTBEAT, node)
-        self._drain_all(node.warm, now)
+        self._drain_all(sorted(node.warm), now)
 
     def _heartbeat(self, node: SimNode, now: float) -> None:
         if node.left_at is not None:
             return
         self.state.registry.heartbeat(node.node_id, node.capacity(now, self.rng, BUDGET_PER_SLOT), now)
-        self._drain_all(node.warm, now)
+        self._drain_all(sorted(node.warm), now)
         self._push(now + HEARTBEAT_S, HEARTBEAT, node)
 
     def _fail(self, node: SimNode, now: float) -> None:
         """The node drops off: in-flight work fails; before its first token, it fails over once."""
         if node.left_at is not None:
             return
+        node.account(now)
         node.left_at = now
         self.out.node_failures += 1
         orphans = []
-        for frid in list(node.flights):
+        for frid in sorted(node.flights):
             flight = self.flights.pop(frid)
             flight.live = False
             node.busy_s += now - flight.started
@@ -156,6 +160,7 @@ class Simulation:
         for plan in plan_warm_pool(self.state, now):
             node = self.nodes[plan.node_id]
             self.out.loads += 1
+            # Load time: a few seconds of setup plus reading the weights at ~2 GB/s.
             self._push(now + 5.0 + MODELS[plan.model] / 2.0, LOADED, (node, plan.model))
         if now < self.end or self.state.reservations:
             self._push(now + self.state.config.warm_tick_s, WARM, None)
@@ -164,6 +169,7 @@ class Simulation:
         node, model = obj
         if node.left_at is not None:
             return
+        node.account(now)
         node.warm.add(model)
         load_finished(self.state, node.node_id, model, True, now)
         self.state.registry.heartbeat(node.node_id, node.capacity(now, self.rng, BUDGET_PER_SLOT), now)
@@ -187,6 +193,8 @@ class Simulation:
         elif isinstance(d, Enqueue) and queue:
             self.state.enqueue(rr, now)
         elif isinstance(d, Reject):
+            if d.status == 429:
+                self.state.note_refused(a.model)
             self._end(req, now, "rejected_429" if d.status == 429 else "too_large")
         elif isinstance(d, NoNode):
             self._end(req, now, "no_node")

@@ -53,6 +53,7 @@ class Outcomes:
             "TTFT p50 s": f"{percentile(t, 50):.2f}",
             "TTFT p95 s": f"{percentile(t, 95):.2f}",
             "TTFT p99 s": f"{percentile(t, 99):.2f}",
+            "completed": f"{self.counts['completed'] / n:.1%}",
             "done req/s": f"{self.counts['completed'] / max(self.makespan_s, 1e-9):.1f}",
             "tokens/s": f"{self.tokens / max(self.makespan_s, 1e-9):,.0f}",
             "utilization": f"{self.busy_seconds / max(self.slot_seconds, 1e-9):.0%}",

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from pathlib import Path
 
 from darkbloom.server.routing.route import POLICIES
 from darkbloom.server.routing.state import RoutingConfig
-from darkbloom.sim.cluster import fleet_capacity_rps, lognormal_mean, make_nodes
+from darkbloom.sim.cluster import MODELS, fleet_capacity_rps, lognormal_mean, make_nodes
 from darkbloom.sim.engine import Scenario, simulate
 from darkbloom.sim.report import Outcomes, bucket_table, table
 from darkbloom.sim.trace import Arrival, load_trace, synthetic
-
-import random
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +35,6 @@ def default_rate(nodes: int, load: float, seed: int) -> float:
 def arrivals_for(opts: SimOptions) -> list[Arrival]:
     if opts.trace is not None:
         return load_trace(opts.trace)[: opts.requests] if opts.requests else load_trace(opts.trace)
-    from darkbloom.sim.cluster import MODELS
-
     return synthetic(opts.requests, default_rate(opts.nodes, opts.load, opts.seed), list(MODELS), opts.seed)
 
 

@@ -24,12 +24,14 @@ class RoutingConfig:
     policy: str = "ours"
     queue_depth: int = 32
     queue_timeout_s: float = 120.0
-    early_reject_wait_s: float = 60.0
+    early_reject_wait_s: float = 15.0
     sample_k: int = 16
     band_s: float = 0.1
     hedge: HedgeConfig = HedgeConfig()
     warm_tick_s: float = 10.0
     warm_min_interval_s: float = 0.25
+    warm_max_loads_per_plan: int = 4
+    warm_requests_per_load: int = 8
     pending_load_ttl_s: float = 120.0
     failed_load_backoff_s: float = 600.0
 
@@ -64,6 +66,8 @@ class ModelStats:
     service_s: float = 0.0
     wait_s: float = 0.0
     feasible_after_ms: int | None = None
+    refused: int = 0
+    """429s since the warm pool last planned: demand the queue could not even hold."""
 
 
 @dataclass
@@ -145,6 +149,10 @@ class FleetState:
             st.service_s = ewma(st.service_s, max(1e-3, now - res.at))
             st.feasible_after_ms = None
         return res
+
+    def note_refused(self, model: str) -> None:
+        """Count a 429 for ``model`` (the warm pool reads it as unmet demand)."""
+        self.model_stats(model).refused += 1
 
     def enqueue(self, req: RouteRequest, now: float) -> Waiter:
         waiter = Waiter(req.request_id, req.model, req.prompt_tokens, req.max_tokens, now, now + self.config.queue_timeout_s)
