@@ -30,7 +30,7 @@ class RoutingConfig:
     hedge: HedgeConfig = HedgeConfig()
     warm_tick_s: float = 10.0
     warm_min_interval_s: float = 0.25
-    warm_max_loads_per_plan: int = 4
+    warm_max_loads_per_plan: int = 16
     warm_requests_per_load: int = 8
     pending_load_ttl_s: float = 120.0
     failed_load_backoff_s: float = 600.0
