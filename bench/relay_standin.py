@@ -1,0 +1,113 @@
+"""A stand-in provider for the relay benchmark: no MLX, fixed-rate tokens, the real protocol.
+
+    python -m bench.relay_standin node COORDINATOR_URL [--rate 50] [--tokens 100]
+    python -m bench.relay_standin http PORT [--rate 50] [--tokens 100]
+
+``node`` dials the coordinator's provider socket like ``darkbloom node``,
+registers a model ``bench`` with room for 2,000 streams, answers every
+``inference_request`` with one chunk at once and then one every ``1/rate``
+seconds, ``tokens`` in all, then ``complete``; a ``cancel`` stops the stream
+and prints ``cancel <request_id> <time.monotonic()>`` on stdout. ``http``
+serves the same stream straight over HTTP (SSE, the same chunk JSON the
+coordinator sends): the "direct" baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from darkbloom.protocol import (
+    Cancel,
+    Capacity,
+    Chunk,
+    Complete,
+    InferenceRequest,
+    ModelInfo,
+    Register,
+    SlotCapacity,
+    Usage,
+    decode,
+    encode,
+)
+
+
+async def run_node(url: str, rate: float, tokens: int) -> None:
+    import websockets
+
+    ws_url = url.replace("http", "ws", 1).rstrip("/") + "/v1/provider/ws"
+    cancelled: set[str] = set()
+    async with websockets.connect(ws_url, max_size=16 * 1024 * 1024) as ws:
+        cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model="bench", max_concurrency=2000),))
+        await ws.send(encode(Register(node_id="standin", models=(ModelInfo(id="bench"),), capacity=cap)), text=True)  # type: ignore[arg-type]
+        await ws.recv()
+        print("registered", flush=True)
+        lock = asyncio.Lock()
+
+        async def stream(req: InferenceRequest) -> None:
+            rid = req.request_id
+            for seq in range(tokens):
+                if rid in cancelled:
+                    return
+                async with lock:
+                    await ws.send(encode(Chunk(request_id=rid, seq=seq, text=" tok")), text=True)
+                await asyncio.sleep(1 / rate)
+            async with lock:
+                await ws.send(encode(Complete(request_id=rid, usage=Usage(prompt_tokens=8, completion_tokens=tokens))), text=True)
+
+        tasks: set[asyncio.Task[None]] = set()
+        async for data in ws:
+            frame = decode(data)
+            if isinstance(frame, InferenceRequest):
+                t = asyncio.create_task(stream(frame))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            elif isinstance(frame, Cancel):
+                cancelled.add(frame.request_id)
+                print(f"cancel {frame.request_id} {time.monotonic():.6f}", flush=True)
+
+
+def run_http(port: int, rate: float, tokens: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from darkbloom.protocol.openai import chat_chunk
+    from darkbloom.server.api.chat import sse
+
+    async def chat(request: Request) -> StreamingResponse:
+        await request.body()
+
+        async def gen():  # type: ignore[no-untyped-def]
+            for i in range(tokens):
+                yield sse(chat_chunk("direct", "bench", 0, content=" tok", role=None if i else "assistant"))
+                await asyncio.sleep(1 / rate)
+            yield sse(chat_chunk("direct", "bench", 0, finish_reason="length"))
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    print("listening", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["node", "http"])
+    ap.add_argument("target")
+    ap.add_argument("--rate", type=float, default=50.0)
+    ap.add_argument("--tokens", type=int, default=100)
+    a = ap.parse_args()
+    if a.mode == "node":
+        asyncio.run(run_node(a.target, a.rate, a.tokens))
+    else:
+        run_http(int(a.target), a.rate, a.tokens)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
