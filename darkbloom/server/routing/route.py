@@ -139,7 +139,25 @@ def _pick_random(fleet: FleetState, req: RouteRequest, now: float) -> Dispatch |
     return Dispatch(node_id) if _eligible(node, node.slots.get(req.model), req, now) else None
 
 
-_PICKERS = {"ours": _pick_ours, "least-loaded": _pick_least_loaded, "round-robin": _pick_round_robin, "random": _pick_random}
+def _with_ttft(picker):  # type: ignore[no-untyped-def]
+    """A baseline's pick, carrying the same expected TTFT ``ours`` computes (hedge deadlines need it)."""
+
+    def pick(fleet: FleetState, req: RouteRequest, now: float) -> Dispatch | None:
+        d = picker(fleet, req, now)
+        if d is None:
+            return None
+        node = fleet.registry.nodes[d.node_id]
+        return Dispatch(d.node_id, _ttft(node, node.slots[req.model], req))
+
+    return pick
+
+
+_PICKERS = {
+    "ours": _pick_ours,
+    "least-loaded": _with_ttft(_pick_least_loaded),
+    "round-robin": _with_ttft(_pick_round_robin),
+    "random": _with_ttft(_pick_random),
+}
 
 
 def route(req: RouteRequest, fleet: FleetState, now: float, *, from_queue: bool = False) -> Decision:
