@@ -22,6 +22,7 @@ from darkbloom.protocol import Cancel, Capacity, ChatMessage, Error, Frame, Infe
 from darkbloom.protocol.frames import SealedEnvelope
 from darkbloom.server.routing.hedging import hedge_delay_s
 from darkbloom.server.routing.registry import Registry
+from darkbloom.server.routing.scoring import ewma
 from darkbloom.server.routing.route import Dispatch, Enqueue, NoNode, Reject, drain, route
 from darkbloom.server.routing.state import FleetState, RouteRequest, RoutingConfig
 from darkbloom.server.routing.warmpool import load_finished, plan_warm_pool
@@ -78,13 +79,15 @@ class NodeLink:
 class InFlight:
     """A request dispatched to a node; its frames wait here, in arrival order, for the consumer."""
 
-    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "dispatched_at", "done", "wake", "_buf", "_limit", "_overflow", "_on_overflow")
+    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "_buf", "_limit", "_overflow", "_on_overflow")
 
     def __init__(self, request_id: str, model: str, node_id: str, limit: int = BUFFER_FRAMES, on_overflow: Callable[[InFlight], None] | None = None) -> None:
         self.request_id = request_id
         self.model = model
         self.node_id = node_id
         self.expected_ttft_s = 0.0
+        self.prompt_tokens = 0
+        self.seen_first = False
         self.dispatched_at = time.perf_counter()
         self.done = False
         self.wake = asyncio.Event()  # shared between a request and its hedge
@@ -244,6 +247,7 @@ class Fleet:
                 continue  # the node left between routing and sending: route again
             flight = InFlight(request_id, model, node_id, on_overflow=self._slow_consumer)
             flight.expected_ttft_s = ttft
+            flight.prompt_tokens = tokens
             self.inflight[request_id] = flight
             link.requests.add(request_id)
             try:
@@ -331,9 +335,24 @@ class Fleet:
         if flight is None or flight.node_id != node_id or flight.done:
             return False
         flight.push(frame)
+        if not flight.seen_first:
+            flight.seen_first = True
+            self._measure_first(flight)
         if isinstance(frame, Error) and frame.feasible_after_ms:
             self.state.model_stats(flight.model).feasible_after_ms = frame.feasible_after_ms
         return True
+
+    def _measure_first(self, flight: InFlight) -> None:
+        """Fold a first frame's timing into the node's reputation and round-trip estimate."""
+        node = self.registry.nodes.get(flight.node_id)
+        if node is None:
+            return
+        ttft = time.perf_counter() - flight.dispatched_at
+        node.reputation.record_ttft(ttft)
+        slot = node.slots.get(flight.model)
+        prefill = flight.prompt_tokens / slot.rates.prefill() if slot is not None else 0.0
+        # What the prefill estimate does not explain is the round trip (and queueing we could not see).
+        node.rtt_s = ewma(node.rtt_s, max(1e-4, ttft - prefill))
 
     def _slow_consumer(self, flight: InFlight) -> None:
         log.info("request %s: consumer too slow for %.0f ms; ending it with 499", flight.request_id, SLOW_CONSUMER_GRACE_S * 1000)

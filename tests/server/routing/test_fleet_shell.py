@@ -57,3 +57,22 @@ def test_a_consumer_that_catches_up_within_the_grace_is_left_alone() -> None:
         return sent
 
     assert [type(f).__name__ for f in asyncio.run(run())] == ["InferenceRequest"]
+
+
+def test_first_frame_timing_feeds_the_nodes_round_trip_and_reputation() -> None:
+    async def run() -> tuple[float, float]:
+        fleet = Fleet()
+
+        async def send_bytes(data: bytes) -> None:
+            pass
+
+        fleet.registry.add("n", (ModelInfo(id="m"),), Hardware(memory_gb=64), fleet.clock())
+        fleet.attach(NodeLink("n", send_bytes))
+        await fleet.dispatch("r", "m", (), SamplingParams(max_tokens=4), prompt_tokens=1)
+        await asyncio.sleep(0.05)
+        fleet.deliver("n", "r", Chunk(request_id="r", seq=0, text="x"))  # type: ignore[arg-type]
+        node = fleet.registry.nodes["n"]
+        return node.rtt_s, node.reputation.ttft_s
+
+    rtt, ttft = asyncio.run(run())
+    assert ttft >= 0.05 and rtt >= 0.04  # a 1-token prompt explains almost none of the 50 ms
