@@ -70,11 +70,23 @@ def live(tmp_path: Path) -> Iterator[Live]:
 class StandIn:
     """A node that speaks the real protocol over a real WebSocket; the test scripts its answers."""
 
-    def __init__(self, live: Live, node_id: str, model: str = "m1", max_concurrency: int = 4, budget: int = 0) -> None:
+    def __init__(
+        self,
+        live: Live,
+        node_id: str,
+        model: str = "m1",
+        max_concurrency: int = 4,
+        budget: int = 0,
+        *,
+        on_disk: tuple[ModelInfo, ...] = (),
+        free_for_load_gb: float | None = None,
+    ) -> None:
         # Entered as a context manager, as websockets wants; ``close`` exits it.
         self.ws: ClientConnection = connect(live.base_url.replace("http", "ws") + "/v1/provider/ws").__enter__()
-        cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model=model, max_concurrency=max_concurrency, active_token_budget_max=budget),))
-        self.send(Register(node_id=node_id, models=(ModelInfo(id=model),), hardware=Hardware(memory_gb=64), capacity=cap))  # type: ignore[arg-type]
+        slot = SlotCapacity(model=model, max_concurrency=max_concurrency, active_token_budget_max=budget)
+        cap = Capacity(capacity_seq=1, slots=(slot,), free_for_load_gb=free_for_load_gb)
+        models = (ModelInfo(id=model), *on_disk)
+        self.send(Register(node_id=node_id, models=models, hardware=Hardware(memory_gb=64), capacity=cap))  # type: ignore[arg-type]
         assert isinstance(self.recv(), Registered)
 
     def send(self, frame: Frame) -> None:
