@@ -1,0 +1,46 @@
+"""A consumer that closes its stream gets the node's work cancelled at once, not at the next token."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from urllib.parse import urlsplit
+
+from darkbloom.protocol import Cancel, Chunk, InferenceRequest
+from tests.server.routing.conftest import Live, StandIn, in_thread
+
+
+def _open_stream(live: Live) -> socket.socket:
+    body = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    url = urlsplit(live.base_url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {live.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def test_closing_the_stream_cancels_on_the_node_without_waiting_for_another_token(live: Live) -> None:
+    node = StandIn(live, "solo")
+    t, out = in_thread(lambda: _open_stream(live))
+    req = node.recv()
+    assert isinstance(req, InferenceRequest)
+    node.send(Chunk(request_id=req.request_id, seq=0, text="only one"))
+    t.join(10)
+    sock = out["result"]
+    seen = b""
+    while b"only one" not in seen:
+        seen += sock.recv(4096)
+    closed = time.monotonic()
+    sock.close()  # the node sends nothing more; only the disconnect itself can trigger the cancel
+    cancel = node.recv(5)
+    assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
+    assert time.monotonic() - closed < 5
+    deadline = time.monotonic() + 5
+    while not live.hook.settled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(s[1], s[3]) for s in live.hook.settled] == [("cancelled", "solo")]
+    node.close()
