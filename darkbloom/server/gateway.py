@@ -25,6 +25,7 @@ from darkbloom.protocol import ChatMessage, Chunk, Complete, Error, Frame, Sampl
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.errors import model_not_found, model_unavailable
 from darkbloom.server.fleet import Fleet, InFlight, NoNodeError, Refused
+from darkbloom.server.routing.queue import retry_after_s
 from darkbloom.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,21 @@ class StreamTap(Protocol):
     def chunk(self, job: InferenceJob, gap_s: float, nbytes: int) -> None: ...
 
 
+def _refusal(frame: Error) -> bool:
+    """The node refused for capacity (429, or any error carrying ``feasible_after_ms``)."""
+    return frame.status == 429 or frame.feasible_after_ms is not None
+
+
+def _retryable(frame: Error) -> bool:
+    """Worth sending elsewhere before any content: a node fault (5xx but a timeout) or a capacity refusal."""
+    return (frame.status >= 500 and frame.status != 504) or _refusal(frame)
+
+
 def frame_error(frame: Error) -> RequestError:
-    """An ``error`` frame from a node as a consumer-facing error."""
+    """An ``error`` frame from a node as a consumer-facing error (a capacity refusal keeps its Retry-After)."""
+    if _refusal(frame):
+        retry = retry_after_s(0, feasible_after_ms=frame.feasible_after_ms)
+        return RequestError(429, frame.message, type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(retry)})
     kind = "invalid_request_error" if 400 <= frame.status < 500 else "server_error"
     return RequestError(frame.status, frame.message, type=kind, code=frame.code)
 
@@ -155,10 +169,11 @@ class Relay:
                 frame = f.pop()
                 if frame is None:
                     continue
-                if isinstance(frame, Error) and (len(flights) > 1 or (failovers == 0 and frame.status >= 500 and frame.status != 504)):
+                if isinstance(frame, Error) and (len(flights) > 1 or (failovers == 0 and _retryable(frame))):
                     last_error = frame
                     flights.remove(f)
-                    fleet.finish(f.request_id, ok=False if frame.status >= 500 else None)
+                    # A capacity refusal is the node being honest, not failing: it does not trip its breaker.
+                    fleet.finish(f.request_id, ok=False if frame.status >= 500 and not _refusal(frame) else None)
                     if not flights:
                         failovers += 1
                         spare = await self._extra_flight(tried, failover=True)
