@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from darkbloom.protocol import Cancel, Capacity, ChatMessage, Error, Frame, InferenceRequest, LoadModel, SamplingParams
@@ -148,7 +148,14 @@ class Fleet:
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, InFlight] = {}
         self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.clock = clock
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Run ``coro`` as a task we hold a reference to until it ends (cancels, load orders, drops)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def config(self) -> RoutingConfig:
@@ -159,7 +166,7 @@ class Fleet:
     def attach(self, link: NodeLink) -> None:
         """A registered node's socket is ready: start its writer, let queued requests at it."""
         self.links[link.node_id] = link
-        link.writer._on_stuck = lambda reason, nid=link.node_id, lk=link: self._stuck(nid, lk, reason)
+        link.writer.on_stuck = lambda reason, nid=link.node_id, lk=link: self._stuck(nid, lk, reason)
         link.writer.start()
         node = self.registry.nodes.get(link.node_id)
         if node is not None:
@@ -169,18 +176,26 @@ class Fleet:
         async def drop() -> None:
             if self.links.get(node_id) is link:
                 await self.detach(node_id, "provider disconnected")
-            if link.close is not None:
+            elif link.close is not None:
                 with contextlib.suppress(Exception):
                     await link.close()
 
-        asyncio.get_running_loop().create_task(drop())
+        self._spawn(drop())
 
-    async def detach(self, node_id: str, reason: str = "provider disconnected") -> None:
-        """Forget a node and fail each of its in-flight requests with a 502."""
+    async def detach(self, node_id: str, reason: str = "provider disconnected", *, close_socket: bool = True) -> None:
+        """Forget a node and fail each of its in-flight requests with a 502.
+
+        Args:
+            close_socket: Also close the node's socket (evicted, replaced, or
+                stuck); False when the socket is already gone.
+        """
         link = self.links.pop(node_id, None)
         node = self.registry.remove(node_id)
         if link is not None:
             await link.writer.close()
+            if close_socket and link.close is not None:
+                with contextlib.suppress(Exception):  # already closing from the other side
+                    await link.close()
             for rid in list(link.requests):
                 flight = self.inflight.get(rid)
                 if flight is not None:
@@ -311,7 +326,7 @@ class Fleet:
             link = self.links.get(plan.node_id)
             if link is not None:
                 log.info("warm pool: asking node %s to load %s", plan.node_id, plan.model)
-                asyncio.get_running_loop().create_task(self._send_quietly(link, LoadModel(model=plan.model)))
+                self._spawn(self._send_quietly(link, LoadModel(model=plan.model)))
 
     async def _send_quietly(self, link: NodeLink, frame: Frame) -> None:
         try:
@@ -357,7 +372,7 @@ class Fleet:
     def _slow_consumer(self, flight: InFlight) -> None:
         log.info("request %s: consumer too slow for %.0f ms; ending it with 499", flight.request_id, SLOW_CONSUMER_GRACE_S * 1000)
         flight.push(Error(message="consumer too slow to read the stream", code="client_too_slow", status=499, request_id=flight.request_id))  # type: ignore[arg-type]
-        asyncio.get_running_loop().create_task(self.cancel(flight.request_id, "consumer too slow"))
+        self._spawn(self.cancel(flight.request_id, "consumer too slow"))
 
     def finish(self, request_id: str, ok: bool | None = None) -> None:
         """Release a request's reservation and let the queue move; idempotent.

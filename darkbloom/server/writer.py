@@ -69,7 +69,7 @@ class NodeWriter:
         limits: WriterLimits = WriterLimits(),
     ) -> None:
         self._send_bytes = send_bytes
-        self._on_stuck = on_stuck
+        self.on_stuck = on_stuck
         self.limits = limits
         self._control: deque[bytes] = deque()
         self._data: deque[bytes] = deque()
@@ -143,8 +143,8 @@ class NodeWriter:
         self._room.set()
         if reason != "writer closed":
             log.warning("node writer stopped: %s", reason)
-            if self._on_stuck is not None:
-                self._on_stuck(reason)
+            if self.on_stuck is not None:
+                self.on_stuck(reason)
 
     async def close(self) -> None:
         """Stop the writer task (queued frames are dropped: the socket is closing)."""

@@ -81,7 +81,7 @@ async def provider_socket(ws: WebSocket) -> None:
         pass
     finally:
         if fleet.links.get(node_id) is link:
-            await fleet.detach(node_id)
+            await fleet.detach(node_id, close_socket=False)
         log.info("node %s disconnected", node_id)
 
 
