@@ -75,6 +75,11 @@ class NodeLink:
     async def send(self, frame: Frame) -> None:
         await self.writer.send(frame)
 
+    def lane_depths(self) -> dict[str, int]:
+        """Frames waiting in this node's writer, per lane (read by the metrics collector)."""
+        control, data = self.writer.pending()
+        return {"control": control, "data": data}
+
 
 class InFlight:
     """A request dispatched to a node; its frames wait here, in arrival order, for the consumer."""
@@ -160,6 +165,10 @@ class Fleet:
     @property
     def config(self) -> RoutingConfig:
         return self.state.config
+
+    def queue_depths(self) -> dict[str, int]:
+        """Requests waiting for a slot, per model (read by the metrics collector)."""
+        return {model: len(q) for model, q in self.state.queues.items()}
 
     # ---- nodes ----------------------------------------------------------------------
 

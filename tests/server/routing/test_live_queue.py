@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
+
 from darkbloom.protocol import Capacity, Chunk, Complete, Heartbeat, InferenceRequest, LoadModel, ModelInfo, SlotCapacity, Usage
 from darkbloom.server.routing.state import RoutingConfig
 from tests.server.routing.conftest import Live, StandIn, in_thread, live_coordinator
@@ -57,3 +59,20 @@ def test_demand_for_a_cold_model_loads_it_and_the_queue_drains_on_the_next_heart
         assert out["result"].status_code == 200
         assert out["result"].json()["choices"][0]["message"]["content"] == "warm now"
         node.close()
+
+
+def test_queue_depth_and_writer_lanes_are_exported_as_metrics(live: Live) -> None:
+    node = StandIn(live, "solo", max_concurrency=1)
+    body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    t_a, _ = in_thread(lambda: live.post(body))
+    req_a = node.recv()
+    t_b, _ = in_thread(lambda: live.post(body))
+    _wait_queued(live, "m1")
+    text = httpx.get(f"{live.base_url}/metrics", timeout=10).text
+    assert 'darkbloom_queue_depth{model="m1"} 1.0' in text
+    assert 'darkbloom_writer_lane_depth{lane="control"}' in text
+    _answer(node, req_a, "a")  # type: ignore[arg-type]
+    _answer(node, node.recv(), "b")  # type: ignore[arg-type]
+    t_a.join(10)
+    t_b.join(10)
+    node.close()
