@@ -105,10 +105,9 @@ class NodeState:
     pending_loads: dict[str, float] = field(default_factory=dict)
     failed_loads: dict[str, float] = field(default_factory=dict)
     served: int = 0
+    in_flight: int = 0
+    """Requests dispatched here and not yet released, all models together."""
 
-    @property
-    def in_flight(self) -> int:
-        return sum(s.budget.running for s in self.slots.values())
 
     def max_in_flight(self, model: str) -> int:
         slot = self.slots.get(model)
@@ -255,6 +254,7 @@ class Registry:
         state = self.nodes[node_id]
         state.slots[model].budget.reserve(need)
         state.served += 1
+        state.in_flight += 1
         self._reindex(state, model)
 
     def release(self, node_id: str, model: str, need: int) -> None:
@@ -262,6 +262,7 @@ class Registry:
         state = self.nodes.get(node_id)
         if state is None:
             return
+        state.in_flight = max(0, state.in_flight - 1)
         slot = state.slots.get(model)
         if slot is not None:
             slot.budget.release(need)

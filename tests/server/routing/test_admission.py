@@ -31,6 +31,7 @@ def _books(fleet: FleetState) -> None:
         b = node.slots[MODEL].budget
         held = [r for r in fleet.reservations.values() if r.node_id == node.node_id]
         assert b.running == len(held) and b.reserved == sum(r.need for r in held)
+        assert node.in_flight == len(held)
 
 
 @settings(max_examples=150, deadline=None)
