@@ -60,6 +60,7 @@ def _eligible(node: NodeState, slot: Slot | None, req: RouteRequest, now: float)
         and node.node_id not in req.exclude
         and node.routable(now)
         and slot.budget.fits(req.need)
+        and (not req.needs_tools or node.models[req.model].supports_tools)
     )
 
 

@@ -45,6 +45,8 @@ class RouteRequest:
     prompt_tokens: int
     max_tokens: int
     exclude: frozenset[str] = frozenset()
+    needs_tools: bool = False
+    """Only nodes whose copy of the model can render tools and parse calls (``ModelInfo.supports_tools``)."""
 
     @property
     def need(self) -> int:

@@ -101,3 +101,20 @@ def test_a_request_larger_than_any_node_is_refused_with_400() -> None:
     fleet.registry.add("n", (ModelInfo(id=MODEL),), Hardware(), 0.0, capacity=cap)
     d = route(RouteRequest("r", MODEL, 900, 200), fleet, 1.0)
     assert isinstance(d, Reject) and d.status == 400
+
+
+def test_a_request_with_tools_goes_only_to_nodes_that_support_them() -> None:
+    fleet = FleetState()
+    for nid, tools in (("plain", False), ("toolful", True)):
+        cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model=MODEL, max_concurrency=8),))
+        fleet.registry.add(nid, (ModelInfo(id=MODEL, supports_tools=tools),), Hardware(), 0.0, capacity=cap)
+    picks = set()
+    for i in range(12):
+        req = RouteRequest(f"t{i}", MODEL, 10, 10, needs_tools=True)
+        d = route(req, fleet, 1.0)
+        if isinstance(d, Dispatch):
+            fleet.commit(req, d.node_id, 1.0)
+            picks.add(d.node_id)
+        else:
+            assert isinstance(d, Enqueue)  # the tool-capable node is full: wait for it, never the other
+    assert picks == {"toolful"}
