@@ -248,7 +248,8 @@ class Fleet:
                 ``queue=False``, no room right now.
         """
         tokens = prompt_tokens if prompt_tokens is not None else estimate_prompt_tokens(messages)
-        req = RouteRequest(request_id, model, tokens, params.max_tokens, exclude, needs_tools=params.tools is not None)
+        only = frozenset(sealed.recipients) if sealed is not None else None
+        req = RouteRequest(request_id, model, tokens, params.max_tokens, exclude, needs_tools=params.tools is not None, only=only)
         while True:
             decision = route(req, self.state, self.clock())
             if isinstance(decision, Dispatch):

@@ -17,6 +17,8 @@ class Waiter:
     max_tokens: int
     enqueued_at: float
     deadline: float
+    request: object = None
+    """The full ``RouteRequest`` (its constraints: excluded nodes, tools, sealed recipients)."""
 
 
 class ModelQueue:

@@ -61,6 +61,7 @@ def _eligible(node: NodeState, slot: Slot | None, req: RouteRequest, now: float)
         and node.routable(now)
         and slot.budget.fits(req.need)
         and (not req.needs_tools or node.models[req.model].supports_tools)
+        and (req.only is None or node.node_id in req.only)
     )
 
 
@@ -76,7 +77,8 @@ def _pick_ours(fleet: FleetState, req: RouteRequest, now: float) -> Dispatch | N
     if not avail:
         return None
     k = fleet.config.sample_k
-    ids = avail.sample(k, fleet.rng)
+    # A sealed request names its few possible nodes: score those, not a sample of everyone.
+    ids = [n for n in req.only if n in avail] if req.only is not None else avail.sample(k, fleet.rng)
     scored: list[tuple[float, int, str]] = []
     for attempt in range(2):
         for node_id in ids:
@@ -86,7 +88,7 @@ def _pick_ours(fleet: FleetState, req: RouteRequest, now: float) -> Dispatch | N
                 assert slot is not None
                 uptime = now - node.connected_at
                 scored.append((penalised(_ttft(node, slot, req), node.reputation.score(uptime)), slot.budget.reserved, node_id))
-        if scored or attempt or len(avail) <= k:
+        if scored or attempt or len(avail) <= k or req.only is not None:
             break
         ids = list(avail.items())  # the sample held nobody eligible: look at everyone once
     if not scored:
@@ -218,7 +220,7 @@ def drain(fleet: FleetState, model: str, now: float) -> list[tuple[RouteRequest,
     while q:
         head = q.head()
         assert head is not None
-        req = RouteRequest(head.request_id, model, head.prompt_tokens, head.max_tokens)
+        req = head.request if isinstance(head.request, RouteRequest) else RouteRequest(head.request_id, model, head.prompt_tokens, head.max_tokens)
         decision = route(req, fleet, now, from_queue=True)
         if not isinstance(decision, Dispatch):
             break

@@ -47,6 +47,8 @@ class RouteRequest:
     exclude: frozenset[str] = frozenset()
     needs_tools: bool = False
     """Only nodes whose copy of the model can render tools and parse calls (``ModelInfo.supports_tools``)."""
+    only: frozenset[str] | None = None
+    """When set, the only nodes allowed (a sealed request can go only to the nodes it is sealed to)."""
 
     @property
     def need(self) -> int:
@@ -157,7 +159,7 @@ class FleetState:
         self.model_stats(model).refused += 1
 
     def enqueue(self, req: RouteRequest, now: float) -> Waiter:
-        waiter = Waiter(req.request_id, req.model, req.prompt_tokens, req.max_tokens, now, now + self.config.queue_timeout_s)
+        waiter = Waiter(req.request_id, req.model, req.prompt_tokens, req.max_tokens, now, now + self.config.queue_timeout_s, req)
         self.queues.setdefault(req.model, ModelQueue()).push(waiter)
         return waiter
 

@@ -118,3 +118,36 @@ def test_a_request_with_tools_goes_only_to_nodes_that_support_them() -> None:
         else:
             assert isinstance(d, Enqueue)  # the tool-capable node is full: wait for it, never the other
     assert picks == {"toolful"}
+
+
+def test_a_sealed_request_goes_only_to_a_node_it_is_sealed_to() -> None:
+    fleet = FleetState()
+    for i in range(40):
+        cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model=MODEL, max_concurrency=2),))
+        fleet.registry.add(f"n{i}", (ModelInfo(id=MODEL),), Hardware(), 0.0, capacity=cap)
+    only = frozenset({"n7", "n31"})
+    picks = []
+    for i in range(5):
+        req = RouteRequest(f"s{i}", MODEL, 10, 10, only=only)
+        d = route(req, fleet, 1.0)
+        if isinstance(d, Dispatch):
+            fleet.commit(req, d.node_id, 1.0)
+            picks.append(d.node_id)
+        else:
+            assert isinstance(d, Enqueue)  # both recipients full (2 slots each): wait, never another node
+    assert sorted(picks) == ["n31", "n31", "n7", "n7"]
+
+
+def test_a_queued_request_keeps_its_constraints_when_the_queue_drains() -> None:
+    fleet = FleetState()
+    for nid, tools in (("plain", False), ("toolful", True)):
+        cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model=MODEL, max_concurrency=1),))
+        fleet.registry.add(nid, (ModelInfo(id=MODEL, supports_tools=tools),), Hardware(), 0.0, capacity=cap)
+    busy = RouteRequest("busy", MODEL, 10, 10)
+    fleet.commit(busy, "toolful", 0.0)
+    waiting = RouteRequest("w", MODEL, 10, 10, needs_tools=True)
+    assert isinstance(route(waiting, fleet, 1.0), Enqueue)
+    fleet.enqueue(waiting, 1.0)
+    assert drain(fleet, MODEL, 2.0) == []  # "plain" has room, but cannot run tools
+    fleet.release("busy", 3.0, ok=True)
+    assert [(r.request_id, d.node_id) for r, d in drain(fleet, MODEL, 3.0)] == [("w", "toolful")]
