@@ -15,6 +15,7 @@ from darkbloom.server.access import RequestContextMiddleware
 from darkbloom.server.api import chat, completions, consumer, messages, models, openapi, provider_ws, responses
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
 from darkbloom.server.api.adapter import TimingHeader
+from darkbloom.server.auth.cache import KeyCache
 from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
 from darkbloom.server.auth.keys import hash_key
 from darkbloom.server.gateway import RequestHook
@@ -97,6 +98,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     app.state.store = store
+    app.state.key_cache = KeyCache()
     app.state.metrics = metrics
     service_times = models.ServiceTimes()
     app.state.service_times = service_times

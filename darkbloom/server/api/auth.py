@@ -7,7 +7,8 @@ import time
 from starlette.requests import Request
 
 from darkbloom.protocol.openai import RequestError
-from darkbloom.server.auth.keys import authenticate
+from darkbloom.server.auth.cache import KeyCache
+from darkbloom.server.auth.keys import authenticate, hash_key
 from darkbloom.server.store import ApiKeyRecord
 
 
@@ -34,8 +35,17 @@ async def require_consumer(request: Request) -> ApiKeyRecord:
             type="authentication_error",
             code="missing_api_key",
         )
-    record = await authenticate(request.app.state.store, key)
+    state = request.app.state
+    cache: KeyCache | None = getattr(state, "key_cache", None)
+    now = time.time()
+    digest = hash_key(key)
+    record = cache.get(digest, now) if cache is not None else None
     if record is None:
-        raise RequestError(401, "Invalid or revoked API key", type="authentication_error", code="invalid_api_key")
-    await request.app.state.store.touch_api_key(record.key_id, time.time())
+        record = await authenticate(state.store, key)
+        if record is None:
+            raise RequestError(401, "Invalid or revoked API key", type="authentication_error", code="invalid_api_key")
+        if cache is not None:
+            cache.put(digest, record, now)
+    if cache is None or cache.should_touch(record.key_id, now):
+        await state.store.touch_api_key(record.key_id, now)
     return record
