@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from darkbloom.cli import keys, node, serve, sim, up
+from darkbloom.cli import admin, keys, node, serve, sim, up
 
 app = typer.Typer(
     name="darkbloom",
@@ -17,6 +17,7 @@ app.command("up")(up.up)
 app.command("sim")(sim.sim)
 app.add_typer(node.app, name="node")
 app.add_typer(keys.app, name="keys")
+app.add_typer(admin.app, name="admin")
 
 if __name__ == "__main__":
     app()

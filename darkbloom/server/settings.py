@@ -36,6 +36,23 @@ class Settings:
     first_token_timeout_s: float = 120.0
     max_body_bytes: int = 16 * 1024 * 1024
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    # Money (issue #4): the provider's share of each charge (the rest is the platform fee), a
+    # referrer's share of that fee, the least a priced request costs, per-consumer rate limits.
+    provider_share_bps: int = 9000
+    referral_share_bps: int = 2000
+    min_charge_micro_usd: int = 100
+    rate_limit_rps: float = 20.0
+    rate_limit_burst: int = 120
+    input_tokens_per_min: int = 5_000_000
+    output_tokens_per_min: int = 500_000
+    stale_hold_sweep_s: float = 60.0
+    # Stripe: unset means deposits and payouts answer 503. ``stripe_api_base`` points the SDK elsewhere (tests).
+    stripe_api_key: str = field(default_factory=lambda: os.environ.get("DARKBLOOM_STRIPE_API_KEY", ""))
+    stripe_webhook_secret: str = field(default_factory=lambda: os.environ.get("DARKBLOOM_STRIPE_WEBHOOK_SECRET", ""))
+    stripe_api_base: str = field(default_factory=lambda: os.environ.get("DARKBLOOM_STRIPE_API_BASE", ""))
+    public_url: str = ""
+    min_deposit_micro_usd: int = 500_000
+    min_payout_micro_usd: int = 1_000_000
 
     def resolved_db_url(self) -> str:
         return self.db_url or default_db_url(self.home)

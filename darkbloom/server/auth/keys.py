@@ -42,13 +42,51 @@ async def authenticate(store: Store, key: str) -> ApiKeyRecord | None:
     return await store.find_api_key(hash_key(key))
 
 
-async def create_key_in(db_url: str) -> tuple[str, ApiKeyRecord]:
-    """Open the database at ``db_url`` (migrating it), create a key, close it."""
+async def create_key_in(db_url: str, credit_micro_usd: int = 0, account_id: str | None = None) -> tuple[str, ApiKeyRecord]:
+    """Open the database at ``db_url`` (migrating it), create a key, fund its account, close it.
+
+    Args:
+        db_url: The coordinator's database.
+        credit_micro_usd: Credit to grant the new account (an ``admin_credit`` entry), if any.
+        account_id: Add the key to this existing account instead of a new one.
+    """
+    from darkbloom.server.billing.ledger import ADMIN_CREDIT
+    from darkbloom.server.store import StoreError, money, open_store
+
+    store = open_store(db_url)
+    await store.migrate()
+    try:
+        if account_id is not None and not await money.account_exists(store, account_id):
+            raise StoreError(f"no account {account_id} in {db_url}")
+        key, record = await create_api_key(store, account_id)
+        if credit_micro_usd > 0:
+            await money.credit(store, record.account_id, credit_micro_usd, ADMIN_CREDIT, f"key:{record.key_id}", record.created_at)
+        return key, record
+    finally:
+        await store.close()
+
+
+async def revoke_key_in(db_url: str, key_id: str) -> bool:
+    """Revoke a key by id (or by its visible prefix) in the database at ``db_url``."""
     from darkbloom.server.store import open_store
 
     store = open_store(db_url)
     await store.migrate()
     try:
-        return await create_api_key(store)
+        for record in await store.list_api_keys():
+            if key_id in (record.key_id, record.prefix) and not record.revoked:
+                return await store.revoke_api_key(record.key_id)
+        return False
+    finally:
+        await store.close()
+
+
+async def list_keys_in(db_url: str, account_id: str | None = None) -> list[ApiKeyRecord]:
+    from darkbloom.server.store import open_store
+
+    store = open_store(db_url)
+    await store.migrate()
+    try:
+        return await store.list_api_keys(account_id)
     finally:
         await store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from darkbloom.server.store.base import ApiKeyRecord, Store, StoreError
+from darkbloom.server.store.base import ApiKeyRecord, Store, StoreError, Tx
 
 
 def open_store(url: str, *, schema: str | None = None) -> Store:
@@ -28,4 +28,4 @@ def open_store(url: str, *, schema: str | None = None) -> Store:
     )
 
 
-__all__ = ["ApiKeyRecord", "Store", "StoreError", "open_store"]
+__all__ = ["ApiKeyRecord", "Store", "StoreError", "Tx", "open_store"]

@@ -8,8 +8,9 @@ start; a database newer than the code refuses to start.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StoreError(RuntimeError):
@@ -28,6 +29,25 @@ class ApiKeyRecord:
     last_used_at: float | None = None
 
 
+class Tx(Protocol):
+    """One open database transaction, in dialect-neutral terms.
+
+    SQL uses ``?`` placeholders on both backends (PostgreSQL's ``$n`` are
+    substituted); ``lock`` is the row-lock suffix (`` FOR UPDATE`` on
+    PostgreSQL, empty on SQLite, whose ``BEGIN IMMEDIATE`` already serializes writers).
+    """
+
+    dialect: str
+    lock: str
+
+    async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None: ...
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; return the number of rows it changed."""
+
+
 class Store(Protocol):
     """Persistence for the coordinator. Every method is one transaction."""
 
@@ -37,6 +57,14 @@ class Store(Protocol):
         """Apply pending migrations; return the schema version now in force."""
 
     async def close(self) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key; ``False`` when no live key has that id."""
+
+    async def list_api_keys(self, account_id: str | None = None) -> list[ApiKeyRecord]: ...
 
     async def create_account(self, account_id: str, now: float) -> None: ...
 

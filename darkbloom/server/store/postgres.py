@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
 import asyncpg
 
 from darkbloom.server.store.base import ApiKeyRecord, StoreError
 from darkbloom.server.store.migrations import POSTGRES, newer_schema_message
+
+_KEY_COLUMNS = "id, account_id, prefix, created_at, revoked, last_used_at"
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _key_record(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+
+
+def to_dollar(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (our SQL has no ``?`` in literals)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+class PostgresTx:
+    """A transaction on one pooled connection (see ``base.Tx``)."""
+
+    dialect = "postgres"
+    lock = " FOR UPDATE"
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        row = await self._conn.fetchrow(to_dollar(sql), *args)
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._conn.fetch(to_dollar(sql), *args)]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status = await self._conn.execute(to_dollar(sql), *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
 
 
 class PostgresStore:
@@ -57,28 +97,36 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTx]:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                yield PostgresTx(conn)
+
     async def create_account(self, account_id: str, now: float) -> None:
         await self.pool.execute("INSERT INTO accounts (id, created_at) VALUES ($1, $2)", account_id, now)
 
     async def add_api_key(self, record: ApiKeyRecord, key_hash: str) -> None:
         await self.pool.execute(
             "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5)",
-            record.key_id,
-            record.account_id,
-            key_hash,
-            record.prefix,
-            record.created_at,
+            record.key_id, record.account_id, key_hash, record.prefix, record.created_at,
         )
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        row = await self.pool.fetchrow(
-            "SELECT id, account_id, prefix, created_at, revoked, last_used_at FROM api_keys "
-            "WHERE key_hash = $1 AND NOT revoked",
-            key_hash,
-        )
-        if row is None:
-            return None
-        return ApiKeyRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+        row = await self.pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1 AND NOT revoked", key_hash)
+        return None if row is None else _key_record(row)
 
     async def touch_api_key(self, key_id: str, now: float) -> None:
         await self.pool.execute("UPDATE api_keys SET last_used_at = $1 WHERE id = $2", now, key_id)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        status = await self.pool.execute("UPDATE api_keys SET revoked = TRUE WHERE id = $1 AND NOT revoked", key_id)
+        return status.endswith(" 1")
+
+    async def list_api_keys(self, account_id: str | None = None) -> list[ApiKeyRecord]:
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        if account_id is None:
+            rows = await self.pool.fetch(sql + " ORDER BY created_at")
+        else:
+            rows = await self.pool.fetch(sql + " WHERE account_id = $1 ORDER BY created_at", account_id)
+        return [_key_record(r) for r in rows]

@@ -1,0 +1,122 @@
+"""Billing as a gateway ``RequestHook``: rate limit and hold at admission, settle after.
+
+``admit`` runs before any node sees a request: the per-consumer rate limit
+(429 + Retry-After), then a hold for the worst-case cost (402 when the
+balance cannot cover it). ``settle`` turns the hold into a charge for the
+tokens the node reported, or releases it on failure or cancel; both are
+idempotent by request id in the store, so a repeat is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from darkbloom.protocol import Usage
+from darkbloom.protocol.openai import RequestError
+from darkbloom.server.billing.ledger import InsufficientFunds
+from darkbloom.server.billing.pricing import Price, prompt_token_bound, worst_case
+from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
+from darkbloom.server.store import Store, money
+
+log = logging.getLogger(__name__)
+
+
+def insufficient_funds(needed: int, balance: int) -> RequestError:
+    return RequestError(
+        402,
+        f"Insufficient funds: this request may cost up to {needed} micro-USD and the balance is {balance} micro-USD; add credit and retry",
+        type="insufficient_funds",
+        code="insufficient_funds",
+    )
+
+
+class BillingHook:
+    """The request hook that charges consumers and pays providers.
+
+    Args:
+        store: The coordinator's store (already open when requests arrive).
+        owner: This coordinator's id, recorded on each hold so a restart can sweep its own.
+        limits: Per-consumer rate limits.
+        provider_share_bps: The provider's share of each charge, in basis points; the rest is the fee.
+        referral_share_bps: A referrer's share of the fee, in basis points.
+        min_charge: The least a priced request costs, micro-USD.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        owner: str = "coordinator",
+        limits: RateLimits | None = None,
+        provider_share_bps: int = 9000,
+        referral_share_bps: int = 2000,
+        min_charge: int = 100,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.limiter = RateLimiter(limits or RateLimits())
+        self.provider_share_bps = provider_share_bps
+        self.referral_share_bps = referral_share_bps
+        self.min_charge = min_charge
+        self.clock = clock
+        self.monotonic = monotonic
+        self._prices: dict[str, Price] = {}
+
+    async def admit(self, job) -> None:  # type: ignore[no-untyped-def]
+        prompt_bound = prompt_token_bound(job.messages)
+        wait = self.limiter.check(job.account_id, self.monotonic(), prompt_bound, job.params.max_tokens)
+        if wait > 0:
+            raise RequestError(
+                429,
+                "Rate limit exceeded for this API key; retry after the time in Retry-After",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+        price = await money.get_price(self.store, job.model)
+        amount = worst_case(price, job.messages, job.params.max_tokens, self.min_charge)
+        try:
+            await money.place_hold(self.store, job.request_id, job.account_id, job.model, amount, self.owner, self.clock())
+        except InsufficientFunds as exc:
+            raise insufficient_funds(amount, exc.balance) from None
+        self._prices[job.request_id] = price
+
+    async def settle(self, job, outcome: str, usage: Usage | None, node_id: str | None) -> None:  # type: ignore[no-untyped-def]
+        price = self._prices.pop(job.request_id, None)
+        now = self.clock()
+        if outcome == "completed" and usage is not None:
+            if price is None:
+                price = await money.get_price(self.store, job.model)
+            await money.settle_hold(
+                self.store,
+                job.request_id,
+                price=price,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                node_id=node_id,
+                provider_share_bps=self.provider_share_bps,
+                referral_share_bps=self.referral_share_bps,
+                min_charge=self.min_charge,
+                now=now,
+            )
+        else:
+            await money.release_hold(self.store, job.request_id, now)
+
+    async def sweep(self, *, own: bool = False, older_than_s: float | None = None) -> int:
+        """Release open holds that no live request will settle: this coordinator's from a previous
+        run (``own``, at start) and any older than ``older_than_s``. Returns how many were released."""
+        created_before = self.clock() - older_than_s if older_than_s is not None else None
+        ids = await money.stale_holds(self.store, owner=self.owner if own else None, created_before=created_before)
+        released = 0
+        for rid in ids:
+            if rid in self._prices:
+                continue  # still in flight here
+            if await money.release_hold(self.store, rid, self.clock()):
+                released += 1
+        if released:
+            log.warning("released %d stale hold(s) left by an earlier run or a lost request", released)
+        return released
