@@ -67,6 +67,20 @@ def credit(
     typer.echo(f"{account}: balance {balance} micro-USD")
 
 
+@app.command("invite")
+def invite(
+    credit_usd: Annotated[str, typer.Option("--credit", help="USD each redemption grants.")],
+    uses: Annotated[int, typer.Option("--uses", min=1, help="How many accounts may redeem it.")] = 1,
+    db: DbOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Create an invite code (INV-XXXXXXXX); the code is the last line of stdout."""
+    from darkbloom.server.billing.operations import create_invite
+
+    code = _run(create_invite(_url(db, home), credit_usd, uses))
+    typer.echo(code)
+
+
 @app.command()
 def audit(db: DbOption = None, home: HomeOption = None) -> None:
     """Check the books: balances equal their entries, nothing negative, every settlement adds up."""

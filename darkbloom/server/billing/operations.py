@@ -61,3 +61,10 @@ async def grant_credit(db_url: str, account_id: str, usd: str) -> int:
 
 async def audit(db_url: str) -> list[str]:
     return await with_store(db_url, audit_books)
+
+
+async def create_invite(db_url: str, credit_usd: str, uses: int) -> str:
+    from darkbloom.server.billing.invites import create_invite as make
+
+    amount = ledger.usd_to_micro(credit_usd)
+    return await with_store(db_url, lambda store: make(store, amount, uses, time.time()))
