@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from darkbloom.cli import admin, keys, node, serve, sim, up
+from darkbloom.cli import admin, device, keys, node, serve, sim, up
 
 app = typer.Typer(
     name="darkbloom",
@@ -18,6 +18,7 @@ app.command("sim")(sim.sim)
 app.add_typer(node.app, name="node")
 app.add_typer(keys.app, name="keys")
 app.add_typer(admin.app, name="admin")
+app.add_typer(device.app, name="device")
 
 if __name__ == "__main__":
     app()

@@ -45,3 +45,21 @@ def node(
         fail(str(exc))
     except KeyboardInterrupt:
         pass
+
+
+@app.command("login")
+def login(
+    coordinator: Annotated[
+        str, typer.Option("--coordinator", "-c", envvar="DARKBLOOM_COORDINATOR", help="Coordinator base URL.")
+    ] = "http://127.0.0.1:8420",
+    home: HomeOption = None,
+) -> None:
+    """Link this node to your account (device code); its provider token is saved 0600 under the home."""
+    from darkbloom.client.device import DeviceLoginError, login as device_login
+
+    try:
+        account, path = device_login(coordinator, darkbloom_home(home), say=lambda m: typer.echo(m, err=True))
+    except (DeviceLoginError, OSError) as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"linked to account {account}; provider token saved to {path}")

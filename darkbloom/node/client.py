@@ -71,6 +71,7 @@ class NodeSession:
         hardware: Hardware,
         *,
         on_status: Callable[[str], None] | None = None,
+        auth_token: str | None = None,
     ) -> None:
         self.url = provider_ws_url(coordinator)
         self.node_id = node_id
@@ -78,6 +79,7 @@ class NodeSession:
         self.models = models
         self.hardware = hardware
         self.on_status = on_status or (lambda msg: log.info("%s", msg))
+        self.auth_token = auth_token  # provider token from `darkbloom node login`: links earnings to an account
         self._seq = 0
         self._send_lock = asyncio.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -116,6 +118,7 @@ class NodeSession:
                 version=__version__,
                 hardware=self.hardware,
                 capacity=self.capacity(),
+                auth_token=self.auth_token,
             )
             await self._send(ws, reg)
             reply = decode(await asyncio.wait_for(ws.recv(), 30))

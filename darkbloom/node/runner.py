@@ -64,7 +64,9 @@ async def load_engines(cfg: NodeConfig, say: Callable[[str], None]) -> tuple[dic
 async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> None:
     """Load models and keep a session with the coordinator until cancelled."""
     engines, infos = await load_engines(cfg, say)
-    session = NodeSession(cfg.coordinator, load_or_create_node_id(cfg.home), engines, infos, detect_hardware(), on_status=say)
+    token_file = cfg.home / "node" / "provider_token"  # written 0600 by `darkbloom node login`
+    token = token_file.read_text().strip() if token_file.exists() else None
+    session = NodeSession(cfg.coordinator, load_or_create_node_id(cfg.home), engines, infos, detect_hardware(), on_status=say, auth_token=token or None)
     exporter = start_node_metrics(session_collector(session))
     try:
         await session.run_forever()

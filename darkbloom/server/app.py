@@ -13,7 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from darkbloom.server.access import RequestContextMiddleware
 from darkbloom.server.api import billing as billing_api
-from darkbloom.server.api import accounts, chat, completions, consumer, messages, models, openapi, provider_ws, responses
+from darkbloom.server.api import accounts, chat, completions, consumer, device, messages, models, openapi, provider_ws, responses
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
 from darkbloom.server.api.adapter import TimingHeader
 from darkbloom.server.auth.cache import KeyCache
@@ -143,6 +143,11 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/v1/admin/credit", billing_api.admin_credit, methods=["POST"]),
         Route("/v1/admin/audit", billing_api.admin_audit, methods=["GET"]),
         Route("/v1/admin/invites", accounts.admin_create_invite, methods=["POST"]),
+        Route("/v1/device/code", device.device_code, methods=["POST"]),
+        Route("/v1/device/token", device.device_token, methods=["POST"]),
+        Route("/v1/device/approve", device.approve, methods=["POST"]),
+        Route("/v1/device/deny", device.deny, methods=["POST"]),
+        Route("/link", device.link_page, methods=["GET", "POST"]),
         Route("/v1/invites/redeem", accounts.redeem_invite, methods=["POST"]),
         Route("/v1/referral", accounts.my_referral_code, methods=["GET"]),
         Route("/v1/referral/apply", accounts.apply_referral, methods=["POST"]),

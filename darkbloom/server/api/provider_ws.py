@@ -74,6 +74,8 @@ async def provider_socket(ws: WebSocket) -> None:
     link = NodeLink(node_id=node_id, send_bytes=ws.send_bytes, close=ws.close)
     fleet.attach(link)
     log.info("node %s registered with models %s", node_id, [m.id for m in frame.models])
+    if frame.auth_token:
+        await _link_provider(ws, link, frame.auth_token)
     try:
         await link.send(Registered(node_id=node_id, heartbeat_interval_s=ws.app.state.settings.heartbeat_interval_s))
         await _serve(ws, fleet, link)
@@ -83,6 +85,23 @@ async def provider_socket(ws: WebSocket) -> None:
         if fleet.links.get(node_id) is link:
             await fleet.detach(node_id, close_socket=False)
         log.info("node %s disconnected", node_id)
+
+
+async def _link_provider(ws: WebSocket, link: NodeLink, token: str) -> None:
+    """Credit the node's earnings to the account its provider token (from ``darkbloom node login``) names."""
+    import time
+
+    from darkbloom.server.auth.device import link_registered_node
+
+    try:
+        account = await link_registered_node(ws.app.state.store, link.node_id, token, time.time())
+    except Exception:
+        log.exception("could not link node %s to its account", link.node_id)
+        return
+    if account is None:
+        log.warning("node %s sent an unknown provider token; its earnings stay unlinked", link.node_id)
+    else:
+        log.info("node %s earns for account %s", link.node_id, account)
 
 
 async def _serve(ws: WebSocket, fleet: Fleet, link: NodeLink) -> None:

@@ -1,0 +1,1 @@
+"""Consumer- and provider-side client libraries (no server or node imports)."""
