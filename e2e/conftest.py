@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from darkbloom.node.models.tiny import build_tiny_model
+from darkbloom.server.billing.audit import check_database
 from darkbloom.testing import Proc, create_key, free_port, start, wait_http, wait_model
 
 
@@ -56,6 +57,8 @@ def run_network(home: Path, model_dir: Path) -> Iterator[Network]:
     finally:
         for proc in [*net.nodes, net.coordinator]:
             proc.stop()
+    # The accounting check after every scenario, as the original's tests do.
+    check_database(db_url)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from darkbloom.protocol import ModelInfo, Register, decode, encode
 from darkbloom.server.app import create_app
 from darkbloom.server.auth.keys import create_key_in
+from darkbloom.server.billing.audit import check_database
 from darkbloom.server.settings import Settings
 
 
@@ -52,6 +53,7 @@ def coordinator(tmp_path: Path, hook: RecordingHook) -> Iterator[Coordinator]:
     key, _ = asyncio.run(create_key_in(settings.db_url))
     with TestClient(create_app(settings, hooks=[hook])) as client:
         yield Coordinator(client, key, settings)
+    check_database(settings.db_url)  # the accounting check after every scenario
 
 
 def register(ws, node_id: str = "node-a", model: str = "m1") -> None:  # type: ignore[no-untyped-def]
