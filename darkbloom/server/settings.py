@@ -46,6 +46,8 @@ class Settings:
     input_tokens_per_min: int = 5_000_000
     output_tokens_per_min: int = 500_000
     stale_hold_sweep_s: float = 60.0
+    money_rate_limit_rps: float = 0.2  # deposits, connect and payouts, per account
+    money_rate_limit_burst: int = 3
     # Stripe: unset means deposits and payouts answer 503. ``stripe_api_base`` points the SDK elsewhere (tests).
     stripe_api_key: str = field(default_factory=lambda: os.environ.get("DARKBLOOM_STRIPE_API_KEY", ""))
     stripe_webhook_secret: str = field(default_factory=lambda: os.environ.get("DARKBLOOM_STRIPE_WEBHOOK_SECRET", ""))

@@ -15,7 +15,9 @@ from darkbloom.server.api.errors import error_response, read_body
 from darkbloom.server.auth.admin import require_admin
 from darkbloom.server.billing import ledger
 from darkbloom.server.billing.audit import audit_books
+from darkbloom.server.billing import stripe_pay
 from darkbloom.server.billing.pricing import Price
+from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
 from darkbloom.server.store import money
 
 
@@ -134,3 +136,77 @@ async def admin_audit(request: Request) -> Response:
     require_admin(request)
     problems = await audit_books(request.app.state.store)
     return JSONResponse({"ok": not problems, "problems": problems}, status_code=200 if not problems else 500)
+
+
+# ---- Stripe: deposits, webhook, Connect payouts ----------------------------------------
+
+def _money_rate_limit(request: Request, account_id: str) -> None:
+    """Money endpoints are rate limited harder than inference (default 0.2/s, burst 3), per account."""
+    limiter: RateLimiter | None = getattr(request.app.state, "money_limiter", None)
+    if limiter is None:
+        settings = request.app.state.settings
+        limits = RateLimits(settings.money_rate_limit_rps, settings.money_rate_limit_burst, 0, 0)
+        limiter = request.app.state.money_limiter = RateLimiter(limits)
+    wait = limiter.check(account_id, time.monotonic())
+    if wait > 0:
+        raise RequestError(429, "too many payment requests; retry later", type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})
+
+
+def _payment_error(exc: stripe_pay.PaymentError) -> RequestError:
+    return RequestError(exc.status, str(exc), type="invalid_request_error" if exc.status < 500 else "server_error", code=exc.code)
+
+
+def _base(request: Request) -> str:
+    return request.app.state.settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+
+
+@_handled
+async def create_deposit(request: Request) -> Response:
+    consumer = await require_consumer(request)
+    amount = micro_field(await json_object(request), "amount_usd")
+    _money_rate_limit(request, consumer.account_id)
+    try:
+        session = await stripe_pay.create_deposit(request.app.state.store, request.app.state.settings, consumer.account_id, amount, _base(request))
+    except stripe_pay.PaymentError as exc:
+        raise _payment_error(exc) from None
+    return JSONResponse(session)
+
+
+async def stripe_webhook(request: Request) -> Response:
+    try:
+        payload = await read_body(request)
+        outcome = await stripe_pay.handle_webhook(request.app.state.store, request.app.state.settings, payload, request.headers.get("stripe-signature"))
+    except RequestError as err:
+        return error_response(err)
+    except stripe_pay.PaymentError as exc:
+        return error_response(_payment_error(exc))
+    return JSONResponse({"received": True, "outcome": outcome})
+
+
+@_handled
+async def provider_connect(request: Request) -> Response:
+    consumer = await require_consumer(request)
+    _money_rate_limit(request, consumer.account_id)
+    try:
+        return JSONResponse(await stripe_pay.connect_account(request.app.state.store, request.app.state.settings, consumer.account_id, _base(request)))
+    except stripe_pay.PaymentError as exc:
+        raise _payment_error(exc) from None
+
+
+@_handled
+async def provider_payout(request: Request) -> Response:
+    consumer = await require_consumer(request)
+    body = await json_object(request)
+    amount = micro_field(body, "amount_usd", required=False) if ("amount_usd" in body or "amount_micro_usd" in body) else None
+    _money_rate_limit(request, consumer.account_id)
+    try:
+        done = await stripe_pay.payout(request.app.state.store, request.app.state.settings, consumer.account_id, amount)
+    except stripe_pay.PaymentError as exc:
+        raise _payment_error(exc) from None
+    return JSONResponse({"payout_id": done.payout_id, "amount_micro_usd": done.amount_micro_usd, "transfer_id": done.transfer_id, "status": "paid"})
+
+
+@_handled
+async def provider_payouts(request: Request) -> Response:
+    consumer = await require_consumer(request)
+    return JSONResponse({"object": "list", "data": await stripe_pay.list_payouts(request.app.state.store, consumer.account_id)})
