@@ -32,7 +32,10 @@ def holds(db_url: str) -> list[tuple[str, str, int]]:
         await store.migrate()
         try:
             async with store.transaction() as tx:
-                return [(r[0], r[1], int(r[2])) for r in await tx.fetchall("SELECT request_id, state, amount FROM holds ORDER BY created_at")]
+                return [
+                    (r[0], r[1], int(r[2]))
+                    for r in await tx.fetchall("SELECT request_id, state, amount FROM holds ORDER BY created_at")
+                ]
         finally:
             await store.close()
 
@@ -48,12 +51,19 @@ def test_priced_requests_are_billed_and_unfunded_keys_get_402(network: Network) 
     auth = {"Authorization": f"Bearer {key}"}
     usage = httpx.get(f"{network.base_url}/v1/usage", headers=auth).json()["data"]
     assert len(usage) == 1 and usage[0]["request_id"] == resp.id
-    assert (usage[0]["prompt_tokens"], usage[0]["completion_tokens"]) == (resp.usage.prompt_tokens, resp.usage.completion_tokens)
-    expected = max(100, -(-(resp.usage.prompt_tokens * 1_000_000 + resp.usage.completion_tokens * 2_000_000) // 1_000_000))
+    assert (usage[0]["prompt_tokens"], usage[0]["completion_tokens"]) == (
+        resp.usage.prompt_tokens,
+        resp.usage.completion_tokens,
+    )
+    expected = max(
+        100, -(-(resp.usage.prompt_tokens * 1_000_000 + resp.usage.completion_tokens * 2_000_000) // 1_000_000)
+    )
     assert usage[0]["cost_micro_usd"] == expected
     assert httpx.get(f"{network.base_url}/v1/balance", headers=auth).json()["balance_micro_usd"] == 50_000 - expected
     pricing = httpx.get(f"{network.base_url}/v1/pricing").json()["data"]
-    assert pricing == [{"model": network.model, "input_micro_usd_per_million": 1_000_000, "output_micro_usd_per_million": 2_000_000}]
+    assert pricing == [
+        {"model": network.model, "input_micro_usd_per_million": 1_000_000, "output_micro_usd_per_million": 2_000_000}
+    ]
 
     broke = openai.OpenAI(base_url=f"{network.base_url}/v1", api_key=network.key, max_retries=0)
     with pytest.raises(openai.APIStatusError) as info:
@@ -86,7 +96,12 @@ def test_coordinator_killed_mid_stream_releases_the_hold_once_on_restart(network
 
     # The restarted coordinator serves and bills again; a second restart sweeps nothing twice.
     wait_model(network.base_url, key, network.model)
-    done = httpx.post(f"{network.base_url}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 8}, headers=auth, timeout=60)
+    done = httpx.post(
+        f"{network.base_url}/v1/chat/completions",
+        json={**body, "stream": False, "max_tokens": 8},
+        headers=auth,
+        timeout=60,
+    )
     assert done.status_code == 200, done.text
     network.coordinator.stop()
     network.coordinator = start(network.coordinator.argv, network.home / "coord3.log")

@@ -9,10 +9,19 @@ import typer
 
 from darkbloom.cli.common import fail
 
-app = typer.Typer(help="Approve or deny a provider node's login (darkbloom node login shows the code).", no_args_is_help=True)
+app = typer.Typer(
+    help="Approve or deny a provider node's login (darkbloom node login shows the code).", no_args_is_help=True
+)
 
-CoordinatorOption = Annotated[str, typer.Option("--coordinator", "-c", envvar="DARKBLOOM_COORDINATOR", help="Coordinator base URL.")]
-KeyOption = Annotated[str, typer.Option("--key", envvar="DARKBLOOM_API_KEY", help="Your API key; the node earns for its account.", show_default=False)]
+CoordinatorOption = Annotated[
+    str, typer.Option("--coordinator", "-c", envvar="DARKBLOOM_COORDINATOR", help="Coordinator base URL.")
+]
+KeyOption = Annotated[
+    str,
+    typer.Option(
+        "--key", envvar="DARKBLOOM_API_KEY", help="Your API key; the node earns for its account.", show_default=False
+    ),
+]
 
 
 def _decide(code: str, coordinator: str, key: str, deny: bool) -> None:

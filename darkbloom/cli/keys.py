@@ -15,7 +15,11 @@ app = typer.Typer(help="Manage consumer API keys.", no_args_is_help=True)
 
 
 def _stamp(t: float | None) -> str:
-    return "never" if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return (
+        "never"
+        if t is None
+        else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    )
 
 
 @app.command()
@@ -38,7 +42,11 @@ def create(
         fail(str(exc))
         return
     funded = f", credited {micro} micro-USD" if micro else ""
-    typer.echo(f"account {record.account_id}{funded}, key id {record.key_id} (prefix {record.prefix}); store the key now, it is not shown again:", err=True)
+    typer.echo(
+        f"account {record.account_id}{funded}, key id {record.key_id} "
+        f"(prefix {record.prefix}); store the key now, it is not shown again:",
+        err=True,
+    )
     typer.echo(key)
 
 
@@ -59,7 +67,10 @@ def list_keys(
         return
     for r in records:
         state = "revoked" if r.revoked else "live"
-        typer.echo(f"{r.key_id}  {r.prefix}...  {r.account_id}  {state}  created {_stamp(r.created_at)}  last used {_stamp(r.last_used_at)}")
+        typer.echo(
+            f"{r.key_id}  {r.prefix}...  {r.account_id}  {state}  created "
+            f"{_stamp(r.created_at)}  last used {_stamp(r.last_used_at)}"
+        )
 
 
 @app.command()

@@ -77,14 +77,22 @@ def login(
         if r.status_code != 200:
             raise DeviceLoginError(f"coordinator refused a device code: {r.status_code} {_error(r)[1]}")
         start = r.json()
-        say(f"To link this node, approve code {start['user_code']}:\n"
+        say(
+            f"To link this node, approve code {start['user_code']}:\n"
             f"  darkbloom device approve {start['user_code']} --coordinator {base}\n"
-            f"  or open {start['verification_uri_complete']}")
+            f"  or open {start['verification_uri_complete']}"
+        )
         interval = float(start["interval"])
         deadline = time.monotonic() + float(start["expires_in"])
         while time.monotonic() < deadline:
             sleep(interval)
-            r = http.post(f"{base}/v1/device/token", data={"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": start["device_code"]})
+            r = http.post(
+                f"{base}/v1/device/token",
+                data={
+                    "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+                    "device_code": start["device_code"],
+                },
+            )
             if r.status_code == 200:
                 body = r.json()
                 path = provider_token_path(home)
@@ -103,7 +111,9 @@ def login(
             http.close()
 
 
-def approve(coordinator: str, api_key: str, user_code: str, *, deny: bool = False, client: httpx.Client | None = None) -> str:
+def approve(
+    coordinator: str, api_key: str, user_code: str, *, deny: bool = False, client: httpx.Client | None = None
+) -> str:
     """Approve (or deny) a node's user code with the account's API key; return the account id.
 
     Raises:

@@ -50,17 +50,27 @@ def test_node_login_links_earnings_to_the_approving_account(coord, tmp_path: Pat
 
     # The node registers with its token; a priced request it serves pays the provider's account.
     admin = {"Authorization": f"Bearer {read_admin_key(settings.home)}"}
-    client.post("/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 10, "output_usd_per_million": 10}, headers=admin)
+    client.post(
+        "/v1/admin/prices",
+        json={"model": "m1", "input_usd_per_million": 10, "output_usd_per_million": 10},
+        headers=admin,
+    )
     with client.websocket_connect("/v1/provider/ws") as ws:
         ws.send_bytes(encode(Register(node_id="node-l", models=(ModelInfo(id="m1"),), auth_token=token)))  # type: ignore[arg-type]
         decode(ws.receive_bytes())
         out: dict = {}  # type: ignore[type-arg]
         body = {"model": "m1", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 100}
-        t = threading.Thread(target=lambda: out.update(r=client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {consumer_key}"})))
+        t = threading.Thread(
+            target=lambda: out.update(
+                r=client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {consumer_key}"})
+            )
+        )
         t.start()
         req = decode(ws.receive_bytes())
         ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="y")))
-        ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=100, completion_tokens=100))))
+        ws.send_bytes(
+            encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=100, completion_tokens=100)))
+        )
         t.join(10)
     assert out["r"].status_code == 200
     earnings = client.get("/v1/provider/earnings", headers={"Authorization": f"Bearer {provider_key}"}).json()
@@ -95,7 +105,10 @@ def test_link_page_approves_with_an_api_key(coord) -> None:  # type: ignore[no-u
     assert bad.status_code == 401
     ok = client.post("/link", data={"user_code": start["user_code"], "api_key": key})
     assert ok.status_code == 200 and "Node linked" in ok.text
-    token = client.post("/v1/device/token", data={"device_code": start["device_code"], "grant_type": "urn:ietf:params:oauth:grant-type:device_code"})
+    token = client.post(
+        "/v1/device/token",
+        data={"device_code": start["device_code"], "grant_type": "urn:ietf:params:oauth:grant-type:device_code"},
+    )
     assert token.status_code == 200 and token.json()["token_type"] == "Bearer"
     assert client.post("/v1/device/token", json={}).json()["error"] == "invalid_request"
     assert client.post("/v1/device/token", content=b"{").status_code == 400

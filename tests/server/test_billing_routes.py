@@ -21,7 +21,9 @@ BODY = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tok
 
 @pytest.fixture
 def money_app(tmp_path: Path):  # type: ignore[no-untyped-def]
-    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", rate_limit_rps=1000, rate_limit_burst=1000)
+    settings = Settings(
+        home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", rate_limit_rps=1000, rate_limit_burst=1000
+    )
     with TestClient(create_app(settings)) as client:
         admin = {"Authorization": f"Bearer {read_admin_key(tmp_path)}"}
         yield client, admin, settings
@@ -36,9 +38,13 @@ def _key(settings: Settings, usd: int = 0) -> dict[str, str]:
 def test_priced_request_is_held_settled_and_shows_in_usage_and_earnings(money_app) -> None:  # type: ignore[no-untyped-def]
     client, admin, settings = money_app
     assert client.get("/v1/pricing").json()["data"] == []
-    r = client.post("/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 4}, headers=admin)
+    r = client.post(
+        "/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 4}, headers=admin
+    )
     assert r.status_code == 200, r.text
-    assert client.get("/v1/pricing").json()["data"] == [{"model": "m1", "input_micro_usd_per_million": 1_000_000, "output_micro_usd_per_million": 4_000_000}]
+    assert client.get("/v1/pricing").json()["data"] == [
+        {"model": "m1", "input_micro_usd_per_million": 1_000_000, "output_micro_usd_per_million": 4_000_000}
+    ]
     auth = _key(settings, usd=1)
     assert client.get("/v1/balance", headers=auth).json()["balance_micro_usd"] == 1_000_000
     with client.websocket_connect("/v1/provider/ws") as ws:
@@ -52,13 +58,21 @@ def test_priced_request_is_held_settled_and_shows_in_usage_and_earnings(money_ap
         req = decode(ws.receive_bytes())
         assert isinstance(req, InferenceRequest)
         ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="ok")))
-        ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=300, completion_tokens=100))))
+        ws.send_bytes(
+            encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=300, completion_tokens=100)))
+        )
         t.join(10)
     assert out["r"].status_code == 200
     usage = client.get("/v1/usage", headers=auth).json()["data"]
     assert len(usage) == 1
     row = usage[0]
-    assert (row["request_id"], row["model"], row["prompt_tokens"], row["completion_tokens"], row["node_id"]) == (req.request_id, "m1", 300, 100, "node-a")
+    assert (row["request_id"], row["model"], row["prompt_tokens"], row["completion_tokens"], row["node_id"]) == (
+        req.request_id,
+        "m1",
+        300,
+        100,
+        "node-a",
+    )
     assert row["cost_micro_usd"] == 700  # 300 x $1/M + 100 x $4/M
     assert client.get("/v1/balance", headers=auth).json()["balance_micro_usd"] == 1_000_000 - 700
     assert client.get("/v1/admin/audit", headers=admin).json() == {"ok": True, "problems": []}
@@ -68,7 +82,9 @@ def test_priced_request_is_held_settled_and_shows_in_usage_and_earnings(money_ap
 
 def test_unaffordable_request_gets_402_and_no_node_sees_it(money_app) -> None:  # type: ignore[no-untyped-def]
     client, admin, settings = money_app
-    client.post("/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 4}, headers=admin)
+    client.post(
+        "/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 4}, headers=admin
+    )
     auth = _key(settings)
     with client.websocket_connect("/v1/provider/ws") as ws:
         register(ws)
@@ -97,9 +113,27 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
 def test_admin_routes_need_the_admin_key_and_validate_input(money_app) -> None:  # type: ignore[no-untyped-def]
     client, admin, settings = money_app
     auth = _key(settings)
-    assert client.post("/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 1}).status_code == 401
-    assert client.post("/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 1}, headers=auth).status_code == 403
-    for bad in (b"", b"[1]", b"{", b'{"model": "m1", "input_usd_per_million": "x", "output_usd_per_million": 1}', b'{"model": "", "input_usd_per_million": 1}'):
+    assert (
+        client.post(
+            "/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 1}
+        ).status_code
+        == 401
+    )
+    assert (
+        client.post(
+            "/v1/admin/prices",
+            json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 1},
+            headers=auth,
+        ).status_code
+        == 403
+    )
+    for bad in (
+        b"",
+        b"[1]",
+        b"{",
+        b'{"model": "m1", "input_usd_per_million": "x", "output_usd_per_million": 1}',
+        b'{"model": "", "input_usd_per_million": 1}',
+    ):
         r = client.post("/v1/admin/prices", content=bad, headers=admin)
         assert r.status_code == 400 and "error" in r.json(), bad
     r = client.post("/v1/admin/credit", json={"account_id": "acct_nope", "amount_usd": 1}, headers=admin)

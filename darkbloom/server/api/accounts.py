@@ -35,7 +35,12 @@ async def redeem_invite(request: Request) -> Response:
         credit = await invites.redeem_invite(store, consumer.account_id, code, time.time())
     except invites.CodeError as exc:
         raise _refused(exc) from None
-    return JSONResponse({"credited_micro_usd": credit, "balance_micro_usd": await money.balance(store, ledger.consumer(consumer.account_id))})
+    return JSONResponse(
+        {
+            "credited_micro_usd": credit,
+            "balance_micro_usd": await money.balance(store, ledger.consumer(consumer.account_id)),
+        }
+    )
 
 
 @_handled

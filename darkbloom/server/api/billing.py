@@ -13,9 +13,8 @@ from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.auth import require_consumer
 from darkbloom.server.api.errors import error_response, read_body
 from darkbloom.server.auth.admin import require_admin
-from darkbloom.server.billing import ledger
+from darkbloom.server.billing import ledger, stripe_pay
 from darkbloom.server.billing.audit import audit_books
-from darkbloom.server.billing import stripe_pay
 from darkbloom.server.billing.pricing import Price
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
 from darkbloom.server.store import money
@@ -69,7 +68,9 @@ def _handled(fn):  # type: ignore[no-untyped-def]
 async def balance(request: Request) -> Response:
     consumer = await require_consumer(request)
     micro = await money.balance(request.app.state.store, ledger.consumer(consumer.account_id))
-    return JSONResponse({"account_id": consumer.account_id, "balance_micro_usd": micro, "balance_usd": micro / ledger.MICRO_PER_USD})
+    return JSONResponse(
+        {"account_id": consumer.account_id, "balance_micro_usd": micro, "balance_usd": micro / ledger.MICRO_PER_USD}
+    )
 
 
 @_handled
@@ -92,14 +93,19 @@ async def provider_earnings(request: Request) -> Response:
 async def pricing(request: Request) -> Response:
     settings = request.app.state.settings
     prices = await money.list_prices(request.app.state.store)
-    rows = [{"model": m, "input_micro_usd_per_million": p.input_per_m, "output_micro_usd_per_million": p.output_per_m} for m, p in prices.items()]
-    return JSONResponse({
-        "object": "list",
-        "data": rows,
-        "unpriced_models": "free",
-        "min_charge_micro_usd": settings.min_charge_micro_usd,
-        "provider_share": settings.provider_share_bps / 10_000,
-    })
+    rows = [
+        {"model": m, "input_micro_usd_per_million": p.input_per_m, "output_micro_usd_per_million": p.output_per_m}
+        for m, p in prices.items()
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": rows,
+            "unpriced_models": "free",
+            "min_charge_micro_usd": settings.min_charge_micro_usd,
+            "provider_share": settings.provider_share_bps / 10_000,
+        }
+    )
 
 
 @_handled
@@ -111,7 +117,13 @@ async def admin_set_price(request: Request) -> Response:
         raise RequestError(400, "missing model", param="model")
     price = Price(micro_field(body, "input_usd_per_million"), micro_field(body, "output_usd_per_million"))
     await money.set_price(request.app.state.store, model.strip(), price, time.time())
-    return JSONResponse({"model": model.strip(), "input_micro_usd_per_million": price.input_per_m, "output_micro_usd_per_million": price.output_per_m})
+    return JSONResponse(
+        {
+            "model": model.strip(),
+            "input_micro_usd_per_million": price.input_per_m,
+            "output_micro_usd_per_million": price.output_per_m,
+        }
+    )
 
 
 @_handled
@@ -128,7 +140,9 @@ async def admin_credit(request: Request) -> Response:
     if not await money.account_exists(store, account_id):
         raise RequestError(404, f"no account {account_id}", code="account_not_found", param="account_id")
     await money.credit(store, account_id, amount, ledger.ADMIN_CREDIT, f"admin:{time.time():.6f}", time.time())
-    return JSONResponse({"account_id": account_id, "balance_micro_usd": await money.balance(store, ledger.consumer(account_id))})
+    return JSONResponse(
+        {"account_id": account_id, "balance_micro_usd": await money.balance(store, ledger.consumer(account_id))}
+    )
 
 
 @_handled
@@ -140,6 +154,7 @@ async def admin_audit(request: Request) -> Response:
 
 # ---- Stripe: deposits, webhook, Connect payouts ----------------------------------------
 
+
 def _money_rate_limit(request: Request, account_id: str) -> None:
     """Money endpoints are rate limited harder than inference (default 0.2/s, burst 3), per account."""
     limiter: RateLimiter | None = getattr(request.app.state, "money_limiter", None)
@@ -149,11 +164,19 @@ def _money_rate_limit(request: Request, account_id: str) -> None:
         limiter = request.app.state.money_limiter = RateLimiter(limits)
     wait = limiter.check(account_id, time.monotonic())
     if wait > 0:
-        raise RequestError(429, "too many payment requests; retry later", type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)})
+        raise RequestError(
+            429,
+            "too many payment requests; retry later",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
 
 
 def _payment_error(exc: stripe_pay.PaymentError) -> RequestError:
-    return RequestError(exc.status, str(exc), type="invalid_request_error" if exc.status < 500 else "server_error", code=exc.code)
+    return RequestError(
+        exc.status, str(exc), type="invalid_request_error" if exc.status < 500 else "server_error", code=exc.code
+    )
 
 
 def _base(request: Request) -> str:
@@ -166,7 +189,9 @@ async def create_deposit(request: Request) -> Response:
     amount = micro_field(await json_object(request), "amount_usd")
     _money_rate_limit(request, consumer.account_id)
     try:
-        session = await stripe_pay.create_deposit(request.app.state.store, request.app.state.settings, consumer.account_id, amount, _base(request))
+        session = await stripe_pay.create_deposit(
+            request.app.state.store, request.app.state.settings, consumer.account_id, amount, _base(request)
+        )
     except stripe_pay.PaymentError as exc:
         raise _payment_error(exc) from None
     return JSONResponse(session)
@@ -175,7 +200,9 @@ async def create_deposit(request: Request) -> Response:
 async def stripe_webhook(request: Request) -> Response:
     try:
         payload = await read_body(request)
-        outcome = await stripe_pay.handle_webhook(request.app.state.store, request.app.state.settings, payload, request.headers.get("stripe-signature"))
+        outcome = await stripe_pay.handle_webhook(
+            request.app.state.store, request.app.state.settings, payload, request.headers.get("stripe-signature")
+        )
     except RequestError as err:
         return error_response(err)
     except stripe_pay.PaymentError as exc:
@@ -188,7 +215,11 @@ async def provider_connect(request: Request) -> Response:
     consumer = await require_consumer(request)
     _money_rate_limit(request, consumer.account_id)
     try:
-        return JSONResponse(await stripe_pay.connect_account(request.app.state.store, request.app.state.settings, consumer.account_id, _base(request)))
+        return JSONResponse(
+            await stripe_pay.connect_account(
+                request.app.state.store, request.app.state.settings, consumer.account_id, _base(request)
+            )
+        )
     except stripe_pay.PaymentError as exc:
         raise _payment_error(exc) from None
 
@@ -197,16 +228,29 @@ async def provider_connect(request: Request) -> Response:
 async def provider_payout(request: Request) -> Response:
     consumer = await require_consumer(request)
     body = await json_object(request)
-    amount = micro_field(body, "amount_usd", required=False) if ("amount_usd" in body or "amount_micro_usd" in body) else None
+    amount = (
+        micro_field(body, "amount_usd", required=False)
+        if ("amount_usd" in body or "amount_micro_usd" in body)
+        else None
+    )
     _money_rate_limit(request, consumer.account_id)
     try:
         done = await stripe_pay.payout(request.app.state.store, request.app.state.settings, consumer.account_id, amount)
     except stripe_pay.PaymentError as exc:
         raise _payment_error(exc) from None
-    return JSONResponse({"payout_id": done.payout_id, "amount_micro_usd": done.amount_micro_usd, "transfer_id": done.transfer_id, "status": "paid"})
+    return JSONResponse(
+        {
+            "payout_id": done.payout_id,
+            "amount_micro_usd": done.amount_micro_usd,
+            "transfer_id": done.transfer_id,
+            "status": "paid",
+        }
+    )
 
 
 @_handled
 async def provider_payouts(request: Request) -> Response:
     consumer = await require_consumer(request)
-    return JSONResponse({"object": "list", "data": await stripe_pay.list_payouts(request.app.state.store, consumer.account_id)})
+    return JSONResponse(
+        {"object": "list", "data": await stripe_pay.list_payouts(request.app.state.store, consumer.account_id)}
+    )

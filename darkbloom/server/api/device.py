@@ -39,14 +39,16 @@ def _base_url(request: Request) -> str:
 async def device_code(request: Request) -> Response:
     code = await device.start(request.app.state.store, time.time())
     uri = f"{_base_url(request)}/link"
-    return JSONResponse({
-        "device_code": code.device_code,
-        "user_code": code.user_code,
-        "verification_uri": uri,
-        "verification_uri_complete": f"{uri}?code={code.user_code}",
-        "expires_in": code.expires_in,
-        "interval": code.interval,
-    })
+    return JSONResponse(
+        {
+            "device_code": code.device_code,
+            "user_code": code.user_code,
+            "verification_uri": uri,
+            "verification_uri_complete": f"{uri}?code={code.user_code}",
+            "expires_in": code.expires_in,
+            "interval": code.interval,
+        }
+    )
 
 
 async def device_token(request: Request) -> Response:
@@ -61,7 +63,10 @@ async def device_token(request: Request) -> Response:
         token, account_id = await device.poll(request.app.state.store, code, time.time())
     except device.DeviceFlowError as exc:
         return JSONResponse(exc.body(), status_code=exc.status, headers={"Cache-Control": "no-store"})
-    return JSONResponse({"access_token": token, "token_type": "Bearer", "token": token, "account_id": account_id}, headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        {"access_token": token, "token_type": "Bearer", "token": token, "account_id": account_id},
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def _decide(request: Request, approve: bool) -> Response:
@@ -87,10 +92,12 @@ async def deny(request: Request) -> Response:
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Link a Darkbloom node</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto}}input{{font-size:1.1rem;width:100%;margin:.3rem 0 1rem}}</style>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto}}
+input{{font-size:1.1rem;width:100%;margin:.3rem 0 1rem}}</style>
 </head><body><h1>Link a provider node</h1><p>{message}</p>
 <form method="post" action="/link">
-<label>Code shown by <code>darkbloom node login</code><input name="user_code" value="{code}" autocomplete="off" required></label>
+<label>Code shown by <code>darkbloom node login</code>
+<input name="user_code" value="{code}" autocomplete="off" required></label>
 <label>Your API key (the node's earnings go to its account)<input name="api_key" type="password" required></label>
 <button type="submit">Approve</button></form></body></html>"""
 
@@ -106,9 +113,14 @@ async def link_page(request: Request) -> Response:
     code = fields.get("user_code", "")
     record = await authenticate(request.app.state.store, fields.get("api_key", "").strip())
     if record is None:
-        return HTMLResponse(_PAGE.format(message="That API key is not valid.", code=html.escape(code[:32])), status_code=401)
+        return HTMLResponse(
+            _PAGE.format(message="That API key is not valid.", code=html.escape(code[:32])), status_code=401
+        )
     try:
         await device.decide(request.app.state.store, code, record.account_id, time.time())
     except device.DeviceFlowError as exc:
         return HTMLResponse(_PAGE.format(message=html.escape(exc.description), code=""), status_code=exc.status)
-    return HTMLResponse(f"<!doctype html><html><body><h1>Node linked</h1><p>The node will pick up its token within seconds; its earnings go to {html.escape(record.account_id)}.</p></body></html>")
+    return HTMLResponse(
+        "<!doctype html><html><body><h1>Node linked</h1><p>The node will pick up its token "
+        f"within seconds; its earnings go to {html.escape(record.account_id)}.</p></body></html>"
+    )

@@ -74,8 +74,13 @@ async def start(store: Store, now: float) -> DeviceCode:
             if await tx.fetchone("SELECT 1 FROM device_codes WHERE user_code = ?", user_code):
                 continue
             await tx.execute(
-                "INSERT INTO device_codes (device_code_hash, user_code, status, created_at, expires_at, interval_s) VALUES (?, ?, 'pending', ?, ?, ?)",
-                sha256(device_code), user_code, now, now + EXPIRES_IN_S, INTERVAL_S,
+                "INSERT INTO device_codes (device_code_hash, user_code, status, "
+                "created_at, expires_at, interval_s) VALUES (?, ?, 'pending', ?, ?, ?)",
+                sha256(device_code),
+                user_code,
+                now,
+                now + EXPIRES_IN_S,
+                INTERVAL_S,
             )
             return DeviceCode(device_code, user_code, EXPIRES_IN_S, INTERVAL_S)
     raise RuntimeError("could not find a free user code")
@@ -100,8 +105,18 @@ async def decide(store: Store, user_code: str, account_id: str, now: float, appr
             await tx.execute("UPDATE device_codes SET status = 'denied' WHERE user_code = ?", code)
             return
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        await tx.execute("INSERT INTO provider_tokens (token_hash, account_id, created_at) VALUES (?, ?, ?)", sha256(token), account_id, now)
-        await tx.execute("UPDATE device_codes SET status = 'approved', account_id = ?, token = ? WHERE user_code = ?", account_id, token, code)
+        await tx.execute(
+            "INSERT INTO provider_tokens (token_hash, account_id, created_at) VALUES (?, ?, ?)",
+            sha256(token),
+            account_id,
+            now,
+        )
+        await tx.execute(
+            "UPDATE device_codes SET status = 'approved', account_id = ?, token = ? WHERE user_code = ?",
+            account_id,
+            token,
+            code,
+        )
 
 
 async def poll(store: Store, device_code: str, now: float) -> tuple[str, str]:
@@ -114,7 +129,11 @@ async def poll(store: Store, device_code: str, now: float) -> tuple[str, str]:
     """
     h = sha256(device_code)
     async with store.transaction() as tx:
-        row = await tx.fetchone("SELECT status, account_id, token, expires_at, interval_s, last_poll_at FROM device_codes WHERE device_code_hash = ?" + tx.lock, h)
+        row = await tx.fetchone(
+            "SELECT status, account_id, token, expires_at, interval_s, "
+            "last_poll_at FROM device_codes WHERE device_code_hash = ?" + tx.lock,
+            h,
+        )
         if row is None or row[0] == "collected":
             raise DeviceFlowError(404, "invalid_grant", "unknown device code (or its token was already collected)")
         status, account_id, token, expires_at, interval, last_poll = row
@@ -127,12 +146,16 @@ async def poll(store: Store, device_code: str, now: float) -> tuple[str, str]:
             return str(token), str(account_id)
         if last_poll is not None and now - float(last_poll) < int(interval):
             interval = int(interval) + SLOW_DOWN_STEP_S
-            await tx.execute("UPDATE device_codes SET interval_s = ?, last_poll_at = ? WHERE device_code_hash = ?", interval, now, h)
+            await tx.execute(
+                "UPDATE device_codes SET interval_s = ?, last_poll_at = ? WHERE device_code_hash = ?", interval, now, h
+            )
             # Raising would roll back the new interval, so the error is returned after the commit.
             pending = DeviceFlowError(400, "slow_down", f"polling too fast; wait {interval} s between polls", interval)
         else:
             await tx.execute("UPDATE device_codes SET last_poll_at = ? WHERE device_code_hash = ?", now, h)
-            pending = DeviceFlowError(400, "authorization_pending", "waiting for the account holder to approve the code")
+            pending = DeviceFlowError(
+                400, "authorization_pending", "waiting for the account holder to approve the code"
+            )
     raise pending
 
 

@@ -28,9 +28,7 @@ async def create_api_key(store: Store, account_id: str | None = None) -> tuple[s
         account_id = f"acct_{uuid.uuid4().hex[:16]}"
         await store.create_account(account_id, now)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = ApiKeyRecord(
-        key_id=f"key_{uuid.uuid4().hex[:16]}", account_id=account_id, prefix=key[:10], created_at=now
-    )
+    record = ApiKeyRecord(key_id=f"key_{uuid.uuid4().hex[:16]}", account_id=account_id, prefix=key[:10], created_at=now)
     await store.add_api_key(record, hash_key(key))
     return key, record
 
@@ -42,7 +40,9 @@ async def authenticate(store: Store, key: str) -> ApiKeyRecord | None:
     return await store.find_api_key(hash_key(key))
 
 
-async def create_key_in(db_url: str, credit_micro_usd: int = 0, account_id: str | None = None) -> tuple[str, ApiKeyRecord]:
+async def create_key_in(
+    db_url: str, credit_micro_usd: int = 0, account_id: str | None = None
+) -> tuple[str, ApiKeyRecord]:
     """Open the database at ``db_url`` (migrating it), create a key, fund its account, close it.
 
     Args:
@@ -60,7 +60,9 @@ async def create_key_in(db_url: str, credit_micro_usd: int = 0, account_id: str 
             raise StoreError(f"no account {account_id} in {db_url}")
         key, record = await create_api_key(store, account_id)
         if credit_micro_usd > 0:
-            await money.credit(store, record.account_id, credit_micro_usd, ADMIN_CREDIT, f"key:{record.key_id}", record.created_at)
+            await money.credit(
+                store, record.account_id, credit_micro_usd, ADMIN_CREDIT, f"key:{record.key_id}", record.created_at
+            )
         return key, record
     finally:
         await store.close()

@@ -33,7 +33,9 @@ async def audit_books(store: Store) -> list[str]:
     async with store.transaction() as tx:
         entries = await tx.fetchall("SELECT id, txn_id, account, amount, balance_after FROM ledger_entries ORDER BY id")
         balances = dict(await tx.fetchall("SELECT account, balance FROM ledger_balances"))
-        usage = await tx.fetchall("SELECT request_id, cost_micro_usd, provider_micro_usd, fee_micro_usd FROM usage_records")
+        usage = await tx.fetchall(
+            "SELECT request_id, cost_micro_usd, provider_micro_usd, fee_micro_usd FROM usage_records"
+        )
         open_holds = await tx.fetchone("SELECT COALESCE(SUM(amount), 0) FROM holds WHERE state = 'held'")
     total = sum(int(e[3]) for e in entries)
     if total != 0:
@@ -44,7 +46,9 @@ async def audit_books(store: Store) -> list[str]:
         per_txn[txn_id] += int(amount)
         running[account] += int(amount)
         if running[account] != int(after):
-            problems.append(f"entry {entry_id} on {account}: balance_after {after} != previous + amount = {running[account]}")
+            problems.append(
+                f"entry {entry_id} on {account}: balance_after {after} != previous + amount = {running[account]}"
+            )
     problems += [f"transaction {t} sums to {s}, not 0" for t, s in per_txn.items() if s != 0]
     for account in set(balances) | set(running):
         stored, summed = int(balances.get(account, 0)), running.get(account, 0)

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def insufficient_funds(needed: int, balance: int) -> RequestError:
     return RequestError(
         402,
-        f"Insufficient funds: this request may cost up to {needed} micro-USD and the balance is {balance} micro-USD; add credit and retry",
+        f"Insufficient funds: this request may cost up to {needed} micro-USD "
+        f"and the balance is {balance} micro-USD; add credit and retry",
         type="insufficient_funds",
         code="insufficient_funds",
     )
@@ -80,7 +81,9 @@ class BillingHook:
         price = await money.get_price(self.store, job.model)
         amount = worst_case(price, job.messages, job.params.max_tokens, self.min_charge)
         try:
-            await money.place_hold(self.store, job.request_id, job.account_id, job.model, amount, self.owner, self.clock())
+            await money.place_hold(
+                self.store, job.request_id, job.account_id, job.model, amount, self.owner, self.clock()
+            )
         except InsufficientFunds as exc:
             raise insufficient_funds(amount, exc.balance) from None
         self._prices[job.request_id] = price

@@ -43,7 +43,13 @@ async def create_invite(store: Store, credit_micro_usd: int, max_uses: int, now:
         raise ledger.LedgerError("an invite needs positive credit and at least one use")
     code = new_invite_code()
     async with store.transaction() as tx:
-        await tx.execute("INSERT INTO invites (code, credit_micro_usd, max_uses, uses, created_at) VALUES (?, ?, ?, 0, ?)", code, credit_micro_usd, max_uses, now)
+        await tx.execute(
+            "INSERT INTO invites (code, credit_micro_usd, max_uses, uses, created_at) VALUES (?, ?, ?, 0, ?)",
+            code,
+            credit_micro_usd,
+            max_uses,
+            now,
+        )
     return code
 
 
@@ -64,8 +70,13 @@ async def redeem_invite(store: Store, account_id: str, code: str, now: float) ->
         if uses >= max_uses:
             raise CodeError(410, f"invite code {code} has been used up", "invite_exhausted")
         await tx.execute("UPDATE invites SET uses = uses + 1 WHERE code = ?", code)
-        await tx.execute("INSERT INTO invite_redemptions (account_id, code, redeemed_at) VALUES (?, ?, ?)", account_id, code, now)
-        legs = [Leg(ledger.EXTERNAL_GRANTS, -credit, ledger.INVITE_CREDIT), Leg(ledger.consumer(account_id), credit, ledger.INVITE_CREDIT)]
+        await tx.execute(
+            "INSERT INTO invite_redemptions (account_id, code, redeemed_at) VALUES (?, ?, ?)", account_id, code, now
+        )
+        legs = [
+            Leg(ledger.EXTERNAL_GRANTS, -credit, ledger.INVITE_CREDIT),
+            Leg(ledger.consumer(account_id), credit, ledger.INVITE_CREDIT),
+        ]
         await money.post(tx, legs, f"invite:{code}", now)
     return credit
 
@@ -77,7 +88,9 @@ async def referral_code(store: Store, account_id: str, now: float) -> str:
         if row:
             return str(row[0])
         code = new_referral_code()
-        await tx.execute("INSERT INTO referral_codes (code, account_id, created_at) VALUES (?, ?, ?)", code, account_id, now)
+        await tx.execute(
+            "INSERT INTO referral_codes (code, account_id, created_at) VALUES (?, ?, ?)", code, account_id, now
+        )
         return code
 
 
@@ -97,5 +110,7 @@ async def apply_referral(store: Store, account_id: str, code: str, now: float) -
             raise CodeError(400, "an account cannot refer itself", "self_referral")
         if await tx.fetchone("SELECT referrer_id FROM referrals WHERE account_id = ?", account_id):
             raise CodeError(409, "this account already has a referrer", "already_referred")
-        await tx.execute("INSERT INTO referrals (account_id, referrer_id, created_at) VALUES (?, ?, ?)", account_id, referrer, now)
+        await tx.execute(
+            "INSERT INTO referrals (account_id, referrer_id, created_at) VALUES (?, ?, ?)", account_id, referrer, now
+        )
     return referrer

@@ -149,7 +149,9 @@ def split_cost(cost: int, provider_share_bps: int, referral_share_bps: int, has_
     return Split(cost=cost, provider=provider_amount, fee=fee, referral=referral)
 
 
-def settlement_legs(hold: int, split: Split, consumer_acct: str, provider_acct: str, referrer_acct: str | None) -> list[Leg]:
+def settlement_legs(
+    hold: int, split: Split, consumer_acct: str, provider_acct: str, referrer_acct: str | None
+) -> list[Leg]:
     """The legs that close a hold: escrow pays the provider, fee, referrer, and refunds the rest."""
     if split.cost > hold:
         raise LedgerError(f"cost {split.cost} exceeds the hold {hold}")

@@ -52,6 +52,8 @@ def prompt_token_bound(messages: tuple[ChatMessage, ...]) -> int:
     return total
 
 
-def worst_case(price: Price, messages: tuple[ChatMessage, ...], max_tokens: int, min_charge: int = MIN_CHARGE_MICRO_USD) -> int:
+def worst_case(
+    price: Price, messages: tuple[ChatMessage, ...], max_tokens: int, min_charge: int = MIN_CHARGE_MICRO_USD
+) -> int:
     """The hold for a request: the most it can cost."""
     return cost(price, prompt_token_bound(messages), max(0, max_tokens), min_charge)

@@ -44,23 +44,38 @@ class PaymentError(Exception):
 def client(settings: Settings) -> stripe.StripeClient:
     """A Stripe client for the configured key (and base URL, when set)."""
     if not settings.stripe_api_key:
-        raise PaymentError(503, "payments are not configured on this coordinator (set DARKBLOOM_STRIPE_API_KEY)", "payments_disabled")
+        raise PaymentError(
+            503, "payments are not configured on this coordinator (set DARKBLOOM_STRIPE_API_KEY)", "payments_disabled"
+        )
     bases: dict[str, str] = {}
     if settings.stripe_api_base:
         bases = {"api": settings.stripe_api_base, "connect": settings.stripe_api_base}
     return stripe.StripeClient(settings.stripe_api_key, base_addresses=bases or None, max_network_retries=1)  # type: ignore[arg-type]
 
 
-async def create_deposit(store: Store, settings: Settings, account_id: str, amount_micro: int, base_url: str) -> dict[str, Any]:
+async def create_deposit(
+    store: Store, settings: Settings, account_id: str, amount_micro: int, base_url: str
+) -> dict[str, Any]:
     """Open a Checkout Session for ``amount_micro`` (whole cents, at least the minimum); record it pending."""
     if amount_micro < settings.min_deposit_micro_usd:
-        raise PaymentError(400, f"the minimum deposit is {settings.min_deposit_micro_usd / 1e6:.2f} USD", "amount_too_small")
+        raise PaymentError(
+            400, f"the minimum deposit is {settings.min_deposit_micro_usd / 1e6:.2f} USD", "amount_too_small"
+        )
     if amount_micro % MICRO_PER_CENT:
         raise PaymentError(400, "deposits are whole cents", "invalid_amount")
     sc = client(settings)
     params = {
         "mode": "payment",
-        "line_items": [{"price_data": {"currency": "usd", "unit_amount": amount_micro // MICRO_PER_CENT, "product_data": {"name": "Darkbloom credit"}}, "quantity": 1}],
+        "line_items": [
+            {
+                "price_data": {
+                    "currency": "usd",
+                    "unit_amount": amount_micro // MICRO_PER_CENT,
+                    "product_data": {"name": "Darkbloom credit"},
+                },
+                "quantity": 1,
+            }
+        ],
         "client_reference_id": account_id,
         "metadata": {"account_id": account_id},
         "success_url": f"{base_url}/v1/balance",
@@ -69,11 +84,17 @@ async def create_deposit(store: Store, settings: Settings, account_id: str, amou
     try:
         session = await asyncio.to_thread(sc.v1.checkout.sessions.create, params)  # type: ignore[arg-type]
     except stripe.StripeError as exc:
-        raise PaymentError(502, f"Stripe refused the checkout session: {exc.user_message or exc}", "stripe_error") from None
+        raise PaymentError(
+            502, f"Stripe refused the checkout session: {exc.user_message or exc}", "stripe_error"
+        ) from None
     async with store.transaction() as tx:
         await tx.execute(
-            "INSERT INTO deposits (session_id, account_id, amount_micro_usd, status, created_at) VALUES (?, ?, ?, 'pending', ?)",
-            session.id, account_id, amount_micro, time.time(),
+            "INSERT INTO deposits (session_id, account_id, amount_micro_usd, "
+            "status, created_at) VALUES (?, ?, ?, 'pending', ?)",
+            session.id,
+            account_id,
+            amount_micro,
+            time.time(),
         )
     return {"session_id": session.id, "url": session.url, "amount_micro_usd": amount_micro}
 
@@ -85,9 +106,11 @@ async def handle_webhook(store: Store, settings: Settings, payload: bytes, signa
         PaymentError: 400 for a missing or bad signature or a malformed payload.
     """
     if not settings.stripe_webhook_secret:
-        raise PaymentError(503, "webhooks are not configured (set DARKBLOOM_STRIPE_WEBHOOK_SECRET)", "payments_disabled")
+        raise PaymentError(
+            503, "webhooks are not configured (set DARKBLOOM_STRIPE_WEBHOOK_SECRET)", "payments_disabled"
+        )
     try:
-        event = stripe.Webhook.construct_event(payload, signature or "", settings.stripe_webhook_secret)
+        stripe.Webhook.construct_event(payload, signature or "", settings.stripe_webhook_secret)
     except stripe.SignatureVerificationError:
         raise PaymentError(400, "bad Stripe signature", "invalid_signature") from None
     except (ValueError, KeyError):
@@ -101,19 +124,32 @@ async def handle_webhook(store: Store, settings: Settings, payload: bytes, signa
     async with store.transaction() as tx:
         if await tx.fetchone("SELECT 1 FROM stripe_events WHERE event_id = ?", event_id):
             return "duplicate"
-        await tx.execute("INSERT INTO stripe_events (event_id, type, received_at) VALUES (?, ?, ?)", event_id, event_type, now)
+        await tx.execute(
+            "INSERT INTO stripe_events (event_id, type, received_at) VALUES (?, ?, ?)", event_id, event_type, now
+        )
         if event_type != "checkout.session.completed" or obj.get("payment_status") != "paid":
             return "ignored"
-        row = await tx.fetchone("SELECT account_id, amount_micro_usd, status FROM deposits WHERE session_id = ?" + tx.lock, str(obj.get("id")))
+        row = await tx.fetchone(
+            "SELECT account_id, amount_micro_usd, status FROM deposits WHERE session_id = ?" + tx.lock,
+            str(obj.get("id")),
+        )
         if row is None or row[2] != "pending":
             return "ignored"  # not ours, or this session was credited by an earlier event
         account_id = str(row[0])
         amount = int(obj.get("amount_total") or 0) * MICRO_PER_CENT
         if amount <= 0:
             return "ignored"
-        legs = [Leg(ledger.EXTERNAL_STRIPE, -amount, ledger.STRIPE_DEPOSIT), Leg(ledger.consumer(account_id), amount, ledger.STRIPE_DEPOSIT)]
+        legs = [
+            Leg(ledger.EXTERNAL_STRIPE, -amount, ledger.STRIPE_DEPOSIT),
+            Leg(ledger.consumer(account_id), amount, ledger.STRIPE_DEPOSIT),
+        ]
         await money.post(tx, legs, f"stripe:{obj.get('id')}", now)
-        await tx.execute("UPDATE deposits SET status = 'completed', completed_at = ?, amount_micro_usd = ? WHERE session_id = ?", now, amount, str(obj.get("id")))
+        await tx.execute(
+            "UPDATE deposits SET status = 'completed', completed_at = ?, amount_micro_usd = ? WHERE session_id = ?",
+            now,
+            amount,
+            str(obj.get("id")),
+        )
     return "credited"
 
 
@@ -124,15 +160,27 @@ async def connect_account(store: Store, settings: Settings, account_id: str, bas
         row = await tx.fetchone("SELECT stripe_account FROM connect_accounts WHERE account_id = ?", account_id)
     try:
         if row is None:
-            acct = await asyncio.to_thread(sc.v1.accounts.create, {"type": "express", "metadata": {"account_id": account_id}})  # type: ignore[arg-type]
+            acct = await asyncio.to_thread(
+                sc.v1.accounts.create, {"type": "express", "metadata": {"account_id": account_id}}
+            )  # type: ignore[arg-type]
             stripe_account = acct.id
             async with store.transaction() as tx:
-                await tx.execute("INSERT INTO connect_accounts (account_id, stripe_account, created_at) VALUES (?, ?, ?)", account_id, stripe_account, time.time())
+                await tx.execute(
+                    "INSERT INTO connect_accounts (account_id, stripe_account, created_at) VALUES (?, ?, ?)",
+                    account_id,
+                    stripe_account,
+                    time.time(),
+                )
         else:
             stripe_account = str(row[0])
         link = await asyncio.to_thread(
             sc.v1.account_links.create,
-            {"account": stripe_account, "type": "account_onboarding", "refresh_url": f"{base_url}/v1/provider/earnings", "return_url": f"{base_url}/v1/provider/earnings"},  # type: ignore[arg-type]
+            {
+                "account": stripe_account,
+                "type": "account_onboarding",
+                "refresh_url": f"{base_url}/v1/provider/earnings",
+                "return_url": f"{base_url}/v1/provider/earnings",
+            },  # type: ignore[arg-type]
         )
     except stripe.StripeError as exc:
         raise PaymentError(502, f"Stripe refused: {exc.user_message or exc}", "stripe_error") from None
@@ -162,24 +210,50 @@ async def payout(store: Store, settings: Settings, account_id: str, amount_micro
     amount = available if amount_micro is None else amount_micro
     amount -= amount % MICRO_PER_CENT
     if amount < settings.min_payout_micro_usd:
-        raise PaymentError(400, f"the minimum payout is {settings.min_payout_micro_usd / 1e6:.2f} USD; {amount} micro-USD requested of {available} earned", "amount_too_small")
+        raise PaymentError(
+            400,
+            f"the minimum payout is {settings.min_payout_micro_usd / 1e6:.2f} "
+            f"USD; {amount} micro-USD requested of {available} earned",
+            "amount_too_small",
+        )
     payout_id = f"po_{uuid.uuid4().hex[:20]}"
     now = time.time()
     async with store.transaction() as tx:
         try:
-            await money.post(tx, [Leg(acct, -amount, ledger.PAYOUT), Leg(ledger.EXTERNAL_STRIPE, amount, ledger.PAYOUT)], payout_id, now)
+            await money.post(
+                tx,
+                [Leg(acct, -amount, ledger.PAYOUT), Leg(ledger.EXTERNAL_STRIPE, amount, ledger.PAYOUT)],
+                payout_id,
+                now,
+            )
         except ledger.InsufficientFunds:
             raise PaymentError(400, f"only {available} micro-USD earned", "insufficient_funds") from None
-        await tx.execute("INSERT INTO payouts (id, account_id, amount_micro_usd, status, created_at) VALUES (?, ?, ?, 'pending', ?)", payout_id, account_id, amount, now)
+        await tx.execute(
+            "INSERT INTO payouts (id, account_id, amount_micro_usd, status, created_at) VALUES (?, ?, ?, 'pending', ?)",
+            payout_id,
+            account_id,
+            amount,
+            now,
+        )
     try:
         transfer = await asyncio.to_thread(
             sc.v1.transfers.create,
-            {"amount": amount // MICRO_PER_CENT, "currency": "usd", "destination": str(row[0]), "metadata": {"payout_id": payout_id}},  # type: ignore[arg-type]
+            {
+                "amount": amount // MICRO_PER_CENT,
+                "currency": "usd",
+                "destination": str(row[0]),
+                "metadata": {"payout_id": payout_id},
+            },  # type: ignore[arg-type]
             {"idempotency_key": payout_id},
         )
     except stripe.StripeError as exc:
         async with store.transaction() as tx:
-            await money.post(tx, [Leg(ledger.EXTERNAL_STRIPE, -amount, ledger.PAYOUT), Leg(acct, amount, ledger.REFUND)], payout_id, time.time())
+            await money.post(
+                tx,
+                [Leg(ledger.EXTERNAL_STRIPE, -amount, ledger.PAYOUT), Leg(acct, amount, ledger.REFUND)],
+                payout_id,
+                time.time(),
+            )
             await tx.execute("UPDATE payouts SET status = 'failed' WHERE id = ?", payout_id)
         raise PaymentError(502, f"Stripe refused the transfer: {exc.user_message or exc}", "stripe_error") from None
     async with store.transaction() as tx:
@@ -189,5 +263,9 @@ async def payout(store: Store, settings: Settings, account_id: str, amount_micro
 
 async def list_payouts(store: Store, account_id: str) -> list[dict[str, Any]]:
     async with store.transaction() as tx:
-        rows = await tx.fetchall("SELECT id, amount_micro_usd, transfer_id, status, created_at FROM payouts WHERE account_id = ? ORDER BY created_at DESC", account_id)
+        rows = await tx.fetchall(
+            "SELECT id, amount_micro_usd, transfer_id, status, created_at "
+            "FROM payouts WHERE account_id = ? ORDER BY created_at DESC",
+            account_id,
+        )
     return [dict(zip(("id", "amount_micro_usd", "transfer_id", "status", "created_at"), r)) for r in rows]

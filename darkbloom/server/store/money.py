@@ -28,7 +28,9 @@ async def post(tx: Tx, legs: list[Leg], reference: str, now: float) -> str:
     accounts = sorted({leg.account for leg in legs})
     balances: dict[str, int] = {}
     for account in accounts:
-        await tx.execute("INSERT INTO ledger_balances (account, balance) VALUES (?, 0) ON CONFLICT (account) DO NOTHING", account)
+        await tx.execute(
+            "INSERT INTO ledger_balances (account, balance) VALUES (?, 0) ON CONFLICT (account) DO NOTHING", account
+        )
         row = await tx.fetchone("SELECT balance FROM ledger_balances WHERE account = ?" + tx.lock, account)
         assert row is not None
         balances[account] = int(row[0])
@@ -36,8 +38,15 @@ async def post(tx: Tx, legs: list[Leg], reference: str, now: float) -> str:
     txn_id = f"txn_{uuid.uuid4().hex[:20]}"
     for leg, balance_after in zip(legs, after):
         await tx.execute(
-            "INSERT INTO ledger_entries (txn_id, account, type, amount, balance_after, reference, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            txn_id, leg.account, leg.type, leg.amount, balance_after, reference, now,
+            "INSERT INTO ledger_entries (txn_id, account, type, amount, "
+            "balance_after, reference, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            txn_id,
+            leg.account,
+            leg.type,
+            leg.amount,
+            balance_after,
+            reference,
+            now,
         )
     for account in accounts:
         await tx.execute("UPDATE ledger_balances SET balance = ? WHERE account = ?", balances[account], account)
@@ -51,12 +60,22 @@ async def balance(store: Store, account: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def credit(store: Store, account_id: str, amount: int, entry_type: str, reference: str, now: float, source: str = ledger.EXTERNAL_GRANTS) -> str:
+async def credit(
+    store: Store,
+    account_id: str,
+    amount: int,
+    entry_type: str,
+    reference: str,
+    now: float,
+    source: str = ledger.EXTERNAL_GRANTS,
+) -> str:
     """Move ``amount`` from an external source into a consumer's balance."""
     if amount <= 0:
         raise ledger.LedgerError("a credit must be positive")
     async with store.transaction() as tx:
-        return await post(tx, [Leg(source, -amount, entry_type), Leg(ledger.consumer(account_id), amount, entry_type)], reference, now)
+        return await post(
+            tx, [Leg(source, -amount, entry_type), Leg(ledger.consumer(account_id), amount, entry_type)], reference, now
+        )
 
 
 # ---- prices ---------------------------------------------------------------------
@@ -68,27 +87,36 @@ async def set_price(store: Store, model: str, price: Price, now: float) -> None:
             "INSERT INTO prices (model, input_micro_usd_per_m, output_micro_usd_per_m, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (model) DO UPDATE SET input_micro_usd_per_m = excluded.input_micro_usd_per_m, "
             "output_micro_usd_per_m = excluded.output_micro_usd_per_m, updated_at = excluded.updated_at",
-            model, price.input_per_m, price.output_per_m, now,
+            model,
+            price.input_per_m,
+            price.output_per_m,
+            now,
         )
 
 
 async def get_price(store: Store, model: str) -> Price:
     """The model's price; ``FREE`` when none is set."""
     async with store.transaction() as tx:
-        row = await tx.fetchone("SELECT input_micro_usd_per_m, output_micro_usd_per_m FROM prices WHERE model = ?", model)
+        row = await tx.fetchone(
+            "SELECT input_micro_usd_per_m, output_micro_usd_per_m FROM prices WHERE model = ?", model
+        )
     return Price(int(row[0]), int(row[1])) if row else FREE
 
 
 async def list_prices(store: Store) -> dict[str, Price]:
     async with store.transaction() as tx:
-        rows = await tx.fetchall("SELECT model, input_micro_usd_per_m, output_micro_usd_per_m FROM prices ORDER BY model")
+        rows = await tx.fetchall(
+            "SELECT model, input_micro_usd_per_m, output_micro_usd_per_m FROM prices ORDER BY model"
+        )
     return {r[0]: Price(int(r[1]), int(r[2])) for r in rows}
 
 
 # ---- holds ------------------------------------------------------------------------
 
 
-async def place_hold(store: Store, request_id: str, account_id: str, model: str, amount: int, owner: str, now: float) -> bool:
+async def place_hold(
+    store: Store, request_id: str, account_id: str, model: str, amount: int, owner: str, now: float
+) -> bool:
     """Reserve ``amount`` of the consumer's balance for a request; idempotent by request id.
 
     Returns:
@@ -101,10 +129,21 @@ async def place_hold(store: Store, request_id: str, account_id: str, model: str,
         if await tx.fetchone("SELECT state FROM holds WHERE request_id = ?", request_id):
             return False
         if amount > 0:
-            await post(tx, [Leg(ledger.consumer(account_id), -amount, ledger.HOLD), Leg(ledger.HOLDS, amount, ledger.HOLD)], request_id, now)
+            await post(
+                tx,
+                [Leg(ledger.consumer(account_id), -amount, ledger.HOLD), Leg(ledger.HOLDS, amount, ledger.HOLD)],
+                request_id,
+                now,
+            )
         await tx.execute(
-            "INSERT INTO holds (request_id, account_id, model, amount, state, owner, created_at) VALUES (?, ?, ?, ?, 'held', ?, ?)",
-            request_id, account_id, model, amount, owner, now,
+            "INSERT INTO holds (request_id, account_id, model, amount, "
+            "state, owner, created_at) VALUES (?, ?, ?, ?, 'held', ?, ?)",
+            request_id,
+            account_id,
+            model,
+            amount,
+            owner,
+            now,
         )
     return True
 
@@ -139,7 +178,9 @@ async def settle_hold(
     from darkbloom.server.billing.pricing import cost as request_cost
 
     async with store.transaction() as tx:
-        row = await tx.fetchone("SELECT account_id, model, amount, state FROM holds WHERE request_id = ?" + tx.lock, request_id)
+        row = await tx.fetchone(
+            "SELECT account_id, model, amount, state FROM holds WHERE request_id = ?" + tx.lock, request_id
+        )
         if row is None or row[3] != "held":
             return None
         account_id, model, hold = row[0], row[1], int(row[2])
@@ -149,12 +190,29 @@ async def settle_hold(
         provider_acct = await provider_account_for(tx, node_id)
         referrer_acct = ledger.consumer(referrer[0]) if referrer else None
         if hold:
-            await post(tx, ledger.settlement_legs(hold, split, ledger.consumer(account_id), provider_acct, referrer_acct), request_id, now)
+            await post(
+                tx,
+                ledger.settlement_legs(hold, split, ledger.consumer(account_id), provider_acct, referrer_acct),
+                request_id,
+                now,
+            )
         await tx.execute("UPDATE holds SET state = 'settled', finished_at = ? WHERE request_id = ?", now, request_id)
         await tx.execute(
-            "INSERT INTO usage_records (request_id, account_id, model, prompt_tokens, completion_tokens, cost_micro_usd, "
-            "provider_micro_usd, fee_micro_usd, node_id, provider_account, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            request_id, account_id, model, prompt_tokens, completion_tokens, split.cost, split.provider, split.fee, node_id, provider_acct, now,
+            "INSERT INTO usage_records (request_id, account_id, model, "
+            "prompt_tokens, completion_tokens, cost_micro_usd, "
+            "provider_micro_usd, fee_micro_usd, node_id, provider_account, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            request_id,
+            account_id,
+            model,
+            prompt_tokens,
+            completion_tokens,
+            split.cost,
+            split.provider,
+            split.fee,
+            node_id,
+            provider_acct,
+            now,
         )
     return Settlement(request_id, account_id, hold, split, provider_acct)
 
@@ -162,12 +220,19 @@ async def settle_hold(
 async def release_hold(store: Store, request_id: str, now: float) -> bool:
     """Refund a hold in full (failure, cancel, crash); once per request. ``False`` if not open."""
     async with store.transaction() as tx:
-        row = await tx.fetchone("SELECT account_id, amount, state FROM holds WHERE request_id = ?" + tx.lock, request_id)
+        row = await tx.fetchone(
+            "SELECT account_id, amount, state FROM holds WHERE request_id = ?" + tx.lock, request_id
+        )
         if row is None or row[2] != "held":
             return False
         account_id, amount = row[0], int(row[1])
         if amount:
-            await post(tx, [Leg(ledger.HOLDS, -amount, ledger.HOLD), Leg(ledger.consumer(account_id), amount, ledger.REFUND)], request_id, now)
+            await post(
+                tx,
+                [Leg(ledger.HOLDS, -amount, ledger.HOLD), Leg(ledger.consumer(account_id), amount, ledger.REFUND)],
+                request_id,
+                now,
+            )
         await tx.execute("UPDATE holds SET state = 'released', finished_at = ? WHERE request_id = ?", now, request_id)
     return True
 
@@ -183,7 +248,9 @@ async def stale_holds(store: Store, *, owner: str | None = None, created_before:
         args.append(created_before)
     where = " OR ".join(clauses) or "1 = 1"
     async with store.transaction() as tx:
-        rows = await tx.fetchall(f"SELECT request_id FROM holds WHERE state = 'held' AND ({where}) ORDER BY created_at", *args)
+        rows = await tx.fetchall(
+            f"SELECT request_id FROM holds WHERE state = 'held' AND ({where}) ORDER BY created_at", *args
+        )
     return [r[0] for r in rows]
 
 
@@ -207,7 +274,8 @@ async def usage_rows(store: Store, account_id: str, limit: int = 100) -> list[di
         rows = await tx.fetchall(
             "SELECT request_id, model, prompt_tokens, completion_tokens, cost_micro_usd, node_id, created_at "
             "FROM usage_records WHERE account_id = ? ORDER BY created_at DESC, request_id LIMIT ?",
-            account_id, limit,
+            account_id,
+            limit,
         )
     keys = ("request_id", "model", "prompt_tokens", "completion_tokens", "cost_micro_usd", "node_id", "created_at")
     return [dict(zip(keys, r)) for r in rows]
@@ -217,11 +285,15 @@ async def provider_earnings(store: Store, account_id: str, limit: int = 100) -> 
     acct = ledger.provider(account_id)
     async with store.transaction() as tx:
         row = await tx.fetchone("SELECT balance FROM ledger_balances WHERE account = ?", acct)
-        total = await tx.fetchone("SELECT COALESCE(SUM(provider_micro_usd), 0), COUNT(*) FROM usage_records WHERE provider_account = ?", acct)
+        total = await tx.fetchone(
+            "SELECT COALESCE(SUM(provider_micro_usd), 0), COUNT(*) FROM usage_records WHERE provider_account = ?", acct
+        )
         rows = await tx.fetchall(
-            "SELECT request_id, model, node_id, prompt_tokens, completion_tokens, provider_micro_usd, created_at FROM usage_records "
+            "SELECT request_id, model, node_id, prompt_tokens, completion_tokens, "
+            "provider_micro_usd, created_at FROM usage_records "
             "WHERE provider_account = ? ORDER BY created_at DESC, request_id LIMIT ?",
-            acct, limit,
+            acct,
+            limit,
         )
         nodes = await tx.fetchall("SELECT node_id FROM node_links WHERE account_id = ? ORDER BY node_id", account_id)
     keys = ("request_id", "model", "node_id", "prompt_tokens", "completion_tokens", "earned_micro_usd", "created_at")
@@ -239,7 +311,15 @@ async def account_exists(store: Store, account_id: str) -> bool:
         return await tx.fetchone("SELECT 1 FROM accounts WHERE id = ?", account_id) is not None
 
 
-async def debit_to_external(store: Store, ledger_account: str, amount: int, entry_type: str, reference: str, now: float, sink: str = ledger.EXTERNAL_STRIPE) -> str:
+async def debit_to_external(
+    store: Store,
+    ledger_account: str,
+    amount: int,
+    entry_type: str,
+    reference: str,
+    now: float,
+    sink: str = ledger.EXTERNAL_STRIPE,
+) -> str:
     """Move money out of the books (a provider payout, a card refund).
 
     Raises:
@@ -257,5 +337,7 @@ async def link_node(store: Store, node_id: str, account_id: str, now: float) -> 
         await tx.execute(
             "INSERT INTO node_links (node_id, account_id, linked_at) VALUES (?, ?, ?) "
             "ON CONFLICT (node_id) DO UPDATE SET account_id = excluded.account_id, linked_at = excluded.linked_at",
-            node_id, account_id, now,
+            node_id,
+            account_id,
+            now,
         )

@@ -109,11 +109,17 @@ class PostgresStore:
     async def add_api_key(self, record: ApiKeyRecord, key_hash: str) -> None:
         await self.pool.execute(
             "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5)",
-            record.key_id, record.account_id, key_hash, record.prefix, record.created_at,
+            record.key_id,
+            record.account_id,
+            key_hash,
+            record.prefix,
+            record.created_at,
         )
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        row = await self.pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1 AND NOT revoked", key_hash)
+        row = await self.pool.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1 AND NOT revoked", key_hash
+        )
         return None if row is None else _key_record(row)
 
     async def touch_api_key(self, key_id: str, now: float) -> None:

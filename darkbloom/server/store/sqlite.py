@@ -107,7 +107,11 @@ class SQLiteStore:
         async with self.transaction() as tx:
             await tx.execute(
                 "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)",
-                record.key_id, record.account_id, key_hash, record.prefix, record.created_at,
+                record.key_id,
+                record.account_id,
+                key_hash,
+                record.prefix,
+                record.created_at,
             )
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:

@@ -62,7 +62,11 @@ class StripeStandIn:
             Route("/v1/account_links", self.create_account_link, methods=["POST"]),
             Route("/v1/transfers", self.create_transfer, methods=["POST"]),
         ]
-        self.server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> StripeStandIn:
@@ -89,9 +93,16 @@ class StripeStandIn:
         amount = int(item["price_data"]["unit_amount"]) * int(item["quantity"])
         sid = f"cs_test_{uuid.uuid4().hex[:24]}"
         session = {
-            "id": sid, "object": "checkout.session", "mode": form["mode"], "amount_total": amount, "currency": "usd",
-            "payment_status": "unpaid", "status": "open", "client_reference_id": form.get("client_reference_id"),
-            "metadata": form.get("metadata", {}), "url": f"https://checkout.stripe.test/c/pay/{sid}",
+            "id": sid,
+            "object": "checkout.session",
+            "mode": form["mode"],
+            "amount_total": amount,
+            "currency": "usd",
+            "payment_status": "unpaid",
+            "status": "open",
+            "client_reference_id": form.get("client_reference_id"),
+            "metadata": form.get("metadata", {}),
+            "url": f"https://checkout.stripe.test/c/pay/{sid}",
         }
         self.sessions[sid] = session
         return JSONResponse(session)
@@ -100,7 +111,12 @@ class StripeStandIn:
         form = await self._form(request)
         if isinstance(form, JSONResponse):
             return form
-        acct = {"id": f"acct_{uuid.uuid4().hex[:16]}", "object": "account", "type": form.get("type"), "metadata": form.get("metadata", {})}
+        acct = {
+            "id": f"acct_{uuid.uuid4().hex[:16]}",
+            "object": "account",
+            "type": form.get("type"),
+            "metadata": form.get("metadata", {}),
+        }
         self.accounts[acct["id"]] = acct
         return JSONResponse(acct)
 
@@ -110,7 +126,13 @@ class StripeStandIn:
             return form
         if form.get("account") not in self.accounts:
             return _error(400, f"No such account: '{form.get('account')}'")
-        return JSONResponse({"object": "account_link", "url": f"https://connect.stripe.test/setup/{form['account']}", "expires_at": int(time.time()) + 300})
+        return JSONResponse(
+            {
+                "object": "account_link",
+                "url": f"https://connect.stripe.test/setup/{form['account']}",
+                "expires_at": int(time.time()) + 300,
+            }
+        )
 
     async def create_transfer(self, request: Request) -> JSONResponse:
         form = await self._form(request)
@@ -123,14 +145,28 @@ class StripeStandIn:
             return _error(400, "Your Stripe balance is insufficient for this transfer.")
         if form.get("destination") not in self.accounts:
             return _error(400, f"No such destination: '{form.get('destination')}'")
-        transfer = {"id": f"tr_{uuid.uuid4().hex[:20]}", "object": "transfer", "amount": int(form["amount"]), "currency": form["currency"], "destination": form["destination"], "metadata": form.get("metadata", {})}
+        transfer = {
+            "id": f"tr_{uuid.uuid4().hex[:20]}",
+            "object": "transfer",
+            "amount": int(form["amount"]),
+            "currency": form["currency"],
+            "destination": form["destination"],
+            "metadata": form.get("metadata", {}),
+        }
         self.transfers[key] = transfer
         return JSONResponse(transfer)
 
     def completed_event(self, session_id: str, event_id: str | None = None) -> bytes:
         """A ``checkout.session.completed`` event for a paid session, as Stripe would post it."""
         session = {**self.sessions[session_id], "payment_status": "paid", "status": "complete"}
-        event = {"id": event_id or f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "type": "checkout.session.completed", "api_version": "2024-06-20", "created": int(time.time()), "data": {"object": session}}
+        event = {
+            "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
+            "object": "event",
+            "type": "checkout.session.completed",
+            "api_version": "2024-06-20",
+            "created": int(time.time()),
+            "data": {"object": session},
+        }
         return json.dumps(event).encode()
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from darkbloom.protocol import ChatMessage
 from darkbloom.server.billing import ledger
-from darkbloom.server.billing.ledger import InsufficientFunds, Leg, LedgerError
+from darkbloom.server.billing.ledger import InsufficientFunds, LedgerError, Leg
 from darkbloom.server.billing.pricing import FREE, Price, cost, prompt_token_bound, worst_case
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
 
@@ -41,7 +41,9 @@ def test_apply_refuses_an_overdraft_and_leaves_balances_untouched() -> None:
     assert after == [-5, 15] and balances == {"consumer:a": 15, ledger.EXTERNAL_STRIPE: -5}
 
 
-@pytest.mark.parametrize(("usd", "micro"), [("1", 1_000_000), ("0.000001", 1), ("2.5", 2_500_000), (0, 0), ("0.0000004", 0)])
+@pytest.mark.parametrize(
+    ("usd", "micro"), [("1", 1_000_000), ("0.000001", 1), ("2.5", 2_500_000), (0, 0), ("0.0000004", 0)]
+)
 def test_dollars_to_micro_dollars(usd: str, micro: int) -> None:
     assert ledger.usd_to_micro(usd) == micro
 

@@ -15,7 +15,18 @@ import httpx
 import uvicorn
 import websockets
 
-from darkbloom.protocol import Capacity, ChatMessage, Complete, InferenceRequest, ModelInfo, Register, SlotCapacity, Usage, decode, encode
+from darkbloom.protocol import (
+    Capacity,
+    ChatMessage,
+    Complete,
+    InferenceRequest,
+    ModelInfo,
+    Register,
+    SlotCapacity,
+    Usage,
+    decode,
+    encode,
+)
 from darkbloom.server.app import create_app
 from darkbloom.server.auth.keys import create_api_key
 from darkbloom.server.billing import ledger
@@ -42,12 +53,20 @@ def test_200_simultaneous_requests_with_money_for_100(store_factory, tmp_path: P
 
         port = free_port()
         settings = Settings(home=tmp_path, port=port, rate_limit_rps=10_000, rate_limit_burst=10_000)
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, store=store_factory()), host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, store=store_factory()), host="127.0.0.1", port=port, log_level="warning"
+            )
+        )
         serving = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.02)
         try:
-            capacity = Capacity(capacity_seq=1, slots=(SlotCapacity(model="m1", max_concurrency=256, active_token_budget_max=10**7),), total_memory_gb=512)
+            capacity = Capacity(
+                capacity_seq=1,
+                slots=(SlotCapacity(model="m1", max_concurrency=256, active_token_budget_max=10**7),),
+                total_memory_gb=512,
+            )
             async with websockets.connect(f"ws://127.0.0.1:{port}/v1/provider/ws") as ws:
                 await ws.send(encode(Register(node_id="node-c", models=(ModelInfo(id="m1"),), capacity=capacity)))  # type: ignore[arg-type]
                 decode(await ws.recv())
@@ -58,7 +77,11 @@ def test_200_simultaneous_requests_with_money_for_100(store_factory, tmp_path: P
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=120) as http:
 
                     async def one() -> None:
-                        r = await http.post("/v1/chat/completions", json={"model": "m1", "messages": MESSAGES, "max_tokens": MAX_TOKENS}, headers=auth)
+                        r = await http.post(
+                            "/v1/chat/completions",
+                            json={"model": "m1", "messages": MESSAGES, "max_tokens": MAX_TOKENS},
+                            headers=auth,
+                        )
                         statuses.append(r.status_code)
 
                     calls = [asyncio.create_task(one()) for _ in range(200)]
@@ -76,7 +99,9 @@ def test_200_simultaneous_requests_with_money_for_100(store_factory, tmp_path: P
                     await asyncio.wait_for(collect(), 120)
                     assert len(received) <= 100, f"{len(received)} requests admitted with money for 100"
                     for rid in received:
-                        await ws.send(encode(Complete(request_id=rid, usage=Usage(prompt_tokens=5, completion_tokens=10))))
+                        await ws.send(
+                            encode(Complete(request_id=rid, usage=Usage(prompt_tokens=5, completion_tokens=10)))
+                        )
                     await asyncio.gather(*calls)
             assert len(received) == 100 and statuses.count(200) == 100
             assert statuses.count(402) == 100, sorted(set(statuses))

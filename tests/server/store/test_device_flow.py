@@ -26,7 +26,9 @@ def test_device_flow_lifecycle(store_factory) -> None:  # type: ignore[no-untype
             _, rec = await create_api_key(store)
             code = await device.start(store, now=1000.0)
             assert re.fullmatch(r"[0-9a-f]{64}", code.device_code)
-            assert re.fullmatch(r"[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{4}-[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{4}", code.user_code)
+            assert re.fullmatch(
+                r"[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{4}-[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{4}", code.user_code
+            )
             assert (code.expires_in, code.interval) == (900, 5)
             assert (await _err(device.poll(store, code.device_code, 1005.0))).error == "authorization_pending"
             slow = await _err(device.poll(store, code.device_code, 1006.0))

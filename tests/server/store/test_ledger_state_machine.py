@@ -16,7 +16,14 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from darkbloom.server.billing import invites, ledger
 from darkbloom.server.billing.audit import audit_books
@@ -74,7 +81,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(account=st.sampled_from(ACCOUNTS), amount=amounts)
     def deposit(self, account: str, amount: int) -> None:
-        self.run(money.credit(self.store, account, amount, ledger.STRIPE_DEPOSIT, f"cs_{uuid.uuid4().hex}", 1.0, source=ledger.EXTERNAL_STRIPE))
+        self.run(
+            money.credit(
+                self.store,
+                account,
+                amount,
+                ledger.STRIPE_DEPOSIT,
+                f"cs_{uuid.uuid4().hex}",
+                1.0,
+                source=ledger.EXTERNAL_STRIPE,
+            )
+        )
         self.expected[account] += amount
 
     @rule(account=st.sampled_from(ACCOUNTS), amount=amounts)
@@ -94,14 +111,32 @@ class LedgerMachine(RuleBasedStateMachine):
     def settle(self, data: st.DataObject, prompt: int, completion: int) -> None:
         rid = data.draw(st.sampled_from(sorted(self.open_holds)))
         account, amount = self.open_holds.pop(rid)
-        s = self.run(money.settle_hold(self.store, rid, price=PRICE, prompt_tokens=prompt, completion_tokens=completion, node_id="n", now=2.0, **SPLIT))
+        s = self.run(
+            money.settle_hold(
+                self.store,
+                rid,
+                price=PRICE,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                node_id="n",
+                now=2.0,
+                **SPLIT,
+            )
+        )
         assert s is not None
         charged = min(cost(PRICE, prompt, completion), amount)
         assert s.split.cost == charged
         self.expected[account] += amount - charged
         self.provider_balance += s.split.provider
         # A second settle or a release of the same request changes nothing.
-        assert self.run(money.settle_hold(self.store, rid, price=PRICE, prompt_tokens=1, completion_tokens=1, node_id="n", now=2.0, **SPLIT)) is None
+        assert (
+            self.run(
+                money.settle_hold(
+                    self.store, rid, price=PRICE, prompt_tokens=1, completion_tokens=1, node_id="n", now=2.0, **SPLIT
+                )
+            )
+            is None
+        )
         assert not self.run(money.release_hold(self.store, rid, 2.0))
 
     @precondition(lambda self: bool(self.open_holds))
@@ -115,7 +150,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(account=st.sampled_from(ACCOUNTS), amount=amounts)
     def refund_to_card(self, account: str, amount: int) -> None:
         try:
-            self.run(money.debit_to_external(self.store, ledger.consumer(account), amount, ledger.REFUND, "refund", 4.0))
+            self.run(
+                money.debit_to_external(self.store, ledger.consumer(account), amount, ledger.REFUND, "refund", 4.0)
+            )
         except InsufficientFunds:
             assert amount > self.expected[account]
             return
@@ -124,7 +161,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(amount=amounts)
     def payout(self, amount: int) -> None:
         try:
-            self.run(money.debit_to_external(self.store, ledger.unlinked_provider("n"), amount, ledger.PAYOUT, "po", 5.0))
+            self.run(
+                money.debit_to_external(self.store, ledger.unlinked_provider("n"), amount, ledger.PAYOUT, "po", 5.0)
+            )
         except InsufficientFunds:
             assert amount > self.provider_balance
             return
@@ -157,5 +196,7 @@ def test_ledger_state_machine(backend: str, tmp_path: Path) -> None:
     machine = type(f"LedgerMachine_{backend}", (LedgerMachine,), {"backend": backend, "tmp": tmp_path})
     run_state_machine_as_test(
         machine,
-        settings=settings(max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
     )
