@@ -22,6 +22,15 @@ def default_db_url(home: Path) -> str:
     return os.environ.get("DARKBLOOM_DATABASE_URL") or f"sqlite:///{home / 'coordinator.db'}"
 
 
+def _env_number(name: str, default: float) -> float:
+    """A number from the environment (operators tune billing without code), else ``default``."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"${name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the coordinator reads at start."""
@@ -38,13 +47,14 @@ class Settings:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     # Money (issue #4): the provider's share of each charge (the rest is the platform fee), a
     # referrer's share of that fee, the least a priced request costs, per-consumer rate limits.
-    provider_share_bps: int = 9000
-    referral_share_bps: int = 2000
-    min_charge_micro_usd: int = 100
-    rate_limit_rps: float = 20.0
-    rate_limit_burst: int = 120
-    input_tokens_per_min: int = 5_000_000
-    output_tokens_per_min: int = 500_000
+    # $DARKBLOOM_PROVIDER_SHARE and $DARKBLOOM_REFERRAL_SHARE are fractions (0.9 = 90%).
+    provider_share_bps: int = field(default_factory=lambda: round(_env_number("DARKBLOOM_PROVIDER_SHARE", 0.9) * 10_000))
+    referral_share_bps: int = field(default_factory=lambda: round(_env_number("DARKBLOOM_REFERRAL_SHARE", 0.2) * 10_000))
+    min_charge_micro_usd: int = field(default_factory=lambda: int(_env_number("DARKBLOOM_MIN_CHARGE_MICRO_USD", 100)))
+    rate_limit_rps: float = field(default_factory=lambda: _env_number("DARKBLOOM_RATE_LIMIT_RPS", 20.0))
+    rate_limit_burst: int = field(default_factory=lambda: int(_env_number("DARKBLOOM_RATE_LIMIT_BURST", 120)))
+    input_tokens_per_min: int = field(default_factory=lambda: int(_env_number("DARKBLOOM_INPUT_TOKENS_PER_MIN", 5_000_000)))
+    output_tokens_per_min: int = field(default_factory=lambda: int(_env_number("DARKBLOOM_OUTPUT_TOKENS_PER_MIN", 500_000)))
     stale_hold_sweep_s: float = 60.0
     money_rate_limit_rps: float = 0.2  # deposits, connect and payouts, per account
     money_rate_limit_burst: int = 3

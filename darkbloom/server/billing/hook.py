@@ -57,6 +57,9 @@ class BillingHook:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        for name, bps in (("provider share", provider_share_bps), ("referral share", referral_share_bps)):
+            if not 0 <= bps <= 10_000:
+                raise ValueError(f"{name} must be between 0 and 1, got {bps / 10_000}")
         self.store = store
         self.owner = owner
         self.limiter = RateLimiter(limits or RateLimits())
