@@ -61,3 +61,24 @@ def test_a_newer_database_refuses_to_start(store_factory) -> None:  # type: igno
         await newer.close()
 
     asyncio.run(scenario())
+
+
+def test_revoke_and_list_keep_the_prefix_and_last_use(store_factory) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        store = store_factory()
+        await store.migrate()
+        try:
+            key, record = await create_api_key(store)
+            other, _ = await create_api_key(store, record.account_id)
+            listed = await store.list_api_keys(record.account_id)
+            assert [r.prefix for r in listed] == [key[:10], other[:10]]
+            assert await store.revoke_api_key(record.key_id)
+            assert not await store.revoke_api_key(record.key_id), "revoking twice reports nothing to do"
+            assert await authenticate(store, key) is None
+            assert await authenticate(store, other) is not None, "the account's other key still works"
+            states = {r.key_id: r.revoked for r in await store.list_api_keys()}
+            assert states[record.key_id] is True and list(states.values()).count(False) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
