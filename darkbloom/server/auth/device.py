@@ -169,8 +169,13 @@ async def account_for_token(store: Store, token: str) -> str | None:
 
 
 async def link_registered_node(store: Store, node_id: str, token: str, now: float) -> str | None:
-    """Link a registering node to its token's account; return the account, or ``None`` for an unknown token."""
+    """Link a registering node to its token's account.
+
+    Returns:
+        The account the node earns for, or ``None`` for an unknown token. A
+        node already linked to another account stays with it (first link wins).
+    """
     account = await account_for_token(store, token)
-    if account is not None:
-        await money.link_node(store, node_id, account, now)
-    return account
+    if account is None:
+        return None
+    return await money.link_node(store, node_id, account, now)

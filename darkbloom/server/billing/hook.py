@@ -18,6 +18,7 @@ from darkbloom.protocol.openai import RequestError
 from darkbloom.server.billing.ledger import InsufficientFunds
 from darkbloom.server.billing.pricing import Price, prompt_token_bound, worst_case
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
+from darkbloom.server.gateway import InferenceJob
 from darkbloom.server.store import Store, money
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class BillingHook:
         self.monotonic = monotonic
         self._prices: dict[str, Price] = {}
 
-    async def admit(self, job) -> None:  # type: ignore[no-untyped-def]
+    async def admit(self, job: InferenceJob) -> None:
         prompt_bound = prompt_token_bound(job.messages)
         wait = self.limiter.check(job.account_id, self.monotonic(), prompt_bound, job.params.max_tokens)
         if wait > 0:
@@ -91,7 +92,7 @@ class BillingHook:
             raise insufficient_funds(amount, exc.balance) from None
         self._prices[job.request_id] = price
 
-    async def settle(self, job, outcome: str, usage: Usage | None, node_id: str | None) -> None:  # type: ignore[no-untyped-def]
+    async def settle(self, job: InferenceJob, outcome: str, usage: Usage | None, node_id: str | None) -> None:
         price = self._prices.pop(job.request_id, None)
         now = self.clock()
         if outcome == "completed" and usage is not None:

@@ -331,13 +331,22 @@ async def debit_to_external(
         return await post(tx, [Leg(ledger_account, -amount, entry_type), Leg(sink, amount, entry_type)], reference, now)
 
 
-async def link_node(store: Store, node_id: str, account_id: str, now: float) -> None:
-    """Credit ``node_id``'s future earnings to ``account_id`` (the provider who logged it in)."""
+async def link_node(store: Store, node_id: str, account_id: str, now: float) -> str:
+    """Credit ``node_id``'s future earnings to ``account_id``; the first link wins.
+
+    Node ids are not secrets, so a later registration under the same id with
+    another account's token must not redirect the first account's earnings.
+
+    Returns:
+        The account the node earns for (``account_id``, or the one it was linked to before).
+    """
     async with store.transaction() as tx:
         await tx.execute(
-            "INSERT INTO node_links (node_id, account_id, linked_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (node_id) DO UPDATE SET account_id = excluded.account_id, linked_at = excluded.linked_at",
+            "INSERT INTO node_links (node_id, account_id, linked_at) VALUES (?, ?, ?) ON CONFLICT (node_id) DO NOTHING",
             node_id,
             account_id,
             now,
         )
+        row = await tx.fetchone("SELECT account_id FROM node_links WHERE node_id = ?", node_id)
+    assert row is not None
+    return str(row[0])

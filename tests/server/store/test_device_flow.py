@@ -49,6 +49,12 @@ def test_device_flow_lifecycle(store_factory) -> None:  # type: ignore[no-untype
             assert rows == [(device.sha256(token),)] and leftovers == [], "only the token's hash stays at rest"
             assert await device.link_registered_node(store, "node-z", token, 1060.0) == rec.account_id
             assert await device.link_registered_node(store, "node-y", "dbp-wrong", 1060.0) is None
+            # Someone else's token under an already-linked node id does not take its earnings.
+            _, thief = await create_api_key(store)
+            other = await device.start(store, now=1100.0)
+            await device.decide(store, other.user_code, thief.account_id, 1101.0)
+            thief_token, _ = await device.poll(store, other.device_code, 1102.0)
+            assert await device.link_registered_node(store, "node-z", thief_token, 1103.0) == rec.account_id
         finally:
             await store.close()
 
