@@ -12,15 +12,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from darkbloom.server.access import RequestContextMiddleware
-from darkbloom.server.api import billing as billing_api
 from darkbloom.server.api import accounts, chat, completions, consumer, device, messages, models, openapi, provider_ws, responses
+from darkbloom.server.api import billing as billing_api
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
 from darkbloom.server.api.adapter import TimingHeader
 from darkbloom.server.auth.cache import KeyCache
 from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
 from darkbloom.server.auth.keys import hash_key
-from darkbloom.server.billing.hook import BillingHook
-from darkbloom.server.billing.ratelimit import RateLimits
+from darkbloom.server.billing.hook import billing_hook, coordinator_id, sweep_stale_holds
 from darkbloom.server.gateway import RequestHook
 from darkbloom.server.fleet import Fleet
 from darkbloom.server.metrics import CoordinatorMetrics
@@ -38,47 +37,6 @@ async def _evict_silent_nodes(fleet: Fleet, settings: Settings) -> None:
         for node_id in fleet.registry.expired(fleet.clock(), settings.node_timeout_s):
             log.warning("evicting node %s: silent for over %.0f s", node_id, settings.node_timeout_s)
             await fleet.detach(node_id, "provider timed out")
-
-
-def coordinator_id(home) -> str:  # type: ignore[no-untyped-def]
-    """This coordinator's stable id (a file under its home), recorded on its holds so a restart can sweep them."""
-    import uuid
-
-    from darkbloom.node.identity import write_private
-
-    path = home / "coordinator_id"
-    try:
-        existing = path.read_text().strip()
-    except OSError:
-        existing = ""
-    if existing:
-        return existing
-    ident = f"coord_{uuid.uuid4().hex[:16]}"
-    write_private(path, ident + "\n")
-    return ident
-
-
-def billing_hook(settings: Settings, store: Store) -> BillingHook:
-    """The billing request hook the settings describe."""
-    limits = RateLimits(settings.rate_limit_rps, settings.rate_limit_burst, settings.input_tokens_per_min, settings.output_tokens_per_min)
-    return BillingHook(
-        store,
-        limits=limits,
-        provider_share_bps=settings.provider_share_bps,
-        referral_share_bps=settings.referral_share_bps,
-        min_charge=settings.min_charge_micro_usd,
-    )
-
-
-async def _sweep_stale_holds(billing: BillingHook, settings: Settings) -> None:
-    """Release holds no request will settle (lost to a crash or a bug), long after any request could end."""
-    horizon = settings.request_timeout_s + settings.first_token_timeout_s + 60
-    while True:
-        await asyncio.sleep(settings.stale_hold_sweep_s)
-        try:
-            await billing.sweep(older_than_s=horizon)
-        except Exception:
-            log.exception("stale hold sweep failed")
 
 
 def create_app(settings: Settings, store: Store | None = None, hooks: list[RequestHook] | None = None) -> Starlette:
@@ -115,7 +73,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         metrics.fleet = fleet
         evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings))
         upkeep = asyncio.create_task(fleet.run())
-        sweeper = asyncio.create_task(_sweep_stale_holds(billing, settings))
+        sweeper = asyncio.create_task(sweep_stale_holds(billing, settings))
         try:
             yield
         finally:
@@ -133,29 +91,11 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/v1/responses", responses.responses, methods=["POST"]),
         Route("/v1/messages", messages.messages, methods=["POST"]),
         Route("/v1/models", consumer.list_models, methods=["GET"]),
+        *billing_api.ROUTES,
+        *accounts.ROUTES,
+        *device.ROUTES,
         Route("/v1/models/capacity", models.capacity, methods=["GET"]),
         Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
-        Route("/v1/balance", billing_api.balance, methods=["GET"]),
-        Route("/v1/usage", billing_api.usage, methods=["GET"]),
-        Route("/v1/pricing", billing_api.pricing, methods=["GET"]),
-        Route("/v1/provider/earnings", billing_api.provider_earnings, methods=["GET"]),
-        Route("/v1/billing/deposits", billing_api.create_deposit, methods=["POST"]),
-        Route("/v1/billing/stripe/webhook", billing_api.stripe_webhook, methods=["POST"]),
-        Route("/v1/provider/connect", billing_api.provider_connect, methods=["POST"]),
-        Route("/v1/provider/payouts", billing_api.provider_payout, methods=["POST"]),
-        Route("/v1/provider/payouts", billing_api.provider_payouts, methods=["GET"]),
-        Route("/v1/admin/prices", billing_api.admin_set_price, methods=["POST"]),
-        Route("/v1/admin/credit", billing_api.admin_credit, methods=["POST"]),
-        Route("/v1/admin/audit", billing_api.admin_audit, methods=["GET"]),
-        Route("/v1/admin/invites", accounts.admin_create_invite, methods=["POST"]),
-        Route("/v1/device/code", device.device_code, methods=["POST"]),
-        Route("/v1/device/token", device.device_token, methods=["POST"]),
-        Route("/v1/device/approve", device.approve, methods=["POST"]),
-        Route("/v1/device/deny", device.deny, methods=["POST"]),
-        Route("/link", device.link_page, methods=["GET", "POST"]),
-        Route("/v1/invites/redeem", accounts.redeem_invite, methods=["POST"]),
-        Route("/v1/referral", accounts.my_referral_code, methods=["GET"]),
-        Route("/v1/referral/apply", accounts.apply_referral, methods=["POST"]),
         WebSocketRoute("/v1/provider/ws", provider_ws.provider_socket),
         Route("/metrics", metrics_api.metrics, methods=["GET"]),
         Route("/v1/stats", stats_api.stats, methods=["GET"]),

@@ -6,6 +6,7 @@ import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.auth import require_consumer
@@ -73,3 +74,11 @@ async def admin_create_invite(request: Request) -> Response:
         raise RequestError(400, "credit must be positive", param="credit_usd")
     code = await invites.create_invite(request.app.state.store, credit, uses, time.time())
     return JSONResponse({"code": code, "credit_micro_usd": credit, "max_uses": uses})
+
+
+ROUTES = [
+    Route("/v1/admin/invites", admin_create_invite, methods=["POST"]),
+    Route("/v1/invites/redeem", redeem_invite, methods=["POST"]),
+    Route("/v1/referral", my_referral_code, methods=["GET"]),
+    Route("/v1/referral/apply", apply_referral, methods=["POST"]),
+]

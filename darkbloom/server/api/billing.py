@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.auth import require_consumer
@@ -254,3 +255,19 @@ async def provider_payouts(request: Request) -> Response:
     return JSONResponse(
         {"object": "list", "data": await stripe_pay.list_payouts(request.app.state.store, consumer.account_id)}
     )
+
+
+ROUTES = [
+    Route("/v1/balance", balance, methods=["GET"]),
+    Route("/v1/usage", usage, methods=["GET"]),
+    Route("/v1/pricing", pricing, methods=["GET"]),
+    Route("/v1/provider/earnings", provider_earnings, methods=["GET"]),
+    Route("/v1/billing/deposits", create_deposit, methods=["POST"]),
+    Route("/v1/billing/stripe/webhook", stripe_webhook, methods=["POST"]),
+    Route("/v1/provider/connect", provider_connect, methods=["POST"]),
+    Route("/v1/provider/payouts", provider_payout, methods=["POST"]),
+    Route("/v1/provider/payouts", provider_payouts, methods=["GET"]),
+    Route("/v1/admin/prices", admin_set_price, methods=["POST"]),
+    Route("/v1/admin/credit", admin_credit, methods=["POST"]),
+    Route("/v1/admin/audit", admin_audit, methods=["GET"]),
+]

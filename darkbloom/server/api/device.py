@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.auth import require_consumer
@@ -124,3 +125,12 @@ async def link_page(request: Request) -> Response:
         "<!doctype html><html><body><h1>Node linked</h1><p>The node will pick up its token "
         f"within seconds; its earnings go to {html.escape(record.account_id)}.</p></body></html>"
     )
+
+
+ROUTES = [
+    Route("/v1/device/code", device_code, methods=["POST"]),
+    Route("/v1/device/token", device_token, methods=["POST"]),
+    Route("/v1/device/approve", approve, methods=["POST"]),
+    Route("/v1/device/deny", deny, methods=["POST"]),
+    Route("/link", link_page, methods=["GET", "POST"]),
+]

@@ -9,9 +9,13 @@ idempotent by request id in the store, so a repeat is harmless.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from darkbloom.protocol import Usage
 from darkbloom.protocol.openai import RequestError
@@ -19,6 +23,7 @@ from darkbloom.server.billing.ledger import InsufficientFunds
 from darkbloom.server.billing.pricing import Price, prompt_token_bound, worst_case
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
 from darkbloom.server.gateway import InferenceJob
+from darkbloom.server.settings import Settings
 from darkbloom.server.store import Store, money
 
 log = logging.getLogger(__name__)
@@ -127,3 +132,48 @@ class BillingHook:
         if released:
             log.warning("released %d stale hold(s) left by an earlier run or a lost request", released)
         return released
+
+
+def coordinator_id(home: Path) -> str:
+    """This coordinator's stable id (``<home>/coordinator_id``), recorded on its holds so a restart can sweep them."""
+    path = home / "coordinator_id"
+    try:
+        existing = path.read_text().strip()
+    except OSError:
+        existing = ""
+    if existing:
+        return existing
+    ident = f"coord_{uuid.uuid4().hex[:16]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ident + "\n")
+    return ident
+
+
+def billing_hook(settings: Settings, store: Store) -> BillingHook:
+    """The billing request hook the settings describe."""
+    limits = RateLimits(
+        settings.rate_limit_rps,
+        settings.rate_limit_burst,
+        settings.input_tokens_per_min,
+        settings.output_tokens_per_min,
+    )
+    return BillingHook(
+        store,
+        limits=limits,
+        provider_share_bps=settings.provider_share_bps,
+        referral_share_bps=settings.referral_share_bps,
+        min_charge=settings.min_charge_micro_usd,
+    )
+
+
+async def sweep_stale_holds(billing: BillingHook, settings: Settings) -> None:
+    """Release holds no request will settle (lost to a crash or a bug), long after any request could end."""
+    horizon = settings.request_timeout_s + settings.first_token_timeout_s + 60
+    while True:
+        await asyncio.sleep(settings.stale_hold_sweep_s)
+        try:
+            await billing.sweep(older_than_s=horizon)
+        except Exception:
+            log.exception("stale hold sweep failed")
