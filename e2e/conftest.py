@@ -35,16 +35,39 @@ class Network:
         return "\n".join(p.text() for p in [self.coordinator, *self.nodes])
 
 
+def pg_schema_url(request: pytest.FixtureRequest) -> str:
+    """A database URL on a fresh PostgreSQL schema (asyncpg takes ``search_path`` from the URL)."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    from tests.server.store.conftest import PG_URL
+
+    schema = f"e2e_{uuid.uuid4().hex[:12]}"
+
+    async def ddl(sql: str) -> None:
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(ddl(f'CREATE SCHEMA "{schema}"'))
+    request.addfinalizer(lambda: asyncio.run(ddl(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')))
+    return f"{PG_URL}?search_path={schema}"
+
+
 @pytest.fixture(scope="session")
 def e2e_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-e2e")
 
 
 @contextlib.contextmanager
-def run_network(home: Path, model_dir: Path) -> Iterator[Network]:
-    """Start a coordinator and one node under ``home``; stop both on exit."""
+def run_network(home: Path, model_dir: Path, db_url: str | None = None) -> Iterator[Network]:
+    """Start a coordinator (on SQLite under ``home`` unless ``db_url`` says otherwise) and one node; stop both on exit."""
     port = free_port()
-    db_url = f"sqlite:///{home / 'coord.db'}"
+    db_url = db_url or f"sqlite:///{home / 'coord.db'}"
     coord = start(["serve", "--port", str(port), "--db", db_url, "--home", str(home / "coord")], home / "coord.log")
     base = f"http://127.0.0.1:{port}"
     net = Network(base, "", db_url, home, coord, [], model_dir)
@@ -62,9 +85,14 @@ def run_network(home: Path, model_dir: Path) -> Iterator[Network]:
 
 
 @pytest.fixture
-def network(tmp_path: Path, e2e_model_dir: Path) -> Iterator[Network]:
-    """A real coordinator process and one real node process serving the tiny model."""
-    with run_network(tmp_path, e2e_model_dir) as net:
+def network(request: pytest.FixtureRequest, tmp_path: Path, e2e_model_dir: Path) -> Iterator[Network]:
+    """A real coordinator process and one real node process serving the tiny model.
+
+    On SQLite by default; parametrize indirectly with ``"postgres"`` for a fresh
+    schema in the local PostgreSQL (dropped afterwards).
+    """
+    db_url = pg_schema_url(request) if getattr(request, "param", "sqlite") == "postgres" else None
+    with run_network(tmp_path, e2e_model_dir, db_url) as net:
         yield net
 
 

@@ -72,6 +72,7 @@ def test_priced_requests_are_billed_and_unfunded_keys_get_402(network: Network) 
     check_database(network.db_url)
 
 
+@pytest.mark.parametrize("network", ["sqlite", "postgres"], indirect=True)
 def test_coordinator_killed_mid_stream_releases_the_hold_once_on_restart(network: Network) -> None:
     cli("admin", "price", "set", network.model, "--input", "1", "--output", "1", "--db", network.db_url)
     key = cli("keys", "create", "--credit", "1", "--db", network.db_url, "--home", str(network.home / "coord"))
