@@ -156,3 +156,21 @@ def test_invites_credit_once_per_account_and_referrers_get_a_share(money_app) ->
     assert client.post("/v1/referral/apply", json={"code": ref}, headers=a).status_code == 400
     assert client.post("/v1/referral/apply", json={"code": ref}, headers=c).status_code == 200
     assert client.post("/v1/referral/apply", json={"code": ref}, headers=c).status_code == 409
+
+
+def test_ledger_postings_are_counted_on_the_metrics_endpoint(money_app) -> None:  # type: ignore[no-untyped-def]
+    client, admin, settings = money_app
+    client.post(
+        "/v1/admin/prices", json={"model": "m1", "input_usd_per_million": 1, "output_usd_per_million": 1}, headers=admin
+    )
+    auth = _key(settings, usd=1)
+    client.post("/v1/chat/completions", json={**BODY, "model": "m1"}, headers=auth)  # held, then released: no node
+    account = client.get("/v1/balance", headers=auth).json()["account_id"]
+    client.post("/v1/admin/credit", json={"account_id": account, "amount_usd": 1}, headers=admin)
+    text = client.get("/metrics").text
+    counts = {
+        line.split('kind="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("darkbloom_ledger_postings_total{")
+    }
+    assert counts == {"hold": 1.0, "refund": 1.0, "credit": 1.0}

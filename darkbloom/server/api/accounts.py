@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.auth import require_consumer
-from darkbloom.server.api.billing import _handled, json_object, micro_field
+from darkbloom.server.api.billing import _handled, json_object, micro_field, posted
 from darkbloom.server.auth.admin import require_admin
 from darkbloom.server.billing import invites, ledger
 from darkbloom.server.store import money
@@ -36,6 +36,7 @@ async def redeem_invite(request: Request) -> Response:
         credit = await invites.redeem_invite(store, consumer.account_id, code, time.time())
     except invites.CodeError as exc:
         raise _refused(exc) from None
+    posted(request, "credit")
     return JSONResponse(
         {
             "credited_micro_usd": credit,

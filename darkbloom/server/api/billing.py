@@ -141,6 +141,7 @@ async def admin_credit(request: Request) -> Response:
     if not await money.account_exists(store, account_id):
         raise RequestError(404, f"no account {account_id}", code="account_not_found", param="account_id")
     await money.credit(store, account_id, amount, ledger.ADMIN_CREDIT, f"admin:{time.time():.6f}", time.time())
+    posted(request, "credit")
     return JSONResponse(
         {"account_id": account_id, "balance_micro_usd": await money.balance(store, ledger.consumer(account_id))}
     )
@@ -172,6 +173,13 @@ def _money_rate_limit(request: Request, account_id: str) -> None:
             code="rate_limit_exceeded",
             headers={"Retry-After": retry_after_header(wait)},
         )
+
+
+def posted(request: Request, kind: str) -> None:
+    """Count a ledger posting on the metrics counter, when the app has one."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.ledger_posted(kind)
 
 
 def _payment_error(exc: stripe_pay.PaymentError) -> RequestError:
@@ -208,6 +216,8 @@ async def stripe_webhook(request: Request) -> Response:
         return error_response(err)
     except stripe_pay.PaymentError as exc:
         return error_response(_payment_error(exc))
+    if outcome == "credited":
+        posted(request, "deposit")
     return JSONResponse({"received": True, "outcome": outcome})
 
 
@@ -239,6 +249,7 @@ async def provider_payout(request: Request) -> Response:
         done = await stripe_pay.payout(request.app.state.store, request.app.state.settings, consumer.account_id, amount)
     except stripe_pay.PaymentError as exc:
         raise _payment_error(exc) from None
+    posted(request, "payout")
     return JSONResponse(
         {
             "payout_id": done.payout_id,

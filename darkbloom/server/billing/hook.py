@@ -61,6 +61,7 @@ class BillingHook:
         referral_share_bps: int = 2000,
         min_charge: int = 100,
         clock: Callable[[], float] = time.time,
+        on_posting: Callable[[str], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, bps in (("provider share", provider_share_bps), ("referral share", referral_share_bps)):
@@ -74,6 +75,8 @@ class BillingHook:
         self.min_charge = min_charge
         self.clock = clock
         self.monotonic = monotonic
+        # Told the kind of each ledger posting made (``hold``, ``charge``, ``refund``): the metrics counter.
+        self.on_posting = on_posting or (lambda kind: None)
         self._prices: dict[str, Price] = {}
 
     async def admit(self, job: InferenceJob) -> None:
@@ -90,11 +93,13 @@ class BillingHook:
         price = await money.get_price(self.store, job.model)
         amount = worst_case(price, job.messages, job.params.max_tokens, self.min_charge)
         try:
-            await money.place_hold(
+            placed = await money.place_hold(
                 self.store, job.request_id, job.account_id, job.model, amount, self.owner, self.clock()
             )
         except InsufficientFunds as exc:
             raise insufficient_funds(amount, exc.balance) from None
+        if placed and amount:
+            self.on_posting("hold")
         self._prices[job.request_id] = price
 
     async def settle(self, job: InferenceJob, outcome: str, usage: Usage | None, node_id: str | None) -> None:
@@ -103,7 +108,7 @@ class BillingHook:
         if outcome == "completed" and usage is not None:
             if price is None:
                 price = await money.get_price(self.store, job.model)
-            await money.settle_hold(
+            settled = await money.settle_hold(
                 self.store,
                 job.request_id,
                 price=price,
@@ -115,8 +120,10 @@ class BillingHook:
                 min_charge=self.min_charge,
                 now=now,
             )
-        else:
-            await money.release_hold(self.store, job.request_id, now)
+            if settled is not None and settled.hold:
+                self.on_posting("charge")
+        elif await money.release_hold(self.store, job.request_id, now) and not (price is None or price.free):
+            self.on_posting("refund")
 
     async def sweep(self, *, own: bool = False, older_than_s: float | None = None) -> int:
         """Release open holds that no live request will settle: this coordinator's from a previous
@@ -129,6 +136,7 @@ class BillingHook:
                 continue  # still in flight here
             if await money.release_hold(self.store, rid, self.clock()):
                 released += 1
+                self.on_posting("refund")
         if released:
             log.warning("released %d stale hold(s) left by an earlier run or a lost request", released)
         return released
@@ -151,7 +159,7 @@ def coordinator_id(home: Path) -> str:
     return ident
 
 
-def billing_hook(settings: Settings, store: Store) -> BillingHook:
+def billing_hook(settings: Settings, store: Store, on_posting: Callable[[str], None] | None = None) -> BillingHook:
     """The billing request hook the settings describe."""
     limits = RateLimits(
         settings.rate_limit_rps,
@@ -165,6 +173,7 @@ def billing_hook(settings: Settings, store: Store) -> BillingHook:
         provider_share_bps=settings.provider_share_bps,
         referral_share_bps=settings.referral_share_bps,
         min_charge=settings.min_charge_micro_usd,
+        on_posting=on_posting,
     )
 
 
