@@ -46,16 +46,26 @@ class SQLiteTx:
 class SQLiteStore:
     """A ``Store`` in one SQLite file (WAL mode, so readers never block the writer).
 
-    One connection serves the whole process, so transactions take an asyncio
-    lock: two coroutines must never interleave statements inside one
-    ``BEGIN IMMEDIATE``. Other processes (the CLI) wait on ``busy_timeout``.
+    Transactions run on their own connection under an asyncio lock: two
+    coroutines must never interleave statements inside one ``BEGIN
+    IMMEDIATE``, and code that uses ``db`` directly (autocommit) must never
+    land inside, or be rolled back with, someone else's transaction. Other
+    connections and processes (the CLI) wait on ``busy_timeout``.
     """
 
     def __init__(self, url: str, path: Path) -> None:
         self.url = url
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._tx_db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=15000")
+        return conn
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -65,10 +75,8 @@ class SQLiteStore:
 
     async def migrate(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.execute("PRAGMA busy_timeout=15000")
+        self._db = await self._connect()
+        self._tx_db = await self._connect()
         await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         async with self._db.execute("SELECT MAX(version) FROM schema_version") as cur:
             row = await cur.fetchone()
@@ -83,14 +91,17 @@ class SQLiteStore:
         return len(SQLITE)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        for conn in (self._tx_db, self._db):
+            if conn is not None:
+                await conn.close()
+        self._db = self._tx_db = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SQLiteTx]:
         async with self._lock:
-            db = self.db
+            if self._tx_db is None:
+                raise StoreError("store is not open; call migrate() first")
+            db = self._tx_db
             await db.execute("BEGIN IMMEDIATE")
             try:
                 yield SQLiteTx(db)

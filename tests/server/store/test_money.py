@@ -228,3 +228,37 @@ def test_stale_holds_are_swept_once_by_their_owner(store_factory) -> None:  # ty
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_sqlite_direct_writes_never_join_someone_elses_transaction(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Modules that write through ``store.db`` (autocommit) must not be rolled back with a failed posting."""
+    from darkbloom.server.store import open_store
+
+    async def scenario() -> None:
+        store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+        await store.migrate()
+        try:
+            await store.db.execute("CREATE TABLE side (x INTEGER)")
+            inside = asyncio.Event()
+
+            async def failing_posting() -> None:
+                async with store.transaction() as tx:
+                    await tx.execute("INSERT INTO accounts (id, created_at) VALUES ('doomed', 0)")
+                    inside.set()
+                    await asyncio.sleep(0.1)
+                    raise RuntimeError("posting refused")
+
+            async def direct_write() -> None:
+                await inside.wait()
+                await store.db.execute("INSERT INTO side VALUES (1)")
+
+            results = await asyncio.gather(failing_posting(), direct_write(), return_exceptions=True)
+            assert isinstance(results[0], RuntimeError) and results[1] is None
+            async with store.db.execute("SELECT COUNT(*) FROM side") as cur:
+                assert (await cur.fetchone())[0] == 1
+            async with store.db.execute("SELECT COUNT(*) FROM accounts WHERE id = 'doomed'") as cur:
+                assert (await cur.fetchone())[0] == 0
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
