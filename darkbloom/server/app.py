@@ -50,7 +50,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
     """
     store = store or open_store(settings.resolved_db_url())
     metrics = CoordinatorMetrics()
-    billing = billing_hook(settings, store)
+    billing = billing_hook(settings, store, on_posting=metrics.ledger_posted)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
