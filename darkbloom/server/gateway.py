@@ -46,6 +46,8 @@ class InferenceJob:
     stream: bool = False
     prompt_tokens: int | None = None
     """Routing hint; estimated from ``messages`` when not given (a sealed request gives it)."""
+    key_id: str = ""
+    """The API key that sent it: rate limits are per key."""
 
 
 @dataclass

@@ -174,3 +174,43 @@ def test_ledger_postings_are_counted_on_the_metrics_endpoint(money_app) -> None:
         if line.startswith("darkbloom_ledger_postings_total{")
     }
     assert counts == {"hold": 1.0, "refund": 1.0, "credit": 1.0}
+
+
+def test_rate_limit_is_per_key_not_per_account(tmp_path: Path) -> None:
+    from darkbloom.server.auth.keys import create_api_key
+    from darkbloom.server.store import open_store
+
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", rate_limit_rps=0.01, rate_limit_burst=1)
+
+    async def two_keys() -> tuple[str, str]:
+        store = open_store(settings.db_url)
+        await store.migrate()
+        try:
+            first, record = await create_api_key(store)
+            second, _ = await create_api_key(store, record.account_id)
+            return first, second
+        finally:
+            await store.close()
+
+    first, second = asyncio.run(two_keys())
+    with TestClient(create_app(settings)) as client:
+        post = lambda key: client.post(  # noqa: E731
+            "/v1/chat/completions", json={**BODY, "model": "nope"}, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert [post(first).status_code, post(first).status_code] == [404, 429]
+        assert post(second).status_code == 404  # same account, its own bucket
+
+
+def test_hold_covers_prompt_text_outside_the_messages() -> None:
+    from darkbloom.protocol import SamplingParams
+    from darkbloom.server.billing.hook import prompt_bytes_outside_messages
+    from darkbloom.server.billing.pricing import Price, worst_case
+    from darkbloom.server.gateway import InferenceJob
+
+    price = Price(input_per_m=1_000_000, output_per_m=0)
+    raw = InferenceJob("r", "m1", (), SamplingParams(max_tokens=1, raw_prompt="x" * 100_000), "acct")
+    plain = InferenceJob("r", "m1", (), SamplingParams(max_tokens=1), "acct")
+    assert prompt_bytes_outside_messages(raw) == 100_000
+    held_raw = worst_case(price, raw.messages, 1, 0, prompt_bytes_outside_messages(raw))
+    held_plain = worst_case(price, plain.messages, 1, 0, prompt_bytes_outside_messages(plain))
+    assert held_raw - held_plain >= 100_000  # a legacy-completions prompt is paid for

@@ -68,6 +68,7 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
         messages=messages,
         params=params,
         account_id=consumer.account_id,
+        key_id=consumer.key_id,
         api="chat.completions",
         stream=req.stream,
     )

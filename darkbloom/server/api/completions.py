@@ -45,6 +45,7 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
         messages=(),
         params=params,
         account_id=consumer.account_id,
+        key_id=consumer.key_id,
         api="completions",
         stream=req.stream,
     )

@@ -48,6 +48,7 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
         messages=chat,
         params=params,
         account_id=consumer.account_id,
+        key_id=consumer.key_id,
         api="messages",
         stream=req.stream,
     )

@@ -41,6 +41,7 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
         messages=messages,
         params=params,
         account_id=consumer.account_id,
+        key_id=consumer.key_id,
         api="responses",
         stream=req.stream,
     )

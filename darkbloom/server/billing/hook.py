@@ -80,8 +80,9 @@ class BillingHook:
         self._prices: dict[str, Price] = {}
 
     async def admit(self, job: InferenceJob) -> None:
-        prompt_bound = prompt_token_bound(job.messages)
-        wait = self.limiter.check(job.account_id, self.monotonic(), prompt_bound, job.params.max_tokens)
+        extra = prompt_bytes_outside_messages(job)
+        prompt_bound = prompt_token_bound(job.messages, extra)
+        wait = self.limiter.check(job.key_id or job.account_id, self.monotonic(), prompt_bound, job.params.max_tokens)
         if wait > 0:
             raise RequestError(
                 429,
@@ -91,7 +92,7 @@ class BillingHook:
                 headers={"Retry-After": retry_after_header(wait)},
             )
         price = await money.get_price(self.store, job.model)
-        amount = worst_case(price, job.messages, job.params.max_tokens, self.min_charge)
+        amount = worst_case(price, job.messages, job.params.max_tokens, self.min_charge, extra)
         try:
             placed = await money.place_hold(
                 self.store, job.request_id, job.account_id, job.model, amount, self.owner, self.clock()
@@ -186,3 +187,16 @@ async def sweep_stale_holds(billing: BillingHook, settings: Settings) -> None:
             await billing.sweep(older_than_s=horizon)
         except Exception:
             log.exception("stale hold sweep failed")
+
+
+def prompt_bytes_outside_messages(job: InferenceJob) -> int:
+    """Prompt bytes the messages do not show: a raw prompt, rendered tools, a sealed body.
+
+    Settlement is capped at the hold, so anything left out here would go
+    uncharged.
+    """
+    extra = len((job.params.raw_prompt or "").encode()) + len((job.params.tools or "").encode())
+    sealed = getattr(job, "sealed", None)
+    if sealed is not None:
+        extra += len(getattr(sealed, "ciphertext", "") or "")  # base64 is longer than the plaintext it holds
+    return extra

@@ -40,20 +40,26 @@ def cost(price: Price, prompt_tokens: int, completion_tokens: int, min_charge: i
     return max(-(-raw // 1_000_000), min_charge)
 
 
-def prompt_token_bound(messages: tuple[ChatMessage, ...]) -> int:
+def prompt_token_bound(messages: tuple[ChatMessage, ...], extra_bytes: int = 0) -> int:
     """An upper bound on the prompt's token count without a tokenizer.
 
     Byte-level BPE never makes more tokens than bytes, so UTF-8 length plus
     template overhead bounds it from above (the hold is a worst case).
+    ``extra_bytes`` counts prompt text outside ``messages``: a raw completions
+    prompt, the tools the template renders, a sealed body's ciphertext.
     """
-    total = PROMPT_OVERHEAD_TOKENS
+    total = PROMPT_OVERHEAD_TOKENS + extra_bytes
     for m in messages:
         total += len(m.content.encode()) + len(m.role) + MESSAGE_OVERHEAD_TOKENS
     return total
 
 
 def worst_case(
-    price: Price, messages: tuple[ChatMessage, ...], max_tokens: int, min_charge: int = MIN_CHARGE_MICRO_USD
+    price: Price,
+    messages: tuple[ChatMessage, ...],
+    max_tokens: int,
+    min_charge: int = MIN_CHARGE_MICRO_USD,
+    extra_bytes: int = 0,
 ) -> int:
     """The hold for a request: the most it can cost."""
-    return cost(price, prompt_token_bound(messages), max(0, max_tokens), min_charge)
+    return cost(price, prompt_token_bound(messages, extra_bytes), max(0, max_tokens), min_charge)
