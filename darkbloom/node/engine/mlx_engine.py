@@ -36,6 +36,7 @@ class _Active:
     stops: StopMatcher
     prompt_tokens: int
     tools: ToolCallExtractor | None = None
+    reserved_tokens: int = 0
     generated: int = 0
     unsent_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -100,6 +101,7 @@ class MLXEngine:
         max_concurrency: int = 8,
         context_length: int | None = None,
         prefill_step_size: int = 512,
+        kv_bytes_per_token: int = 0,
     ) -> None:
         self.model_id = model_id
         self.model_path = Path(model_path)
@@ -109,6 +111,9 @@ class MLXEngine:
         self._active: dict[int, _Active] = {}
         self._by_request: dict[str, int] = {}
         self._waiting = 0
+        self._waiting_tokens = 0
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.crashed: str = ""
         self._decode_tps = 0.0
         self._prefill_tps = 0.0
         self._ready = threading.Event()
@@ -133,20 +138,32 @@ class MLXEngine:
         events: asyncio.Queue[EngineEvent],
     ) -> None:
         self._waiting += 1
+        self._waiting_tokens += params.max_tokens
         self._commands.put(("submit", (request_id, messages, params, events, asyncio.get_running_loop())))
 
     def cancel(self, request_id: str) -> None:
         self._commands.put(("cancel", request_id))
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine thread has died (the slot is then ``crashed``)."""
+        return self._thread.is_alive() and not self.crashed
+
     def capacity(self) -> SlotCapacity:
-        running = len(self._active)
+        # Reserved tokens (prompt + max_tokens of each running request) are what the
+        # coordinator's admission adds up against the budget, so report the same unit.
+        active = list(self._active.values())
+        running = len(active)
         return SlotCapacity(
             model=self.model_id,
-            state="running" if running else "idle",
+            state="running" if running or self._waiting else "idle",
             num_running=running,
             num_waiting=self._waiting,
             max_concurrency=self.max_concurrency,
+            active_token_budget_used=sum(a.reserved_tokens for a in active),
             active_token_budget_max=self.context_length * self.max_concurrency,
+            queued_token_budget=max(0, self._waiting_tokens),
+            kv_bytes_per_token=self.kv_bytes_per_token,
             observed_decode_tps=round(self._decode_tps, 2),
             observed_prefill_tps=round(self._prefill_tps, 2),
         )
@@ -166,6 +183,10 @@ class MLXEngine:
     def _run(self) -> None:
         try:
             self._serve()
+        except BaseException as exc:  # the slot reports crashed; every request still gets its terminal event
+            log.exception("engine thread for %s died", self.model_id)
+            self.crashed = f"{type(exc).__name__}: {exc}"
+            self._fail_all(f"the model's engine crashed: {self.crashed}")
         finally:
             # mlx does not free a thread's streams when it ends; without this the
             # process can abort (exit 134) at interpreter shutdown (mlx#3126).
@@ -206,7 +227,7 @@ class MLXEngine:
                 self._step()
                 continue
             if cmd == "close":
-                self._gen.close()
+                self._shutdown()
                 return
             self._handle(cmd, arg)
             # Drain every command that is already queued before the next step.
@@ -216,11 +237,30 @@ class MLXEngine:
                 except queue.Empty:
                     break
                 if cmd == "close":
-                    self._gen.close()
+                    self._shutdown()
                     return
                 self._handle(cmd, arg)
             if self._active:
                 self._step()
+
+    def _shutdown(self) -> None:
+        self._fail_all("the model was unloaded", status=503, code="model_unloaded")
+        # Requests still in the command queue were never started: they get their terminal event too.
+        while True:
+            try:
+                cmd, arg = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if cmd == "submit":
+                request_id, _m, _p, events, loop = arg
+                self._emit(None, loop, events, Failed(request_id, "the model was unloaded", "model_unloaded", 503))
+        self._gen.close()
+
+    def _fail_all(self, message: str, *, status: int = 502, code: str = "provider_error") -> None:
+        for uid in list(getattr(self, "_active", {})):
+            act = self._active[uid]
+            self._emit(act, self._loops[uid], act.events, Failed(act.request_id, message, code, status))
+            self._forget(uid)
 
     def _handle(self, cmd: str, arg: Any) -> None:
         if cmd == "submit":
@@ -240,6 +280,7 @@ class MLXEngine:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._waiting -= 1
+        self._waiting_tokens -= params.max_tokens
         try:
             if params.raw_prompt is not None:  # legacy completions: the prompt as given, no chat template
                 prompt = self._tok.encode(params.raw_prompt)
@@ -283,6 +324,7 @@ class MLXEngine:
             stops=StopMatcher(params.stop),
             prompt_tokens=len(prompt),
             tools=self._tool_extractor(params),
+            reserved_tokens=len(prompt) + params.max_tokens,
         )
         self._loops[uid] = loop
         self._by_request[request_id] = uid
