@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from darkbloom.node.client import NodeSession
+from darkbloom.node.daemon import status_file
 from darkbloom.node.hardware import detect_hardware, physical_memory_bytes
 from darkbloom.node.identity import load_or_create_node_id
 from darkbloom.node.metrics import session_collector, start_node_metrics
@@ -81,6 +83,25 @@ async def _reap_idle(slots: SlotManager) -> None:
         await slots.tick()
 
 
+async def _report_status(cfg: NodeConfig, session: NodeSession, period: float = 5.0) -> None:
+    # `darkbloom node status` reads this; written atomically so a reader never sees half a file.
+    path = status_file(cfg.home)
+    while True:
+        cap = session.slots.capacity(0, session.hardware.memory_gb)
+        report = {
+            "coordinator": cfg.coordinator,
+            "connected": session.connected.is_set(),
+            "total_memory_gb": cap.total_memory_gb,
+            "free_for_load_gb": cap.free_for_load_gb,
+            "slots": [{f: getattr(s, f) for f in s.__struct_fields__} for s in cap.slots],
+        }
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(report, indent=1))
+            tmp.replace(path)
+        await asyncio.sleep(period)
+
+
 async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> None:
     """Load models and keep a session with the coordinator until cancelled."""
     slots, infos = await build_slots(cfg, say)
@@ -91,13 +112,14 @@ async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> None:
         on_status=say, auth_token=token or None,
     )
     exporter = start_node_metrics(session_collector(session))
-    reaper = asyncio.create_task(_reap_idle(slots))
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    helpers = [asyncio.create_task(_reap_idle(slots)), asyncio.create_task(_report_status(cfg, session))]
     try:
         await session.run_forever()
     finally:
         if exporter is not None:
             exporter.close()
-        reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         await slots.close()
