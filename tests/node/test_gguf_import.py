@@ -101,3 +101,26 @@ def test_bad_files_are_refused_with_a_reason(tiny_model_dir: Path, tmp_path: Pat
     import_gguf(good, tmp_path / "d")
     with pytest.raises(GGUFImportError, match="already holds a model"):
         import_gguf(good, tmp_path / "d")
+
+
+def test_a_sentencepiece_vocabulary_tokenizes_with_merges_by_score_and_byte_fallback() -> None:
+    from darkbloom.node.models.gguf_tokenizer import build_tokenizer
+
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    words = ["\u2581", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "\u2581hello", "\u2581w", "or", "\u2581wor", "ld", "\u2581world"]
+    tokens = pieces + words
+    # Longer pieces score higher, as SentencePiece BPE vocabularies do.
+    scores = [0.0] * len(pieces) + [float(len(w)) for w in words]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(words)
+    meta = {
+        "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types, "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.add_bos_token": True,
+    }
+    tok = build_tokenizer(meta)
+    enc = tok.encode("hello world")
+    assert enc.tokens == ["<s>", "\u2581hello", "\u2581world"]
+    assert tok.decode(enc.ids, skip_special_tokens=True) == "hello world"
+    accented = tok.encode("hé", add_special_tokens=False)
+    assert "<0xC3>" in accented.tokens and "<0xA9>" in accented.tokens, "unknown characters fall back to bytes"
+    assert tok.decode(accented.ids) == "hé"

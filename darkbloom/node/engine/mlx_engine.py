@@ -37,6 +37,7 @@ class _Active:
     prompt_tokens: int
     tools: ToolCallExtractor | None = None
     reserved_tokens: int = 0
+    cached_tokens: int = 0
     generated: int = 0
     unsent_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -102,6 +103,8 @@ class MLXEngine:
         context_length: int | None = None,
         prefill_step_size: int = 512,
         kv_bytes_per_token: int = 0,
+        prompt_cache_size: int = 16,
+        prompt_cache_bytes: int = 512 * 2**20,
     ) -> None:
         self.model_id = model_id
         self.model_path = Path(model_path)
@@ -113,6 +116,11 @@ class MLXEngine:
         self._waiting = 0
         self._waiting_tokens = 0
         self.kv_bytes_per_token = kv_bytes_per_token
+        # KV of finished requests, found again by longest common prefix (chat templates share
+        # their system preamble, conversations their history): the prefill it saves is TTFT.
+        self._cache_size = prompt_cache_size
+        self._cache_bytes = prompt_cache_bytes
+        self._prompt_cache: Any = None
         self.crashed: str = ""
         self._decode_tps = 0.0
         self._prefill_tps = 0.0
@@ -205,6 +213,10 @@ class MLXEngine:
             cfg_ctx = getattr(self._model.args, "max_position_embeddings", None) if hasattr(self._model, "args") else None
             if not self.context_length:
                 self.context_length = int(cfg_ctx or 4096)
+            if self._cache_size > 0:
+                from mlx_lm.models.cache import LRUPromptCache
+
+                self._prompt_cache = LRUPromptCache(max_size=self._cache_size, max_bytes=self._cache_bytes)
             eos = [[t] for t in sorted(self._tok.eos_token_ids)]
             self._gen = BatchGenerator(
                 self._model,
@@ -311,8 +323,17 @@ class MLXEngine:
             sampler = _seeded_sampler(params.temperature, params.top_p, params.seed)
         else:
             sampler = make_sampler(temp=params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
+        cache, rest = self._cached_prefix(prompt)
         try:
-            (uid,) = self._gen.insert([prompt], max_tokens=[params.max_tokens], samplers=[sampler], logits_processors=[processors])
+            if cache is None:
+                (uid,) = self._gen.insert(
+                    [prompt], max_tokens=[params.max_tokens], samplers=[sampler], logits_processors=[processors]
+                )
+            else:
+                (uid,) = self._gen.insert(
+                    [rest], max_tokens=[params.max_tokens], caches=[cache],
+                    all_tokens=[prompt[: len(prompt) - len(rest)]], samplers=[sampler], logits_processors=[processors],
+                )
         except Exception as exc:
             self._emit(None, loop, events, Failed(request_id, f"could not start generation: {exc}"))
             return
@@ -325,12 +346,34 @@ class MLXEngine:
             prompt_tokens=len(prompt),
             tools=self._tool_extractor(params),
             reserved_tokens=len(prompt) + params.max_tokens,
+            cached_tokens=len(prompt) - len(rest),
         )
         self._loops[uid] = loop
         self._by_request[request_id] = uid
 
+    def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
+        """A copy of the longest cached KV prefix of ``prompt`` and the tokens still to prefill."""
+        if self._prompt_cache is None:
+            return None, prompt
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        cache, rest = self._prompt_cache.fetch_nearest_cache(self.model_id, prompt)
+        if cache is not None and not rest:
+            # An exact hit still needs one token to prefill: it yields the first logits.
+            if not can_trim_prompt_cache(cache):
+                return None, prompt
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return (cache, rest) if cache is not None else (None, prompt)
+
+    def _prefill_counters(self) -> tuple[int, float]:
+        # BatchGenerator counts the prompt tokens it processed and the time it took; read the deltas.
+        c = getattr(self._gen, "_counters", None)
+        return (int(getattr(c, "prompt_tokens", 0)), float(getattr(c, "prompt_time", 0.0))) if c is not None else (0, 0.0)
+
     def _step(self) -> None:
         t0 = time.perf_counter()
+        p_tokens0, p_time0 = self._prefill_counters()
         try:
             prompt_resps, gen_resps = self._gen.next()
         except Exception as exc:  # a broken step fails every running request, not the node
@@ -344,8 +387,10 @@ class MLXEngine:
         if gen_resps and dt > 0:
             tps = len(gen_resps) / dt
             self._decode_tps = tps if not self._decode_tps else 0.8 * self._decode_tps + 0.2 * tps
-        elif prompt_resps and dt > 0:
-            self._prefill_tps = 0.8 * self._prefill_tps + 0.2 * (sum(1 for _ in prompt_resps) * self._prefill_step / dt)
+        p_tokens1, p_time1 = self._prefill_counters()
+        if p_tokens1 > p_tokens0 and p_time1 > p_time0:
+            tps = (p_tokens1 - p_tokens0) / (p_time1 - p_time0)
+            self._prefill_tps = tps if not self._prefill_tps else 0.8 * self._prefill_tps + 0.2 * tps
         for r in gen_resps:
             act = self._active.get(r.uid)
             if act is None:
@@ -360,6 +405,8 @@ class MLXEngine:
                 self._gen.remove([r.uid])
                 self._finish(r.uid, "stop", flush=False)
             elif r.finish_reason is not None:
+                if self._prompt_cache is not None and getattr(r, "prompt_cache", None) is not None:
+                    self._prompt_cache.insert_cache(self.model_id, list(r.all_tokens), r.prompt_cache)
                 self._finish(r.uid, "length" if r.finish_reason == "length" else "stop")
 
     def _finish(self, uid: int, reason: str, flush: bool = True) -> None:
@@ -375,7 +422,7 @@ class MLXEngine:
             act.unsent_tokens = 0
         if reason == "stop" and act.tools is not None and act.tools.made_call:
             reason = "tool_calls"
-        usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated)
+        usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated, cached_tokens=act.cached_tokens)
         self._emit(act, loop, act.events, Finished(act.request_id, usage, reason, act.stops.matched))  # type: ignore[arg-type]
         self._forget(uid)
 
