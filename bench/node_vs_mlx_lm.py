@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,16 @@ from darkbloom.testing import create_key, free_port, start, wait_http, wait_mode
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
 CHILD_ENV = {"DARKBLOOM_LOG_LEVEL": "WARNING"}
 
-TOPICS = ["the sea", "a lighthouse", "a clockmaker", "the first snow", "a lost map", "a night train", "bees", "a city garden"]
+TOPICS = [
+    "the sea",
+    "a lighthouse",
+    "a clockmaker",
+    "the first snow",
+    "a lost map",
+    "a night train",
+    "bees",
+    "a city garden",
+]
 
 
 @dataclass
@@ -65,7 +73,9 @@ class Level:
 async def _stream(client: httpx.AsyncClient, model: str, i: int, max_tokens: int) -> tuple[float, int]:
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": f"Write a long, detailed story about {TOPICS[i % len(TOPICS)]} (#{i})."}],
+        "messages": [
+            {"role": "user", "content": f"Write a long, detailed story about {TOPICS[i % len(TOPICS)]} (#{i})."}
+        ],
         "max_tokens": max_tokens,
         "temperature": 0.0,
         "stream": True,
@@ -94,11 +104,15 @@ async def _stream(client: httpx.AsyncClient, model: str, i: int, max_tokens: int
 async def measure(base: str, key: str, model: str, levels: list[int], max_tokens: int) -> list[Level]:
     out = []
     limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600, limits=limits
+    ) as client:
         await _stream(client, model, 0, 4)  # warm up
         for c in levels:
             t0 = time.perf_counter()
-            results = await asyncio.gather(*[_stream(client, model, i, max_tokens) for i in range(c)], return_exceptions=True)
+            results = await asyncio.gather(
+                *[_stream(client, model, i, max_tokens) for i in range(c)], return_exceptions=True
+            )
             wall = time.perf_counter() - t0
             ok = [r for r in results if not isinstance(r, BaseException)]
             for r in results:
@@ -114,8 +128,21 @@ def run_mlx_lm(model_dir: Path, levels: list[int], max_tokens: int, logs: Path) 
     env = {**os.environ}
     if (blas := find_openblas()) is not None:
         env["LD_PRELOAD"] = blas
-    cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--decode-concurrency", str(max(levels)), "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_lm.server",
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--decode-concurrency",
+        str(max(levels)),
+        "--log-level",
+        "WARNING",
+    ]
     with open(logs / "mlx_lm.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -130,14 +157,28 @@ def run_darkbloom(model_dir: Path, levels: list[int], max_tokens: int, logs: Pat
     port = free_port()
     db = f"sqlite:///{logs / 'coord.db'}"
     base = f"http://127.0.0.1:{port}"
-    coord = start(["serve", "--port", str(port), "--db", db, "--home", str(logs / "coord")], logs / "coord.log",
-                  env=CHILD_ENV)
+    coord = start(
+        ["serve", "--port", str(port), "--db", db, "--home", str(logs / "coord")], logs / "coord.log", env=CHILD_ENV
+    )
     node = None
     try:
         wait_http(f"{base}/health", proc=coord)
         key = create_key(db, logs / "coord")
-        node = start(["node", "--coordinator", base, "--model", str(model_dir), "--home", str(logs / "node"),
-                      "--max-concurrency", str(max(levels))], logs / "node.log", env=CHILD_ENV)
+        node = start(
+            [
+                "node",
+                "--coordinator",
+                base,
+                "--model",
+                str(model_dir),
+                "--home",
+                str(logs / "node"),
+                "--max-concurrency",
+                str(max(levels)),
+            ],
+            logs / "node.log",
+            env=CHILD_ENV,
+        )
         model_id = json.loads((model_dir / "config.json").read_text()).get("darkbloom_model_id") or model_dir.name
         wait_model(base, key, model_id, timeout=180)
         return asyncio.run(measure(base, key, model_id, levels, max_tokens))

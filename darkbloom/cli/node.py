@@ -23,15 +23,28 @@ CoordinatorOption = Annotated[
 ]
 ModelOption = Annotated[
     Optional[list[Path]],
-    typer.Option("--model", "-m", help="Local MLX model directory to serve (repeatable; default: every model the scan finds)."),
+    typer.Option(
+        "--model", "-m", help="Local MLX model directory to serve (repeatable; default: every model the scan finds)."
+    ),
 ]
 ConcurrencyOption = Annotated[int, typer.Option(help="Most sequences decoding at once per model.")]
 SlotsOption = Annotated[int, typer.Option(help="Most models loaded at once.")]
 IdleOption = Annotated[float, typer.Option(help="Unload a model after this many seconds unused.")]
 
 
-def _node_args(coordinator: str, model: list[Path] | None, max_concurrency: int, max_slots: int, idle_unload: float) -> list[str]:
-    args = ["--coordinator", coordinator, "--max-concurrency", str(max_concurrency), "--max-slots", str(max_slots), "--idle-unload", str(idle_unload)]
+def _node_args(
+    coordinator: str, model: list[Path] | None, max_concurrency: int, max_slots: int, idle_unload: float
+) -> list[str]:
+    args = [
+        "--coordinator",
+        coordinator,
+        "--max-concurrency",
+        str(max_concurrency),
+        "--max-slots",
+        str(max_slots),
+        "--idle-unload",
+        str(idle_unload),
+    ]
     for m in model or ():
         args += ["--model", str(m.expanduser().resolve())]
     return args
@@ -55,8 +68,12 @@ def node(
 
     setup_logging(verbose)
     cfg = NodeConfig(
-        coordinator=coordinator, model_paths=tuple(model or ()), home=darkbloom_home(home),
-        max_concurrency=max_concurrency, max_slots=max_slots, idle_unload_s=idle_unload,
+        coordinator=coordinator,
+        model_paths=tuple(model or ()),
+        home=darkbloom_home(home),
+        max_concurrency=max_concurrency,
+        max_slots=max_slots,
+        idle_unload_s=idle_unload,
     )
     # `darkbloom node stop` sends SIGTERM: unwind like Ctrl-C so engines close and the socket says goodbye.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -132,11 +149,17 @@ def status(home: HomeOption = None) -> None:
 
 
 @models_app.callback()
-def models(ctx: typer.Context, home: HomeOption = None) -> None:
+def models(
+    ctx: typer.Context,
+    sha256: Annotated[
+        bool, typer.Option("--hash", help="Also print each model's weight SHA-256 (cached by path, size, mtime).")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
     """List the models the scan finds (darkbloom models dir and the Hugging Face cache)."""
     if ctx.invoked_subcommand is not None:
         return
-    from darkbloom.node.models.scan import scan
+    from darkbloom.node.models.scan import scan, weight_hash
 
     entries = scan(darkbloom_home(home))
     if not entries:
@@ -147,7 +170,11 @@ def models(ctx: typer.Context, home: HomeOption = None) -> None:
             typer.echo(f"BROKEN  {e.path}: {e.error}")
         else:
             tpl = "template ok" if e.info.template_render_ok else f"TEMPLATE FAILS ({e.error})"
-            typer.echo(f"{e.info.id:<36} {e.info.size_bytes / 2**30:7.2f} GiB  {e.info.quantization or '?':<8} {tpl}  [{e.source}] {e.path}")
+            typer.echo(
+                f"{e.info.id:<36} {e.info.size_bytes / 2**30:7.2f} GiB  {e.info.quantization or '?':<8} {tpl}  [{e.source}] {e.path}"
+            )
+            if sha256:
+                typer.echo(f"{'':<36} {weight_hash(e.path, darkbloom_home(home) / 'cache' / 'weight-hashes.json')}")
 
 
 @models_app.command("import")
@@ -156,7 +183,11 @@ def import_model(
     name: Annotated[Optional[str], typer.Option(help="Model id (default: the file name).")] = None,
     dequantize: Annotated[
         Optional[bool],
-        typer.Option("--dequantize/--keep-quantized", help="float32 weights (default on a CPU when RAM allows) or quantized.", show_default=False),
+        typer.Option(
+            "--dequantize/--keep-quantized",
+            help="float32 weights (default on a CPU when RAM allows) or quantized.",
+            show_default=False,
+        ),
     ] = None,
     home: HomeOption = None,
 ) -> None:
@@ -168,7 +199,9 @@ def import_model(
     model_id = name or file.stem
     dest = darkbloom_home(home) / "models" / model_id.replace("/", "--")
     if dequantize is None:
-        dequantize = file.is_file() and should_dequantize(file.stat().st_size, physical_memory_bytes(), metal=metal_available())
+        dequantize = file.is_file() and should_dequantize(
+            file.stat().st_size, physical_memory_bytes(), metal=metal_available()
+        )
     try:
         result = import_gguf(file, dest, name=model_id, dequantize=dequantize, say=lambda m: typer.echo(m, err=True))
     except GGUFImportError as exc:
@@ -179,7 +212,9 @@ def import_model(
 
 @app.command()
 def benchmark(
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the first the scan finds).")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the first the scan finds).")
+    ] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,4,8",
     max_tokens: Annotated[int, typer.Option(help="Tokens generated per stream.")] = 64,
     home: HomeOption = None,
@@ -202,7 +237,9 @@ def benchmark(
     if not levels or min(levels) < 1:
         fail("--concurrency needs at least one positive number")
         return
-    typer.echo(f"benchmarking {model} at concurrency {', '.join(map(str, levels))}, {max_tokens} tokens per stream", err=True)
+    typer.echo(
+        f"benchmarking {model} at concurrency {', '.join(map(str, levels))}, {max_tokens} tokens per stream", err=True
+    )
     with typer.progressbar(length=len(levels), label="benchmark", file=None) as bar:
         rows = asyncio.run(run_benchmark(model, levels, max_tokens, progress=bar.update))
     typer.echo(format_rows(rows))

@@ -18,7 +18,16 @@ from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
 from darkbloom.node.engine.mlx_engine import MLXEngine
 from darkbloom.protocol import ChatMessage, SamplingParams
 
-TOPICS = ["the sea", "a lighthouse", "a clockmaker", "the first snow", "a lost map", "a night train", "bees", "a city garden"]
+TOPICS = [
+    "the sea",
+    "a lighthouse",
+    "a clockmaker",
+    "the first snow",
+    "a lost map",
+    "a night train",
+    "bees",
+    "a city garden",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,9 @@ class BenchRow:
 async def _one(engine: MLXEngine, rid: str, topic: str, max_tokens: int) -> tuple[float, float, int, int]:
     events: asyncio.Queue[EngineEvent] = asyncio.Queue()
     start = time.perf_counter()
-    msg = ChatMessage(role="user", content=f"Write a long, detailed story about {topic}. Take your time and describe everything.")
+    msg = ChatMessage(
+        role="user", content=f"Write a long, detailed story about {topic}. Take your time and describe everything."
+    )
     engine.submit(rid, (msg,), SamplingParams(max_tokens=max_tokens, temperature=0.0), events)
     first = 0.0
     while True:
@@ -59,10 +70,11 @@ async def run_benchmark(
     rows: list[BenchRow] = []
     try:
         await _one(engine, "warmup", TOPICS[0], 4)
-        n = 0
         for c in concurrencies:
             t0 = time.perf_counter()
-            results = await asyncio.gather(*[_one(engine, f"b{c}-{i}", TOPICS[i % len(TOPICS)], max_tokens) for i in range(c)])
+            results = await asyncio.gather(
+                *[_one(engine, f"b{c}-{i}", TOPICS[i % len(TOPICS)], max_tokens) for i in range(c)]
+            )
             ttfts = [r[0] for r in results]
             first_token_at = t0 + min(ttfts)
             last_end = max(r[1] for r in results)
@@ -78,7 +90,6 @@ async def run_benchmark(
                     ttft_p50_ms=statistics.median(ttfts) * 1000,
                 )
             )
-            n += 1
             progress(1)
     finally:
         await asyncio.to_thread(engine.close)
@@ -86,7 +97,12 @@ async def run_benchmark(
 
 
 def format_rows(rows: list[BenchRow]) -> str:
-    out = ["| concurrency | prompt tok | completion tok | prefill tok/s | decode tok/s (aggregate) | TTFT p50 ms |", "|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| concurrency | prompt tok | completion tok | prefill tok/s | decode tok/s (aggregate) | TTFT p50 ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        out.append(f"| {r.concurrency} | {r.prompt_tokens} | {r.completion_tokens} | {r.prefill_tps:.1f} | {r.decode_tps:.1f} | {r.ttft_p50_ms:.0f} |")
+        out.append(
+            f"| {r.concurrency} | {r.prompt_tokens} | {r.completion_tokens} | {r.prefill_tps:.1f} | {r.decode_tps:.1f} | {r.ttft_p50_ms:.0f} |"
+        )
     return "\n".join(out)

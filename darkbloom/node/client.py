@@ -40,6 +40,7 @@ from darkbloom.protocol import (
     Register,
     Registered,
     UnloadModel,
+    Usage,
     decode,
     encode,
 )
@@ -88,6 +89,7 @@ class NodeSession:
         self._seq = 0
         self._send_lock = asyncio.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()
         self.connected = asyncio.Event()
 
     def capacity(self) -> Capacity:
@@ -167,6 +169,8 @@ class NodeSession:
                 self._tasks[f"load:{id(task)}"] = task
                 task.add_done_callback(lambda t: self._tasks.pop(f"load:{id(t)}", None))
             elif isinstance(frame, Cancel):
+                if frame.request_id in self._tasks:
+                    self._cancelled.add(frame.request_id)  # it may still be waiting for its model to load
                 self.slots.cancel(frame.request_id)
                 log.info("request %s cancelled by coordinator: %s", frame.request_id, frame.reason)
             elif isinstance(frame, Error):
@@ -190,7 +194,14 @@ class NodeSession:
         if req.model not in self.slots.slots:
             await self._send(ws, Error(message=f"model {req.model!r} is not served by this node", code="model_not_found", status=404, request_id=req.request_id))
             return
-        engine = await self.slots.engine_for(req.model)
+        try:
+            engine = await self.slots.engine_for(req.model)
+        finally:
+            cancelled = req.request_id in self._cancelled
+            self._cancelled.discard(req.request_id)
+        if cancelled:
+            await self._send(ws, Complete(request_id=req.request_id, usage=Usage(), finish_reason="cancelled"))
+            return
         if engine is None:
             reason = self.slots.slots[req.model].error or "it could not be loaded"
             await self._send(ws, Error(message=f"model {req.model!r} is not available on this node: {reason}", code="model_unavailable", status=503, request_id=req.request_id))

@@ -72,7 +72,9 @@ def start(home: Path, node_args: list[str], *, wait_s: float = 3.0) -> int:
         raise DaemonError(f"a node is already running from {home} (pid {pid}); `darkbloom node stop` first")
     log = log_file(home).open("ab")
     argv = [sys.executable, "-m", "darkbloom.cli.main", "node", *node_args, "--home", str(home)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     log.close()
     pid_file(home).write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + wait_s
@@ -128,7 +130,9 @@ def status(home: Path) -> NodeStatus:
 
 def format_status(st: NodeStatus, home: Path) -> str:
     if st.pid is None:
-        return f"no node is running from {home}" + (f"\nlast log lines ({log_file(home)}):\n{st.log_tail}" if st.log_tail else "")
+        return f"no node is running from {home}" + (
+            f"\nlast log lines ({log_file(home)}):\n{st.log_tail}" if st.log_tail else ""
+        )
     out = [f"node running, pid {st.pid}, log {log_file(home)}"]
     rep = st.report
     if rep:

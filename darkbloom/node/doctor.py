@@ -33,7 +33,9 @@ def check_backend() -> list[Check]:
     try:
         import mlx.core as mx
     except Exception as exc:  # a broken install is exactly what doctor is for
-        return [Check("MLX", False, f"cannot import mlx: {exc}", "reinstall: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")]
+        return [
+            Check("MLX", False, f"cannot import mlx: {exc}", "reinstall: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+        ]
     metal = bool(getattr(mx, "metal", None) and mx.metal.is_available())
     backend = "Metal GPU" if metal else "CPU"
     checks = [Check("MLX backend", True, f"mlx {getattr(mx, '__version__', '?')} on {backend} ({mx.default_device()})")]
@@ -44,7 +46,11 @@ def check_backend() -> list[Check]:
         checks.append(Check("BLAS", True, f"OpenBLAS preloaded from {blas.path}"))
     else:
         checks.append(Check("BLAS", False, f"reference BLAS ({blas.note})", INSTALL_HINT))
-    fmt = "quantized weights stay quantized (Metal)" if metal else "small GGUF models are dequantized to float32 for CPU serving"
+    fmt = (
+        "quantized weights stay quantized (Metal)"
+        if metal
+        else "small GGUF models are dequantized to float32 for CPU serving"
+    )
     checks.append(Check("weight format", True, fmt))
     return checks
 
@@ -61,7 +67,11 @@ def check_memory(policy: MemoryPolicy | None = None) -> list[Check]:
         f"activation reserve {policy.activation_reserve_bytes / GiB:.1f} GiB: models up to {free:.1f} GiB fit"
     )
     ok = free > 0
-    fix = "" if ok else "this machine is too small for the cap; lower DARKBLOOM_ACTIVATION_RESERVE_GB or raise DARKBLOOM_MEM_CAP_FRACTION"
+    fix = (
+        ""
+        if ok
+        else "this machine is too small for the cap; lower DARKBLOOM_ACTIVATION_RESERVE_GB or raise DARKBLOOM_MEM_CAP_FRACTION"
+    )
     return [Check("memory", ok, detail, fix)]
 
 
@@ -74,17 +84,32 @@ def check_models(home: Path, entries: list[ScanEntry] | None = None) -> list[Che
             "model dirs",
             bool(servable),
             f"{len(servable)} servable model(s) in {where}",
-            "" if servable else f"import one: darkbloom node models import FILE.gguf (or put an MLX model dir under {home / 'models'})",
+            ""
+            if servable
+            else f"import one: darkbloom node models import FILE.gguf (or put an MLX model dir under {home / 'models'})",
         )
     ]
     for e in entries:
         if e.servable and e.info is not None:
             fmt = e.info.quantization or "unknown format"
-            checks.append(Check(f"model {e.info.id}", True, f"{fmt} weights, {e.info.size_bytes / GiB:.2f} GiB, {e.path}"))
+            checks.append(
+                Check(f"model {e.info.id}", True, f"{fmt} weights, {e.info.size_bytes / GiB:.2f} GiB, {e.path}")
+            )
         elif e.info is None:
-            checks.append(Check(f"model {e.path.name}", False, f"{e.path}: {e.error}", "fix or remove the directory; it is skipped"))
+            checks.append(
+                Check(
+                    f"model {e.path.name}", False, f"{e.path}: {e.error}", "fix or remove the directory; it is skipped"
+                )
+            )
         elif not e.servable:
-            checks.append(Check(f"model {e.info.id}", False, f"chat template does not render: {e.error}", "fix tokenizer_config.json's chat_template"))
+            checks.append(
+                Check(
+                    f"model {e.info.id}",
+                    False,
+                    f"chat template does not render: {e.error}",
+                    "fix tokenizer_config.json's chat_template",
+                )
+            )
     return checks
 
 
@@ -93,9 +118,18 @@ def check_coordinator(url: str, timeout: float = 3.0) -> list[Check]:
     try:
         resp = httpx.get(health, timeout=timeout)
     except httpx.HTTPError as exc:
-        return [Check("coordinator", False, f"{health} unreachable: {exc}", "start one (darkbloom serve / up) or pass --coordinator URL")]
+        return [
+            Check(
+                "coordinator",
+                False,
+                f"{health} unreachable: {exc}",
+                "start one (darkbloom serve / up) or pass --coordinator URL",
+            )
+        ]
     if resp.status_code != 200:
-        return [Check("coordinator", False, f"{health} answered {resp.status_code}", "is that URL a darkbloom coordinator?")]
+        return [
+            Check("coordinator", False, f"{health} answered {resp.status_code}", "is that URL a darkbloom coordinator?")
+        ]
     return [Check("coordinator", True, f"{url} is up")]
 
 

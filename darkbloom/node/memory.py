@@ -95,7 +95,9 @@ def load_gate(total_bytes: int, resident_bytes: int, incoming_bytes: int, policy
     """May a model of ``incoming_bytes`` load next to ``resident_bytes`` of loaded weights?"""
     cap = memory_cap_bytes(total_bytes, policy)
     need = resident_bytes + incoming_bytes + policy.activation_reserve_bytes + policy.min_kv_bytes
-    return LoadDecision(need <= cap, cap, resident_bytes, incoming_bytes, policy.activation_reserve_bytes, policy.min_kv_bytes)
+    return LoadDecision(
+        need <= cap, cap, resident_bytes, incoming_bytes, policy.activation_reserve_bytes, policy.min_kv_bytes
+    )
 
 
 def kv_headroom_bytes(total_bytes: int, resident_bytes: int, policy: MemoryPolicy) -> int:

@@ -61,8 +61,12 @@ async def build_slots(cfg: NodeConfig, say: Callable[[str], None]) -> tuple[Slot
     entries = await asyncio.to_thread(find_models, cfg, say)
     usable = {e.info.id: (e.path, e.info) for e in entries if e.info is not None}
     slots = SlotManager(
-        usable, physical_memory_bytes(), mlx_engine_factory(cfg.max_concurrency),
-        max_slots=cfg.max_slots, idle_unload_s=cfg.idle_unload_s, on_status=say,
+        usable,
+        physical_memory_bytes(),
+        mlx_engine_factory(cfg.max_concurrency),
+        max_slots=cfg.max_slots,
+        idle_unload_s=cfg.idle_unload_s,
+        on_status=say,
     )
     for model_id, (path, _info) in list(usable.items())[: cfg.max_slots]:
         say(f"loading {model_id} from {path} ...")
@@ -70,7 +74,11 @@ async def build_slots(cfg: NodeConfig, say: Callable[[str], None]) -> tuple[Slot
         if status.status != "loaded":
             say(f"could not load {model_id}: {status.reason}")
     if not slots.loaded():
-        where = "pass --model with a local MLX model directory" if cfg.model_paths else f"put one under {cfg.home / 'models'} or pass --model"
+        where = (
+            "pass --model with a local MLX model directory"
+            if cfg.model_paths
+            else f"put one under {cfg.home / 'models'} or pass --model"
+        )
         raise NodeStartError(f"no model could be loaded; {where}")
     return slots, tuple(info for _p, info in usable.values())
 

@@ -105,8 +105,11 @@ def mlx_engine_factory(max_concurrency: int) -> EngineFactory:
         from darkbloom.node.engine.mlx_engine import MLXEngine
 
         engine = MLXEngine(
-            path, model_id, max_concurrency=max_concurrency,
-            context_length=info.context_length or None, kv_bytes_per_token=kv_per_token,
+            path,
+            model_id,
+            max_concurrency=max_concurrency,
+            context_length=info.context_length or None,
+            kv_bytes_per_token=kv_per_token,
         )
         engine.wait_ready()  # type: ignore[attr-defined]
         return engine
@@ -219,7 +222,9 @@ class SlotManager:
     async def _load(self, model_id: str) -> LoadModelStatus:
         slot = self.slots.get(model_id)
         if slot is None:
-            return LoadModelStatus(model=model_id, status="load_failed", reason=f"model {model_id!r} is not on this node")
+            return LoadModelStatus(
+                model=model_id, status="load_failed", reason=f"model {model_id!r} is not on this node"
+            )
         self.refresh()
         if slot.state in LOADED:
             slot.last_used = self.clock()
@@ -250,7 +255,10 @@ class SlotManager:
         headroom = kv_headroom_bytes(self.total_memory_bytes, self.resident_bytes(), self.policy)
         if headroom < self.policy.min_kv_bytes:
             await self._unload(slot, "idle_shutdown", why="its KV headroom is below the minimum")
-            reason = f"loaded, but only {headroom / 2**30:.2f} GiB is left for the KV cache (minimum {self.policy.min_kv_bytes / 2**30:.2f} GiB)"
+            reason = (
+                f"loaded, but only {headroom / 2**30:.2f} GiB is left for the KV cache "
+                f"(minimum {self.policy.min_kv_bytes / 2**30:.2f} GiB)"
+            )
             return LoadModelStatus(model=model_id, status="load_failed", reason=reason)
         self.on_status(f"loaded {model_id} from {slot.path}")
         return LoadModelStatus(model=model_id, status="loaded")
@@ -260,7 +268,9 @@ class SlotManager:
         async with self._lock:
             slot = self.slots.get(model_id)
             if slot is None:
-                return LoadModelStatus(model=model_id, status="load_failed", reason=f"model {model_id!r} is not on this node")
+                return LoadModelStatus(
+                    model=model_id, status="load_failed", reason=f"model {model_id!r} is not on this node"
+                )
             if slot.state in LOADED:
                 await self._unload(slot, "idle_shutdown", why="on the coordinator's request")
             return LoadModelStatus(model=model_id, status="unloaded")

@@ -22,7 +22,9 @@ print(json.dumps({"name": st.name, "path": st.path, "note": st.note, "mapped": b
 
 
 def _run(env: dict[str, str], pre: str = "") -> dict:
-    out = subprocess.run([sys.executable, "-c", pre + SCRIPT], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    out = subprocess.run(
+        [sys.executable, "-c", pre + SCRIPT], capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

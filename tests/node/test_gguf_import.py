@@ -19,7 +19,12 @@ from darkbloom.node.models.gguf_import import GGUFImportError, hf_name, import_g
 from darkbloom.node.models.local import describe
 from tests.node.conftest import write_gguf
 
-PROMPTS = ["hello", "what is the capital of france?", "one two three four", "the quick brown fox jumps over the lazy dog"]
+PROMPTS = [
+    "hello",
+    "what is the capital of france?",
+    "one two three four",
+    "the quick brown fox jumps over the lazy dog",
+]
 
 
 def _greedy(model_dir: Path) -> list[list[int]]:
@@ -35,7 +40,9 @@ def _greedy(model_dir: Path) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("qtype", ["F32", "F16"])
-def test_a_float_gguf_converts_to_a_model_that_generates_identically(tiny_model_dir: Path, tmp_path: Path, qtype: str) -> None:
+def test_a_float_gguf_converts_to_a_model_that_generates_identically(
+    tiny_model_dir: Path, tmp_path: Path, qtype: str
+) -> None:
     gguf_file = write_gguf(tiny_model_dir, tmp_path / f"tiny.{qtype}.gguf", qtype)
     result = import_gguf(gguf_file, tmp_path / "converted", name="tiny-from-gguf")
 
@@ -50,7 +57,9 @@ def test_a_float_gguf_converts_to_a_model_that_generates_identically(tiny_model_
     for text in [*PROMPTS, "<|im_start|>user\nhi<|im_end|>", "  spaces\tand 123 numbers, ünïcödé"]:
         assert conv.encode(text) == orig.encode(text), text
     chat = [{"role": "user", "content": "hello"}]
-    assert conv.apply_chat_template(chat, add_generation_prompt=True) == orig.apply_chat_template(chat, add_generation_prompt=True)
+    assert conv.apply_chat_template(chat, add_generation_prompt=True) == orig.apply_chat_template(
+        chat, add_generation_prompt=True
+    )
     assert conv.eos_token_ids == orig.eos_token_ids
 
     assert _greedy(result.path) == _greedy(tiny_model_dir)
@@ -67,7 +76,9 @@ def _gguf_dequantized(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize(("qtype", "dequantize", "fmt"), [("Q8_0", False, "q8"), ("Q4_1", True, "float32"), ("Q5_0", False, "float16")])
+@pytest.mark.parametrize(
+    ("qtype", "dequantize", "fmt"), [("Q8_0", False, "q8"), ("Q4_1", True, "float32"), ("Q5_0", False, "float16")]
+)
 def test_quantized_weights_convert_to_exactly_what_the_gguf_holds(
     tiny_model_dir: Path, tmp_path: Path, qtype: str, dequantize: bool, fmt: str
 ) -> None:
@@ -80,10 +91,18 @@ def test_quantized_weights_convert_to_exactly_what_the_gguf_holds(
     for name, want in expected.items():
         if f"{name.removesuffix('.weight')}.scales" in saved:
             base = name.removesuffix(".weight")
-            got = mx.dequantize(saved[name], saved[f"{base}.scales"].astype(mx.float32), saved[f"{base}.biases"].astype(mx.float32), group_size=32, bits=8 if qtype == "Q8_0" else 4)
+            got = mx.dequantize(
+                saved[name],
+                saved[f"{base}.scales"].astype(mx.float32),
+                saved[f"{base}.biases"].astype(mx.float32),
+                group_size=32,
+                bits=8 if qtype == "Q8_0" else 4,
+            )
         else:
             got = saved[name]
-        np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, rtol=1e-3, atol=1e-3 if fmt == "float16" else 1e-5)
+        np.testing.assert_allclose(
+            np.array(got.astype(mx.float32)), want, rtol=1e-3, atol=1e-3 if fmt == "float16" else 1e-5
+        )
     assert len(_greedy(result.path)[0]) == 24  # it loads and generates
 
 
@@ -107,14 +126,37 @@ def test_a_sentencepiece_vocabulary_tokenizes_with_merges_by_score_and_byte_fall
     from darkbloom.node.models.gguf_tokenizer import build_tokenizer
 
     pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    words = ["\u2581", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "\u2581hello", "\u2581w", "or", "\u2581wor", "ld", "\u2581world"]
+    words = [
+        "\u2581",
+        "h",
+        "e",
+        "l",
+        "o",
+        "w",
+        "r",
+        "d",
+        "he",
+        "ll",
+        "llo",
+        "hello",
+        "\u2581hello",
+        "\u2581w",
+        "or",
+        "\u2581wor",
+        "ld",
+        "\u2581world",
+    ]
     tokens = pieces + words
     # Longer pieces score higher, as SentencePiece BPE vocabularies do.
     scores = [0.0] * len(pieces) + [float(len(w)) for w in words]
     types = [2, 3, 3] + [6] * 256 + [1] * len(words)
     meta = {
-        "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
-        "tokenizer.ggml.token_type": types, "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.bos_token_id": 1,
         "tokenizer.ggml.add_bos_token": True,
     }
     tok = build_tokenizer(meta)

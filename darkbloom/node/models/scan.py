@@ -117,7 +117,9 @@ def scan(home: Path, *, hf_cache: Path | None = None, extra: Iterable[Path] = ()
     for e in entries:
         if e.info is not None and e.info.id in seen:
             if seen[e.info.id].resolve() != e.path.resolve():
-                out.append(ScanEntry(e.path, e.source, None, f"duplicate model id {e.info.id!r} (also at {seen[e.info.id]})"))
+                out.append(
+                    ScanEntry(e.path, e.source, None, f"duplicate model id {e.info.id!r} (also at {seen[e.info.id]})")
+                )
             continue
         if e.info is not None:
             seen[e.info.id] = e.path
