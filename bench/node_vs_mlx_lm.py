@@ -1,10 +1,11 @@
 """Darkbloom node (behind ``darkbloom serve``) vs ``mlx_lm.server``: one model, one machine, one run.
 
-    python bench/node_vs_mlx_lm.py [--model DIR] [--levels 1,4,8,16] [--max-tokens 64]
+    python bench/node_vs_mlx_lm.py [--model DIR] [--levels 1,4,8,16] [--max-tokens 64] [--rounds 3]
 
-Serves the same model directory with each server in turn (never both at
-once: they would share the CPU), streams chat completions at each
-concurrency from 127.0.0.1 only, and prints a markdown table of aggregate
+Serves the same model directory with both servers (each idles while the
+other is measured), streams chat completions at each concurrency from
+127.0.0.1 only, repeating every level for several rounds and alternating
+which server goes first, so load from elsewhere on the machine falls on both, and prints a markdown table of aggregate
 decode tokens/s (every completion token of the level over its wall time) and
 time to first token p50/p95, with the ratio ours / mlx_lm.server.
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from darkbloom.node.blas import find_openblas  # noqa: E402
-from darkbloom.testing import create_key, free_port, start, wait_http, wait_model  # noqa: E402
+from darkbloom.testing import Proc, create_key, free_port, start, wait_http, wait_model  # noqa: E402
 
 # Child processes must run this checkout's darkbloom, whatever the working directory.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -101,91 +102,95 @@ async def _stream(client: httpx.AsyncClient, model: str, i: int, max_tokens: int
     return ttft, usage or chunks
 
 
-async def measure(base: str, key: str, model: str, levels: list[int], max_tokens: int) -> list[Level]:
-    out = []
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600, limits=limits
-    ) as client:
-        await _stream(client, model, 0, 4)  # warm up
-        for c in levels:
-            t0 = time.perf_counter()
-            results = await asyncio.gather(
-                *[_stream(client, model, i, max_tokens) for i in range(c)], return_exceptions=True
-            )
-            wall = time.perf_counter() - t0
-            ok = [r for r in results if not isinstance(r, BaseException)]
-            for r in results:
-                if isinstance(r, BaseException):
-                    print(f"  c={c}: {type(r).__name__}: {r}", file=sys.stderr)
-            out.append(Level(c, sum(t for _, t in ok), wall, [f for f, _ in ok], len(results) - len(ok)))
-            print(f"  c={c}: {out[-1].tps:.1f} tok/s, {len(ok)}/{c} ok", file=sys.stderr)
-    return out
+@dataclass(frozen=True)
+class Target:
+    """One server under test: where it listens, the key, and the model name it expects."""
+
+    name: str
+    base: str
+    key: str
+    model: str
 
 
-def run_mlx_lm(model_dir: Path, levels: list[int], max_tokens: int, logs: Path) -> list[Level]:
+async def _level(client: httpx.AsyncClient, target: Target, c: int, max_tokens: int) -> Level:
+    t0 = time.perf_counter()
+    results = await asyncio.gather(
+        *[_stream(client, target.model, i, max_tokens) for i in range(c)], return_exceptions=True
+    )
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    for r in results:
+        if isinstance(r, BaseException):
+            print(f"  {target.name} c={c}: {type(r).__name__}: {r}", file=sys.stderr)
+    return Level(c, sum(t for _, t in ok), wall, [f for f, _ in ok], len(results) - len(ok))
+
+
+async def measure(targets: list[Target], levels: list[int], max_tokens: int, rounds: int) -> dict[str, list[Level]]:
+    """Each round runs every level on every server, alternating which goes first.
+
+    Other load on the machine then falls on both servers alike instead of on
+    whichever happened to run during a busy minute.
+    """
+    totals = {t.name: {c: Level(c, 0, 0.0, [], 0) for c in levels} for t in targets}
+    clients = {
+        t.name: httpx.AsyncClient(
+            base_url=t.base,
+            headers={"Authorization": f"Bearer {t.key}"},
+            timeout=600,
+            limits=httpx.Limits(max_connections=64),
+        )
+        for t in targets
+    }
+    try:
+        for t in targets:
+            await _stream(clients[t.name], t.model, 0, 4)  # warm up
+        for rnd in range(rounds):
+            for c in levels:
+                order = targets if (rnd + c) % 2 == 0 else list(reversed(targets))
+                for t in order:
+                    lv = await _level(clients[t.name], t, c, max_tokens)
+                    acc = totals[t.name][c]
+                    acc.tokens += lv.tokens
+                    acc.wall_s += lv.wall_s
+                    acc.ttfts += lv.ttfts
+                    acc.errors += lv.errors
+                    print(f"  round {rnd + 1} {t.name} c={c}: {lv.tps:.1f} tok/s", file=sys.stderr)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return {name: [by_c[c] for c in levels] for name, by_c in totals.items()}
+
+
+def start_mlx_lm(model_dir: Path, max_concurrency: int, logs: Path) -> tuple[subprocess.Popen[bytes], Target]:
     port = free_port()
     env = {**os.environ}
     if (blas := find_openblas()) is not None:
-        env["LD_PRELOAD"] = blas
+        env["LD_PRELOAD"] = blas  # the same BLAS our node preloads itself
     cmd = [
-        sys.executable,
-        "-m",
-        "mlx_lm.server",
-        "--model",
-        str(model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--decode-concurrency",
-        str(max(levels)),
-        "--log-level",
-        "WARNING",
-    ]
+        sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--host", "127.0.0.1",
+        "--port", str(port), "--decode-concurrency", str(max_concurrency), "--log-level", "WARNING",
+    ]  # fmt: skip
     with open(logs / "mlx_lm.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=120)
-        return asyncio.run(measure(f"http://127.0.0.1:{port}", "none", str(model_dir), levels, max_tokens))
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=120)
+    return proc, Target("mlx_lm.server", f"http://127.0.0.1:{port}", "none", str(model_dir))
 
 
-def run_darkbloom(model_dir: Path, levels: list[int], max_tokens: int, logs: Path) -> list[Level]:
+def start_darkbloom(model_dir: Path, max_concurrency: int, logs: Path) -> tuple[list[Proc], Target]:
     port = free_port()
     db = f"sqlite:///{logs / 'coord.db'}"
     base = f"http://127.0.0.1:{port}"
     coord = start(
         ["serve", "--port", str(port), "--db", db, "--home", str(logs / "coord")], logs / "coord.log", env=CHILD_ENV
     )
-    node = None
-    try:
-        wait_http(f"{base}/health", proc=coord)
-        key = create_key(db, logs / "coord")
-        node = start(
-            [
-                "node",
-                "--coordinator",
-                base,
-                "--model",
-                str(model_dir),
-                "--home",
-                str(logs / "node"),
-                "--max-concurrency",
-                str(max(levels)),
-            ],
-            logs / "node.log",
-            env=CHILD_ENV,
-        )
-        model_id = json.loads((model_dir / "config.json").read_text()).get("darkbloom_model_id") or model_dir.name
-        wait_model(base, key, model_id, timeout=180)
-        return asyncio.run(measure(base, key, model_id, levels, max_tokens))
-    finally:
-        for p in (node, coord):
-            if p is not None:
-                p.stop()
+    procs = [coord]
+    wait_http(f"{base}/health", proc=coord)
+    key = create_key(db, logs / "coord")
+    node_args = ["node", "--coordinator", base, "--model", str(model_dir), "--home", str(logs / "node")]
+    procs.append(start([*node_args, "--max-concurrency", str(max_concurrency)], logs / "node.log", env=CHILD_ENV))
+    model_id = json.loads((model_dir / "config.json").read_text()).get("darkbloom_model_id") or model_dir.name
+    wait_model(base, key, model_id, timeout=180)
+    return procs, Target("darkbloom", base, key, model_id)
 
 
 def default_model(tmp: Path) -> Path:
@@ -203,7 +208,7 @@ def default_model(tmp: Path) -> Path:
 
 def table(model: Path, ours: list[Level], theirs: list[Level]) -> str:
     rows = [
-        f"Model: `{model.name}`; streams of up to N tokens each, greedy; 127.0.0.1.",
+        f"Model: `{model.name}`; streams of up to N tokens each, greedy; 127.0.0.1; R rounds per level, servers alternating.",
         "",
         "| concurrency | darkbloom tok/s | mlx_lm.server tok/s | ratio | darkbloom TTFT p50 / p95 ms | mlx_lm.server TTFT p50 / p95 ms |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -228,16 +233,31 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="MLX model directory (default: the SmolLM2 demo model, else tiny)")
     ap.add_argument("--levels", default="1,4,8,16")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="repeat every level this many times, alternating servers")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="darkbloom-bench-") as tmp:
         logs = Path(tmp)
         model = args.model or default_model(logs)
-        print(f"mlx_lm.server on {model} ...", file=sys.stderr)
-        theirs = run_mlx_lm(model, levels, args.max_tokens, logs)
-        print("darkbloom serve + node ...", file=sys.stderr)
-        ours = run_darkbloom(model, levels, args.max_tokens, logs)
-    print(table(model, ours, theirs).replace("up to N", f"up to {args.max_tokens}"))
+        print(f"serving {model} with mlx_lm.server and darkbloom ...", file=sys.stderr)
+        mlx_proc: subprocess.Popen[bytes] | None = None
+        ours_procs: list[Proc] = []
+        try:
+            mlx_proc, theirs_t = start_mlx_lm(model, max(levels), logs)
+            ours_procs, ours_t = start_darkbloom(model, max(levels), logs)
+            res = asyncio.run(measure([ours_t, theirs_t], levels, args.max_tokens, args.rounds))
+        finally:
+            for p in ours_procs:
+                p.stop()
+            if mlx_proc is not None:
+                mlx_proc.terminate()
+                mlx_proc.wait(30)
+        ours, theirs = res["darkbloom"], res["mlx_lm.server"]
+    print(
+        table(model, ours, theirs)
+        .replace("up to N", f"up to {args.max_tokens}")
+        .replace("R rounds", f"{args.rounds} rounds")
+    )
 
 
 if __name__ == "__main__":
