@@ -65,6 +65,7 @@ async def build_slots(cfg: NodeConfig, say: Callable[[str], None]) -> tuple[Slot
         physical_memory_bytes(),
         mlx_engine_factory(cfg.max_concurrency),
         max_slots=cfg.max_slots,
+        max_concurrency=cfg.max_concurrency,
         idle_unload_s=cfg.idle_unload_s,
         on_status=say,
     )

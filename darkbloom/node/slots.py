@@ -154,6 +154,8 @@ class SlotManager:
     total_memory_bytes: int
     factory: EngineFactory
     max_slots: int = 3
+    max_concurrency: int = 8
+    """What an unloaded slot reports: the concurrency it will have once loaded."""
     idle_unload_s: float = DEFAULT_IDLE_UNLOAD_S
     policy: MemoryPolicy = field(default_factory=MemoryPolicy.from_env)
     clock: Callable[[], float] = time.monotonic
@@ -208,7 +210,12 @@ class SlotManager:
                 out.append(msgspec.structs.replace(cap, state=s.state, active_token_budget_max=budget))
             elif s.state != "idle_shutdown" or s.last_used:
                 # Never-loaded models are advertised in register; only slots with a history are reported.
-                out.append(SlotCapacity(model=s.model_id, state=s.state, kv_bytes_per_token=s.kv_per_token))
+                out.append(
+                    SlotCapacity(
+                        model=s.model_id, state=s.state, max_concurrency=self.max_concurrency,
+                        kv_bytes_per_token=s.kv_per_token,
+                    )
+                )
         free = free_for_load_gb(self.total_memory_bytes, self.resident_bytes(), self.policy)
         return Capacity(capacity_seq=seq, slots=tuple(out), total_memory_gb=total_memory_gb, free_for_load_gb=free)
 

@@ -97,7 +97,8 @@ async def test_idle_models_unload_after_the_idle_time_and_reload_on_demand(model
         clock.now += 1
         assert await slots.tick() == ["alpha"]
         assert slots.slots["alpha"].state == "idle_shutdown"
-        assert [(s.model, s.state) for s in slots.capacity(3, 64).slots] == [("alpha", "idle_shutdown")]
+        (cold,) = slots.capacity(3, 64).slots
+        assert (cold.model, cold.state, cold.max_concurrency) == ("alpha", "idle_shutdown", 8)
         engine = await slots.engine_for("alpha")
         assert engine is not None and slots.slots["alpha"].state == "idle"
     finally:
