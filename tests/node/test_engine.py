@@ -255,3 +255,39 @@ print("served")
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert (proc.returncode, out.strip()) == (0, "served"), err
+
+
+async def test_capacity_reports_measured_rates_and_reserved_tokens(engine: MLXEngine) -> None:
+    await generate(engine, "the quick brown fox jumps over the lazy dog. " * 4, **GREEDY)
+    idle = engine.capacity()
+    assert idle.observed_prefill_tps > 0 and idle.observed_decode_tps > 0
+    assert (idle.num_running, idle.active_token_budget_used) == (0, 0)
+    assert idle.active_token_budget_max == engine.context_length * engine.max_concurrency
+
+    request_id, events = submit(engine, "hello", temperature=0.0, max_tokens=500)
+    head = await first_delta(events)
+    busy = engine.capacity()
+    assert busy.state == "running" and busy.num_running == 1
+    assert busy.active_token_budget_used > 500, "a running request reserves its prompt plus max_tokens"
+    engine.cancel(request_id)
+    await collect(request_id, events, seen=(head,))
+
+
+async def test_a_repeated_prefix_is_served_from_the_prompt_cache_with_the_same_answer(tiny_model_dir: Path) -> None:
+    eng = MLXEngine(tiny_model_dir, "tiny-cache", max_concurrency=4)
+    cold = MLXEngine(tiny_model_dir, "tiny-cold", max_concurrency=4, prompt_cache_size=0)
+    eng.wait_ready(60)
+    cold.wait_ready(60)
+    try:
+        prompt = "the quick brown fox jumps over the lazy dog. " * 3
+        first = await generate(eng, prompt, **GREEDY)
+        assert first.finished.usage.cached_tokens == 0
+        again = await generate(eng, prompt, **GREEDY)
+        assert again.finished.usage.cached_tokens == again.finished.usage.prompt_tokens - 1
+        longer = await generate(eng, prompt + "hello world", **GREEDY)
+        assert 0 < longer.finished.usage.cached_tokens < longer.finished.usage.prompt_tokens
+        for out, p in ((again, prompt), (longer, prompt + "hello world")):
+            assert out.key() == (await generate(cold, p, **GREEDY)).key(), "a cache hit must not change the answer"
+    finally:
+        eng.close()
+        cold.close()

@@ -36,6 +36,8 @@ class _Active:
     stops: StopMatcher
     prompt_tokens: int
     tools: ToolCallExtractor | None = None
+    reserved_tokens: int = 0
+    cached_tokens: int = 0
     generated: int = 0
     unsent_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -100,6 +102,9 @@ class MLXEngine:
         max_concurrency: int = 8,
         context_length: int | None = None,
         prefill_step_size: int = 512,
+        kv_bytes_per_token: int = 0,
+        prompt_cache_size: int = 16,
+        prompt_cache_bytes: int = 512 * 2**20,
     ) -> None:
         self.model_id = model_id
         self.model_path = Path(model_path)
@@ -109,6 +114,14 @@ class MLXEngine:
         self._active: dict[int, _Active] = {}
         self._by_request: dict[str, int] = {}
         self._waiting = 0
+        self._waiting_tokens = 0
+        self.kv_bytes_per_token = kv_bytes_per_token
+        # KV of finished requests, found again by longest common prefix (chat templates share
+        # their system preamble, conversations their history): the prefill it saves is TTFT.
+        self._cache_size = prompt_cache_size
+        self._cache_bytes = prompt_cache_bytes
+        self._prompt_cache: Any = None
+        self.crashed: str = ""
         self._decode_tps = 0.0
         self._prefill_tps = 0.0
         self._ready = threading.Event()
@@ -133,20 +146,32 @@ class MLXEngine:
         events: asyncio.Queue[EngineEvent],
     ) -> None:
         self._waiting += 1
+        self._waiting_tokens += params.max_tokens
         self._commands.put(("submit", (request_id, messages, params, events, asyncio.get_running_loop())))
 
     def cancel(self, request_id: str) -> None:
         self._commands.put(("cancel", request_id))
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine thread has died (the slot is then ``crashed``)."""
+        return self._thread.is_alive() and not self.crashed
+
     def capacity(self) -> SlotCapacity:
-        running = len(self._active)
+        # Reserved tokens (prompt + max_tokens of each running request) are what the
+        # coordinator's admission adds up against the budget, so report the same unit.
+        active = list(self._active.values())
+        running = len(active)
         return SlotCapacity(
             model=self.model_id,
-            state="running" if running else "idle",
+            state="running" if running or self._waiting else "idle",
             num_running=running,
             num_waiting=self._waiting,
             max_concurrency=self.max_concurrency,
+            active_token_budget_used=sum(a.reserved_tokens for a in active),
             active_token_budget_max=self.context_length * self.max_concurrency,
+            queued_token_budget=max(0, self._waiting_tokens),
+            kv_bytes_per_token=self.kv_bytes_per_token,
             observed_decode_tps=round(self._decode_tps, 2),
             observed_prefill_tps=round(self._prefill_tps, 2),
         )
@@ -166,6 +191,10 @@ class MLXEngine:
     def _run(self) -> None:
         try:
             self._serve()
+        except BaseException as exc:  # the slot reports crashed; every request still gets its terminal event
+            log.exception("engine thread for %s died", self.model_id)
+            self.crashed = f"{type(exc).__name__}: {exc}"
+            self._fail_all(f"the model's engine crashed: {self.crashed}")
         finally:
             # mlx does not free a thread's streams when it ends; without this the
             # process can abort (exit 134) at interpreter shutdown (mlx#3126).
@@ -184,6 +213,10 @@ class MLXEngine:
             cfg_ctx = getattr(self._model.args, "max_position_embeddings", None) if hasattr(self._model, "args") else None
             if not self.context_length:
                 self.context_length = int(cfg_ctx or 4096)
+            if self._cache_size > 0:
+                from mlx_lm.models.cache import LRUPromptCache
+
+                self._prompt_cache = LRUPromptCache(max_size=self._cache_size, max_bytes=self._cache_bytes)
             eos = [[t] for t in sorted(self._tok.eos_token_ids)]
             self._gen = BatchGenerator(
                 self._model,
@@ -206,7 +239,7 @@ class MLXEngine:
                 self._step()
                 continue
             if cmd == "close":
-                self._gen.close()
+                self._shutdown()
                 return
             self._handle(cmd, arg)
             # Drain every command that is already queued before the next step.
@@ -216,11 +249,30 @@ class MLXEngine:
                 except queue.Empty:
                     break
                 if cmd == "close":
-                    self._gen.close()
+                    self._shutdown()
                     return
                 self._handle(cmd, arg)
             if self._active:
                 self._step()
+
+    def _shutdown(self) -> None:
+        self._fail_all("the model was unloaded", status=503, code="model_unloaded")
+        # Requests still in the command queue were never started: they get their terminal event too.
+        while True:
+            try:
+                cmd, arg = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if cmd == "submit":
+                request_id, _m, _p, events, loop = arg
+                self._emit(None, loop, events, Failed(request_id, "the model was unloaded", "model_unloaded", 503))
+        self._gen.close()
+
+    def _fail_all(self, message: str, *, status: int = 502, code: str = "provider_error") -> None:
+        for uid in list(getattr(self, "_active", {})):
+            act = self._active[uid]
+            self._emit(act, self._loops[uid], act.events, Failed(act.request_id, message, code, status))
+            self._forget(uid)
 
     def _handle(self, cmd: str, arg: Any) -> None:
         if cmd == "submit":
@@ -240,6 +292,7 @@ class MLXEngine:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._waiting -= 1
+        self._waiting_tokens -= params.max_tokens
         try:
             if params.raw_prompt is not None:  # legacy completions: the prompt as given, no chat template
                 prompt = self._tok.encode(params.raw_prompt)
@@ -270,8 +323,17 @@ class MLXEngine:
             sampler = _seeded_sampler(params.temperature, params.top_p, params.seed)
         else:
             sampler = make_sampler(temp=params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
+        cache, rest = self._cached_prefix(prompt)
         try:
-            (uid,) = self._gen.insert([prompt], max_tokens=[params.max_tokens], samplers=[sampler], logits_processors=[processors])
+            if cache is None:
+                (uid,) = self._gen.insert(
+                    [prompt], max_tokens=[params.max_tokens], samplers=[sampler], logits_processors=[processors]
+                )
+            else:
+                (uid,) = self._gen.insert(
+                    [rest], max_tokens=[params.max_tokens], caches=[cache],
+                    all_tokens=[prompt[: len(prompt) - len(rest)]], samplers=[sampler], logits_processors=[processors],
+                )
         except Exception as exc:
             self._emit(None, loop, events, Failed(request_id, f"could not start generation: {exc}"))
             return
@@ -283,14 +345,37 @@ class MLXEngine:
             stops=StopMatcher(params.stop),
             prompt_tokens=len(prompt),
             tools=self._tool_extractor(params),
+            reserved_tokens=len(prompt) + params.max_tokens,
+            cached_tokens=len(prompt) - len(rest),
         )
         self._loops[uid] = loop
         self._by_request[request_id] = uid
 
+    def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
+        """A copy of the longest cached KV prefix of ``prompt`` and the tokens still to prefill."""
+        if self._prompt_cache is None:
+            return None, prompt
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        cache, rest = self._prompt_cache.fetch_nearest_cache(self.model_id, prompt)
+        if cache is not None and not rest:
+            # An exact hit still needs one token to prefill: it yields the first logits.
+            if not can_trim_prompt_cache(cache):
+                return None, prompt
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return (cache, rest) if cache is not None else (None, prompt)
+
+    def _prefill_counters(self) -> tuple[int, float]:
+        # BatchGenerator counts the prompt tokens it processed and the time it took; read the deltas.
+        c = getattr(self._gen, "_counters", None)
+        return (int(getattr(c, "prompt_tokens", 0)), float(getattr(c, "prompt_time", 0.0))) if c is not None else (0, 0.0)
+
     def _step(self) -> None:
         t0 = time.perf_counter()
+        p_tokens0, p_time0 = self._prefill_counters()
         try:
-            prompt_resps, gen_resps = self._gen.next()
+            _prompt_resps, gen_resps = self._gen.next()
         except Exception as exc:  # a broken step fails every running request, not the node
             log.exception("decode step failed")
             for uid in list(self._active):
@@ -302,8 +387,10 @@ class MLXEngine:
         if gen_resps and dt > 0:
             tps = len(gen_resps) / dt
             self._decode_tps = tps if not self._decode_tps else 0.8 * self._decode_tps + 0.2 * tps
-        elif prompt_resps and dt > 0:
-            self._prefill_tps = 0.8 * self._prefill_tps + 0.2 * (sum(1 for _ in prompt_resps) * self._prefill_step / dt)
+        p_tokens1, p_time1 = self._prefill_counters()
+        if p_tokens1 > p_tokens0 and p_time1 > p_time0:
+            tps = (p_tokens1 - p_tokens0) / (p_time1 - p_time0)
+            self._prefill_tps = tps if not self._prefill_tps else 0.8 * self._prefill_tps + 0.2 * tps
         for r in gen_resps:
             act = self._active.get(r.uid)
             if act is None:
@@ -318,6 +405,8 @@ class MLXEngine:
                 self._gen.remove([r.uid])
                 self._finish(r.uid, "stop", flush=False)
             elif r.finish_reason is not None:
+                if self._prompt_cache is not None and getattr(r, "prompt_cache", None) is not None:
+                    self._prompt_cache.insert_cache(self.model_id, list(r.all_tokens), r.prompt_cache)
                 self._finish(r.uid, "length" if r.finish_reason == "length" else "stop")
 
     def _finish(self, uid: int, reason: str, flush: bool = True) -> None:
@@ -333,7 +422,7 @@ class MLXEngine:
             act.unsent_tokens = 0
         if reason == "stop" and act.tools is not None and act.tools.made_call:
             reason = "tool_calls"
-        usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated)
+        usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated, cached_tokens=act.cached_tokens)
         self._emit(act, loop, act.events, Finished(act.request_id, usage, reason, act.stops.matched))  # type: ignore[arg-type]
         self._forget(uid)
 
