@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +19,6 @@ import httpx
 from darkbloom.node.identity import write_private
 from darkbloom.node.runner import NodeConfig, run_node
 from darkbloom.server.settings import Settings, default_db_url
-
-import os
 
 DEMO_MODEL_NAME = "darkbloom-tiny"
 """The tiny random model: the fallback demo, and the one ``DARKBLOOM_DEMO_MODEL=tiny`` asks for."""

@@ -1,0 +1,59 @@
+"""`darkbloom up`, as the README's first command runs it: one process, a key, a streamed answer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import time
+from pathlib import Path
+
+import openai
+
+from darkbloom.testing import Proc, free_port, start
+
+
+def _wait_for_key(proc: Proc, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in proc.text().splitlines():
+            if line.startswith("OPENAI_API_KEY="):
+                return line.split("=", 1)[1].strip()
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"darkbloom up exited with {proc.popen.returncode}:\n{proc.text()}")
+        time.sleep(0.2)
+    raise AssertionError(f"darkbloom up printed no key within {timeout} s:\n{proc.text()}")
+
+
+def test_up_serves_the_demo_model_to_the_openai_sdk_and_keeps_its_key(tmp_path: Path) -> None:
+    port = free_port()
+    home = tmp_path / "home"
+    env = {"DARKBLOOM_DEMO_MODEL": "tiny", "DARKBLOOM_NODE_METRICS_PORT": "off"}
+    up = start(["up", "--home", str(home), "--port", str(port)], tmp_path / "up.log", env=env)
+    try:
+        key = _wait_for_key(up)
+        assert f"http://127.0.0.1:{port}/v1" in up.text()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        models = [m.id for m in client.models.list()]
+        assert models == ["darkbloom-tiny"]
+        pieces = [
+            c.choices[0].delta.content
+            for c in client.chat.completions.create(
+                model=models[0], messages=[{"role": "user", "content": "hello"}], stream=True, max_tokens=8
+            )
+            if c.choices and c.choices[0].delta.content
+        ]
+        assert len(pieces) > 1
+        config = home / "config.json"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert json.loads(config.read_text()) == {"url": f"http://127.0.0.1:{port}", "api_key": key}
+    finally:
+        up.kill(signal.SIGINT)
+    assert up.popen.returncode is not None
+
+    # A second `up` on the same home reuses the saved key rather than minting another.
+    again = start(["up", "--home", str(home), "--port", str(port)], tmp_path / "up2.log", env=env)
+    try:
+        assert _wait_for_key(again) == key
+    finally:
+        again.kill(signal.SIGINT)
