@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from darkbloom.cli import admin, device, keys, node, serve, sim, up
+from darkbloom.cli import admin, chat, device, keys, node, serve, sim, tui, up
 
 app = typer.Typer(
     name="darkbloom",
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("up")(up.up)
 app.command("sim")(sim.sim)
+app.command("tui")(tui.tui)
+app.command("chat")(chat.chat)
 app.add_typer(node.app, name="node")
 app.add_typer(keys.app, name="keys")
 app.add_typer(admin.app, name="admin")

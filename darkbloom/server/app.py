@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from darkbloom.server.access import RequestContextMiddleware
-from darkbloom.server.api import accounts, chat, completions, consumer, device, messages, models, openapi, provider_ws, responses
+from darkbloom.server.api import accounts, chat, completions, consumer, dashboard, device, messages, models, openapi, provider_ws, responses
 from darkbloom.server.api import billing as billing_api
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
 from darkbloom.server.api.adapter import TimingHeader
@@ -20,6 +20,7 @@ from darkbloom.server.auth.cache import KeyCache
 from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
 from darkbloom.server.auth.keys import hash_key
 from darkbloom.server.billing.hook import billing_hook, coordinator_id, sweep_stale_holds
+from darkbloom.server.events import DashboardHook, EventBus
 from darkbloom.server.gateway import RequestHook
 from darkbloom.server.fleet import Fleet
 from darkbloom.server.metrics import CoordinatorMetrics
@@ -30,13 +31,15 @@ from darkbloom.server.store import Store, open_store
 log = logging.getLogger(__name__)
 
 
-async def _evict_silent_nodes(fleet: Fleet, settings: Settings) -> None:
+async def _evict_silent_nodes(fleet: Fleet, settings: Settings, events: EventBus | None = None) -> None:
     """Drop nodes that have not sent a heartbeat within the timeout."""
     while True:
         await asyncio.sleep(min(settings.heartbeat_interval_s, settings.node_timeout_s / 3))
         for node_id in fleet.registry.expired(fleet.clock(), settings.node_timeout_s):
             log.warning("evicting node %s: silent for over %.0f s", node_id, settings.node_timeout_s)
             await fleet.detach(node_id, "provider timed out")
+            if events is not None:
+                events.node_event("left", node_id, "timed out")
 
 
 def create_app(settings: Settings, store: Store | None = None, hooks: list[RequestHook] | None = None) -> Starlette:
@@ -71,7 +74,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         fleet = Fleet(config=settings.routing)
         app.state.fleet = fleet
         metrics.fleet = fleet
-        evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings))
+        evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings, app.state.events))
         upkeep = asyncio.create_task(fleet.run())
         sweeper = asyncio.create_task(sweep_stale_holds(billing, settings))
         try:
@@ -96,6 +99,10 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         *device.ROUTES,
         Route("/v1/models/capacity", models.capacity, methods=["GET"]),
         Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
+        Route("/v1/admin/fleet", dashboard.admin_fleet, methods=["GET"]),
+        Route("/v1/admin/events", dashboard.admin_events, methods=["GET"]),
+        Route("/v1/network", dashboard.network, methods=["GET"]),
+        Route("/v1/network/events", dashboard.network_events, methods=["GET"]),
         WebSocketRoute("/v1/provider/ws", provider_ws.provider_socket),
         Route("/metrics", metrics_api.metrics, methods=["GET"]),
         Route("/v1/stats", stats_api.stats, methods=["GET"]),
@@ -113,6 +120,8 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
     service_times = models.ServiceTimes()
     app.state.service_times = service_times
     app.state.billing = billing
-    # Metrics first: it then sees (and counts) every job, including ones billing or a later hook refuses.
-    app.state.hooks = [metrics, billing, service_times, *(hooks or [])]
+    app.state.events = EventBus()
+    # Metrics and the dashboard's event bus first: they then see (and count) every job,
+    # including ones billing or a later hook refuses.
+    app.state.hooks = [metrics, DashboardHook(app.state.events), billing, service_times, *(hooks or [])]
     return app

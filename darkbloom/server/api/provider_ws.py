@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 REGISTER_TIMEOUT_S = 30.0
 
 
+def _publish(ws: WebSocket, kind: str, node_id: str, reason: str = "") -> None:
+    """Tell the dashboard's event bus (when the app has one) about a node."""
+    events = getattr(ws.app.state, "events", None)
+    if events is not None:
+        events.node_event(kind, node_id, reason)
+
+
 async def _recv(ws: WebSocket) -> bytes | None:
     msg = await ws.receive()
     if msg["type"] == "websocket.disconnect":
@@ -76,6 +83,7 @@ async def provider_socket(ws: WebSocket) -> None:
     log.info("node %s registered with models %s", node_id, [m.id for m in frame.models])
     if frame.auth_token:
         await _link_provider(ws, link, frame.auth_token)
+    _publish(ws, "joined", node_id)
     try:
         await link.send(Registered(node_id=node_id, heartbeat_interval_s=ws.app.state.settings.heartbeat_interval_s))
         await _serve(ws, fleet, link)
@@ -84,6 +92,7 @@ async def provider_socket(ws: WebSocket) -> None:
     finally:
         if fleet.links.get(node_id) is link:
             await fleet.detach(node_id, close_socket=False)
+            _publish(ws, "left", node_id, "disconnected")
         log.info("node %s disconnected", node_id)
 
 
@@ -125,6 +134,7 @@ async def _serve(ws: WebSocket, fleet: Fleet, link: NodeLink) -> None:
                 log.warning("node %s reports: %s", node_id, frame.message)
         elif isinstance(frame, Heartbeat):
             fleet.heartbeat(node_id, frame.capacity)
+            _publish(ws, "heartbeat", node_id)
         elif isinstance(frame, LoadModelStatus):
             fleet.load_status(node_id, frame.model, frame.status)
         else:

@@ -1,0 +1,1 @@
+"""``darkbloom chat``: the consumer chat client, one module per screen."""

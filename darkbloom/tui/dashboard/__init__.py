@@ -1,0 +1,1 @@
+"""``darkbloom tui``: the operator dashboard, one module per screen."""
