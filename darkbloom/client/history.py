@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,10 +85,12 @@ class ChatHistory:
 
     Args:
         path: The SQLite file (created 0600, its directory 0700, on first use).
+        clock: Wall-clock seconds for the timestamps.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self.clock = clock
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -99,7 +102,7 @@ class ChatHistory:
         self._db.close()
 
     def new_conversation(self, model: str, system_prompt: str = "") -> int:
-        now = time.time()
+        now = self.clock()
         with self._db:
             cur = self._db.execute(
                 "INSERT INTO conversations (model, system_prompt, created, updated) VALUES (?, ?, ?, ?)", (model, system_prompt, now, now)
@@ -115,7 +118,7 @@ class ChatHistory:
 
     def add_message(self, conversation_id: int, message: StoredMessage) -> None:
         """Append a turn; the first user turn becomes the conversation's title."""
-        now = time.time()
+        now = self.clock()
         m = message
         with self._db:
             self._db.execute(

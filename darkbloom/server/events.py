@@ -72,10 +72,11 @@ class ModelWindow:
         return [by_start.get(last - i * BUCKET_S, 0) for i in range(points - 1, -1, -1)]
 
     def totals(self, now: float, span_s: float) -> Bucket:
-        """The buckets of the last ``span_s`` seconds summed into one."""
-        out = Bucket(now - span_s)
+        """The buckets of the last ``span_s`` seconds (the current one included) summed into one."""
+        first = now - (now % BUCKET_S) - (round(span_s / BUCKET_S) - 1) * BUCKET_S
+        out = Bucket(first)
         for b in self.buckets:
-            if b.start > now - span_s - BUCKET_S:
+            if b.start >= first:
                 for name in ("requests", "completed", "rejected", "timeouts", "failed", "tokens", "busy_s"):
                     setattr(out, name, getattr(out, name) + getattr(b, name))
         return out

@@ -16,7 +16,7 @@ from textual.binding import Binding
 
 from darkbloom.client.http import ApiError, NotAuthorised, Unreachable
 from darkbloom.tui.dashboard.base import DashboardScreen
-from darkbloom.tui.dashboard.data import DashboardData, EventSource
+from darkbloom.tui.dashboard.data import DashboardData, EventSource, plural
 from darkbloom.tui.dashboard.feed import FeedScreen
 from darkbloom.tui.dashboard.fleet import FleetScreen
 from darkbloom.tui.dashboard.routing import RoutingScreen
@@ -87,6 +87,13 @@ class DashboardApp(App[None]):
         if isinstance(screen, DashboardScreen) and screen.is_mounted:
             screen.show(self.data)
 
+    def _update_sub_title(self) -> None:
+        if self.data.admin:
+            nodes, view = len(self.data.nodes), "admin view"
+        else:
+            nodes, view = int(self.data.stats.get("active_nodes", 0)), "public view"
+        self.sub_title = f"{self.source.url} · {view} · {plural(nodes, 'node')}"
+
     def _set_problem(self, problem: str | None) -> None:
         if problem != self.problem:
             self.problem = problem
@@ -103,13 +110,13 @@ class DashboardApp(App[None]):
                     async for kind, data in events:
                         self.data.apply(kind, data)
                         if kind == "snapshot":
-                            view = "admin view" if self.data.admin else "public view"
-                            self.sub_title = f"{self.source.url} · {view} · {len(self.data.nodes) if self.data.admin else sum(m['nodes'] for m in self.data.models)} nodes"
+                            self._update_sub_title()
                             self._set_problem(None)
                             self.redraw()  # the first picture should not wait for the timer
                         delay = 1.0
                 problem = f"The coordinator at {self.source.url} closed the event stream; reconnecting in {delay:.0f} s."
             except NotAuthorised as exc:
+                self.sub_title = f"{self.source.url} · not authorised"
                 self._set_problem(
                     f"Not authorised: {exc}. The fleet view needs the admin credential (--admin-key or DARKBLOOM_ADMIN_KEY); "
                     "a consumer key (--api-key or DARKBLOOM_API_KEY) shows the public view."

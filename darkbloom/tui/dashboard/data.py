@@ -100,6 +100,10 @@ class DashboardData:
 # ---- formatters --------------------------------------------------------------------
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def dash(value: Any) -> bool:
     return value is None or value == ""
 
@@ -128,7 +132,18 @@ def fmt_int(value: int | None) -> str:
 def fmt_cost(micro_usd: int | None) -> str:
     if micro_usd is None:
         return "—"
-    return f"${micro_usd / 1e6:,.6f}" if micro_usd < 10_000 else f"${micro_usd / 1e6:,.2f}"
+    return f"${micro_usd / 1e6:,.4f}" if micro_usd < 1_000_000 else f"${micro_usd / 1e6:,.2f}"
+
+
+def short_id(request_id: str | None) -> str:
+    """A request id without its API prefix (``chatcmpl-``), cut to 12 characters: enough to tell rows apart."""
+    if not request_id:
+        return "—"
+    for sep in ("-", "_"):
+        if sep in request_id:
+            request_id = request_id.split(sep, 1)[1]
+            break
+    return request_id if len(request_id) <= 12 else request_id[:12] + "…"
 
 
 def fmt_clock(ts: float | None) -> str:
@@ -149,9 +164,8 @@ def fmt_status(status: int | None, outcome: str | None = None) -> str:
 
 
 def slot_summary(slots: list[dict[str, Any]]) -> str:
-    """``state running/max`` per slot (prefixed by the model when a node has several), comma-separated."""
-    many = len(slots) > 1
-    return ", ".join(f"{s['model'] + ' ' if many else ''}{s['state']} {s['running']}/{s['max']}" for s in slots) or "—"
+    """``model state running/max``, one line per slot."""
+    return "\n".join(f"{s['model']} {s['state']} {s['running']}/{s['max']}" for s in slots) or "—"
 
 
 def trust_label(node: dict[str, Any]) -> str:
@@ -167,8 +181,7 @@ FLEET_COLUMNS: list[tuple[str, str, SortKey]] = [
     ("node", "Node", lambda n: n["id"]),
     ("trust", "Trust", lambda n: n.get("trust_level") or ""),
     ("attested", "Attested", lambda n: n.get("attestation_age_s") if n.get("attestation_age_s") is not None else float("inf")),
-    ("models", "Models", lambda n: ",".join(n.get("models", []))),
-    ("slots", "Slots", lambda n: slot_summary(n.get("slots", []))),
+    ("slots", "Models and slots", lambda n: slot_summary(n.get("slots", []))),
     ("active", "Active", lambda n: (n.get("active", 0), n.get("max", 0))),
     ("tps", "tok/s", lambda n: n.get("decode_tps") or 0.0),
     ("free", "Free GB", lambda n: n.get("free_for_load_gb") if n.get("free_for_load_gb") is not None else -1.0),
@@ -182,7 +195,6 @@ def fleet_row(n: dict[str, Any]) -> tuple[str, ...]:
         n["id"],
         trust_label(n),
         "—" if n.get("attestation_age_s") is None else fmt_age(n["attestation_age_s"]) + " ago",
-        ", ".join(n.get("models", [])) or "—",
         slot_summary(n.get("slots", [])),
         f"{n.get('active', 0)}/{n.get('max', 0)}",
         fmt_num(n.get("decode_tps")),
@@ -195,10 +207,9 @@ FEED_COLUMNS = ("Time", "Request", "Model", "Node", "TTFT", "tok/s", "Tokens", "
 
 
 def feed_row(r: dict[str, Any]) -> tuple[str, ...]:
-    rid = str(r.get("id") or "—")
     return (
         fmt_clock(r.get("ts")),
-        rid if len(rid) <= 18 else rid[:8] + "…" + rid[-8:],
+        short_id(r.get("id")),
         str(r.get("model") or "—"),
         str(r.get("node") or "—"),
         fmt_num(r.get("ttft_ms"), 0, " ms"),

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from darkbloom.tui.dashboard.base import DashboardScreen
-from darkbloom.tui.dashboard.data import FLEET_COLUMNS, DashboardData, fleet_row, fmt_num
+from darkbloom.tui.dashboard.data import FLEET_COLUMNS, DashboardData, fleet_row, fmt_num, plural
 
 PUBLIC_COLUMNS = ("Model", "Nodes", "Slots", "Free", "Queue", "Est. wait", "tok/s (5 min)")
 
@@ -59,7 +59,7 @@ class FleetScreen(DashboardScreen):
                     m["model"], str(m["nodes"]), str(m["slots"]), str(m["free_slots"]), str(m["queue_depth"]),
                     fmt_num(m.get("est_wait_s"), 1, " s"), fmt_num(m.get("tokens_per_s")), key=m["model"],
                 )
-            title.update(f"Public view: {len(data.models)} models. Node detail needs the admin credential (--admin-key).")
+            title.update(f"Public view: {plural(len(data.models), 'model')}. Node detail needs the admin credential (--admin-key).")
             return
         table = self._setup(public=False)
         selected = self._selected(table)
@@ -67,11 +67,11 @@ class FleetScreen(DashboardScreen):
         nodes = sorted(data.nodes.values(), key=sort_key, reverse=self.sort_reverse)
         table.clear()
         for node in nodes:
-            table.add_row(*fleet_row(node), key=node["id"])
+            table.add_row(*fleet_row(node), key=node["id"], height=max(1, len(node.get("slots", []))))
         if selected is not None and selected in data.nodes:
             table.move_cursor(row=table.get_row_index(selected), animate=False)
         arrow = "↓" if self.sort_reverse else "↑"
-        title.update(f"{len(nodes)} nodes · sorted by {header} {arrow} · Enter: node detail")
+        title.update(f"{plural(len(nodes), 'node')} · sorted by {header} {arrow} · Enter: node detail")
 
     @staticmethod
     def _selected(table: DataTable[Any]) -> str | None:

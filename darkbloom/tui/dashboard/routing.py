@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
 from darkbloom.tui.dashboard.base import DashboardScreen
-from darkbloom.tui.dashboard.data import DashboardData, fmt_num, fmt_pct
+from darkbloom.tui.dashboard.data import DashboardData, fmt_num, fmt_pct, plural
 
 
 def _safe_id(model: str) -> str:
@@ -44,7 +44,7 @@ class ModelPanel(Vertical):
             return
         self.border_title = m["model"]
         nodes = m.get("node_ids")
-        serving = f"{m['nodes']} nodes" + (f" ({', '.join(nodes)})" if nodes else "")
+        serving = plural(m["nodes"], "node") + (f" ({', '.join(nodes)})" if nodes else "")
         self.query_one(".model-stats", Static).update(
             f"{serving} · free slots {m['free_slots']}/{m['slots']} · queue {m['queue_depth']} · "
             f"est. wait {fmt_num(m.get('est_wait_s'), 1, ' s')}\n"
@@ -66,7 +66,7 @@ class RoutingScreen(DashboardScreen):
             return
         models = data.models
         self.query_one("#routing-title", Static).update(
-            f"{len(models)} models · sparklines: last 5 minutes, one bar per 10 s" if models else "No model is served or has been requested yet."
+            f"{plural(len(models), 'model')} · sparklines: last 5 minutes, one bar per 10 s" if models else "No model is served or has been requested yet."
         )
         box = self.query_one("#routing", VerticalScroll)
         panels = {p.model: p for p in box.query(ModelPanel)}
