@@ -12,13 +12,31 @@ from darkbloom.cli.tui import ApiKeyOption, LightOption, UrlOption
 
 
 def chat(
-    prompt: Annotated[Optional[str], typer.Argument(help="Ask this, print the answer and exit (also read from stdin when piped).", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model id (default: the only one served, else a picker).", show_default=False)] = None,
+    prompt: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Ask this, print the answer and exit (also read from stdin when piped).", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m", help="Model id (default: the only one served, else a picker).", show_default=False
+        ),
+    ] = None,
     system: Annotated[str, typer.Option("--system", "-s", help="System prompt.")] = "",
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Longest answer, in tokens.", show_default=False)] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, help="Sampling temperature (0 = greedy).", show_default=False)] = None,
+    max_tokens: Annotated[
+        Optional[int], typer.Option("--max-tokens", min=1, help="Longest answer, in tokens.", show_default=False)
+    ] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option("--temperature", min=0.0, help="Sampling temperature (0 = greedy).", show_default=False),
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List saved conversations and exit.")] = False,
-    resume: Annotated[Optional[int], typer.Option("--resume", help="Reopen a saved conversation by its number (see --list).", show_default=False)] = None,
+    resume: Annotated[
+        Optional[int],
+        typer.Option("--resume", help="Reopen a saved conversation by its number (see --list).", show_default=False),
+    ] = None,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     light: LightOption = False,
@@ -35,11 +53,21 @@ def chat(
         launch.print_conversations(settings)
         return
     if prompt is None and not sys.stdin.isatty():
-        prompt = sys.stdin.read()
+        prompt = sys.stdin.read().strip()  # `echo prompt |` adds a newline nobody meant to ask about
     if prompt is not None:
         try:
-            launch.run_oneshot(settings, prompt, model=model, system_prompt=system, max_tokens=max_tokens, temperature=temperature)
+            launch.run_oneshot(
+                settings, prompt, model=model, system_prompt=system, max_tokens=max_tokens, temperature=temperature
+            )
         except OneShotError as exc:
             fail(str(exc))
         return
-    launch.run_chat(settings, model=model, system_prompt=system, resume=resume, max_tokens=max_tokens, temperature=temperature, light=light)
+    launch.run_chat(
+        settings,
+        model=model,
+        system_prompt=system,
+        resume=resume,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        light=light,
+    )

@@ -50,7 +50,12 @@ def _env(name: str) -> str | None:
 
 
 def resolve_settings(
-    home: Path, url: str | None = None, api_key: str | None = None, admin_key: str | None = None, *, use_admin: bool = True,
+    home: Path,
+    url: str | None = None,
+    api_key: str | None = None,
+    admin_key: str | None = None,
+    *,
+    use_admin: bool = True,
 ) -> ClientSettings:
     """Resolve flags, environment and config file into one ``ClientSettings``.
 

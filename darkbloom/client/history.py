@@ -105,16 +105,21 @@ class ChatHistory:
         now = self.clock()
         with self._db:
             cur = self._db.execute(
-                "INSERT INTO conversations (model, system_prompt, created, updated) VALUES (?, ?, ?, ?)", (model, system_prompt, now, now)
+                "INSERT INTO conversations (model, system_prompt, created, updated) VALUES (?, ?, ?, ?)",
+                (model, system_prompt, now, now),
             )
         return int(cur.lastrowid or 0)
 
-    def update_conversation(self, conversation_id: int, *, model: str | None = None, system_prompt: str | None = None) -> None:
+    def update_conversation(
+        self, conversation_id: int, *, model: str | None = None, system_prompt: str | None = None
+    ) -> None:
         with self._db:
             if model is not None:
                 self._db.execute("UPDATE conversations SET model = ? WHERE id = ?", (model, conversation_id))
             if system_prompt is not None:
-                self._db.execute("UPDATE conversations SET system_prompt = ? WHERE id = ?", (system_prompt, conversation_id))
+                self._db.execute(
+                    "UPDATE conversations SET system_prompt = ? WHERE id = ?", (system_prompt, conversation_id)
+                )
 
     def add_message(self, conversation_id: int, message: StoredMessage) -> None:
         """Append a turn; the first user turn becomes the conversation's title."""
@@ -122,33 +127,51 @@ class ChatHistory:
         m = message
         with self._db:
             self._db.execute(
-                "INSERT INTO messages (conversation_id, role, content, created, model, request_id, privacy, provider,"
-                " completion_tokens, tokens_per_s, cost_micro_usd, stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, m.role, m.content, now, m.model, m.request_id, m.privacy, m.provider,
-                 m.completion_tokens, m.tokens_per_s, m.cost_micro_usd, int(m.stopped)),
+                "INSERT INTO messages (conversation_id, role, content, created, model, request_id, privacy,"
+                " provider, completion_tokens, tokens_per_s, cost_micro_usd, stopped)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    m.role,
+                    m.content,
+                    now,
+                    m.model,
+                    m.request_id,
+                    m.privacy,
+                    m.provider,
+                    m.completion_tokens,
+                    m.tokens_per_s,
+                    m.cost_micro_usd,
+                    int(m.stopped),
+                ),
             )
             self._db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
             if m.role == "user":
                 title = " ".join(m.content.split())[:60]
-                self._db.execute("UPDATE conversations SET title = ? WHERE id = ? AND title = ''", (title, conversation_id))
+                self._db.execute(
+                    "UPDATE conversations SET title = ? WHERE id = ? AND title = ''", (title, conversation_id)
+                )
 
     def list_conversations(self, limit: int = 100) -> list[ConversationSummary]:
         """Most recently updated first; conversations with no messages are left out."""
         rows = self._db.execute(
-            "SELECT c.id, c.title, c.model, c.updated, COUNT(m.id) FROM conversations c JOIN messages m ON m.conversation_id = c.id"
+            "SELECT c.id, c.title, c.model, c.updated, COUNT(m.id)"
+            " FROM conversations c JOIN messages m ON m.conversation_id = c.id"
             " GROUP BY c.id ORDER BY c.updated DESC, c.id DESC LIMIT ?",
             (limit,),
         ).fetchall()
         return [ConversationSummary(int(r[0]), r[1], r[2], float(r[3]), int(r[4])) for r in rows]
 
     def load(self, conversation_id: int) -> Conversation | None:
-        row = self._db.execute("SELECT id, model, system_prompt, title FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT id, model, system_prompt, title FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone()
         if row is None:
             return None
         conv = Conversation(int(row[0]), row[1], row[2], row[3])
         for r in self._db.execute(
-            "SELECT role, content, model, request_id, privacy, provider, completion_tokens, tokens_per_s, cost_micro_usd, stopped"
-            " FROM messages WHERE conversation_id = ? ORDER BY id",
+            "SELECT role, content, model, request_id, privacy, provider, completion_tokens, tokens_per_s,"
+            " cost_micro_usd, stopped FROM messages WHERE conversation_id = ? ORDER BY id",
             (conversation_id,),
         ):
             conv.messages.append(StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], bool(r[9])))

@@ -143,8 +143,13 @@ class DarkbloomClient:
     """
 
     def __init__(
-        self, url: str, api_key: str | None = None, admin_key: str | None = None, *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None,
+        self,
+        url: str,
+        api_key: str | None = None,
+        admin_key: str | None = None,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = api_base(url)
         self.api_key = api_key
@@ -167,7 +172,11 @@ class DarkbloomClient:
     def _auth(self, admin: bool) -> dict[str, str]:
         key = self.admin_key if admin else self.api_key
         if not key:
-            what = "an admin credential (--admin-key or DARKBLOOM_ADMIN_KEY)" if admin else "an API key (--api-key or DARKBLOOM_API_KEY)"
+            what = (
+                "an admin credential (--admin-key or DARKBLOOM_ADMIN_KEY)"
+                if admin
+                else "an API key (--api-key or DARKBLOOM_API_KEY)"
+            )
             raise NotAuthorised(f"no key given: {self.url} needs {what}", 401)
         return {"Authorization": f"Bearer {key}"}
 
@@ -212,8 +221,13 @@ class DarkbloomClient:
             raise Unreachable(f"lost the coordinator at {self.url}: {exc or type(exc).__name__}") from None
 
     async def chat_stream(
-        self, model: str, messages: Sequence[dict[str, str]], *, max_tokens: int | None = None,
-        temperature: float | None = None, seed: int | None = None,
+        self,
+        model: str,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
     ) -> AsyncIterator[ChatEvent]:
         """Stream one chat completion: a ``StreamStart``, ``TextDelta`` pieces, then a ``StreamEnd``.
 
@@ -223,7 +237,12 @@ class DarkbloomClient:
         Raises:
             ApiError: the coordinator refused the request, or it failed mid-stream.
         """
-        body: dict[str, Any] = {"model": model, "messages": list(messages), "stream": True, "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         if temperature is not None:
@@ -244,7 +263,7 @@ class DarkbloomClient:
                 )
                 finish: str | None = None
                 usage: dict[str, Any] | None = None
-                async for name, data in sse_events(resp.aiter_lines()):
+                async for _, data in sse_events(resp.aiter_lines()):
                     if data == "[DONE]":
                         yield StreamEnd(finish, usage)
                         return

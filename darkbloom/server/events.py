@@ -228,7 +228,9 @@ class DashboardHook:
         clock: Monotonic seconds for durations.
     """
 
-    def __init__(self, bus: EventBus, cost: CostFn | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, bus: EventBus, cost: CostFn | None = None, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.bus = bus
         self.cost = cost
         self.clock = clock

@@ -25,8 +25,14 @@ def run_dashboard(settings: ClientSettings, *, light: bool = False) -> None:
 
 
 def run_chat(
-    settings: ClientSettings, *, model: str | None, system_prompt: str, resume: int | None, max_tokens: int | None,
-    temperature: float | None, light: bool = False,
+    settings: ClientSettings,
+    *,
+    model: str | None,
+    system_prompt: str,
+    resume: int | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    light: bool = False,
 ) -> None:
     """Run the interactive chat app; conversations are saved under the home."""
     from darkbloom.tui.chat.app import ChatApp
@@ -34,8 +40,14 @@ def run_chat(
     history = ChatHistory(history_path(settings.home))
     client = DarkbloomClient(settings.url, api_key=settings.api_key)
     app = ChatApp(
-        client, history=history, model=model, system_prompt=system_prompt, conversation_id=resume,
-        max_tokens=max_tokens, temperature=temperature, theme="textual-light" if light else "textual-dark",
+        client,
+        history=history,
+        model=model,
+        system_prompt=system_prompt,
+        conversation_id=resume,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        theme="textual-light" if light else "textual-dark",
     )
     try:
         app.run()
@@ -62,7 +74,13 @@ def print_conversations(settings: ClientSettings, out: TextIO | None = None) -> 
 
 
 def run_oneshot(
-    settings: ClientSettings, prompt: str, *, model: str | None, system_prompt: str, max_tokens: int | None, temperature: float | None,
+    settings: ClientSettings,
+    prompt: str,
+    *,
+    model: str | None,
+    system_prompt: str,
+    max_tokens: int | None,
+    temperature: float | None,
 ) -> None:
     """Answer one prompt on stdout.
 
@@ -73,6 +91,8 @@ def run_oneshot(
 
     async def go() -> None:
         async with DarkbloomClient(settings.url, api_key=settings.api_key) as client:
-            await ask(client, prompt, model=model, system_prompt=system_prompt, max_tokens=max_tokens, temperature=temperature)
+            await ask(
+                client, prompt, model=model, system_prompt=system_prompt, max_tokens=max_tokens, temperature=temperature
+            )
 
     asyncio.run(go())

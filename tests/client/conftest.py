@@ -49,7 +49,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 
 @contextlib.asynccontextmanager
-async def scripted_node(url: str, node_id: str = "node-scripted", model: str = "m1", reply: tuple[str, ...] = ("Hel", "lo")) -> AsyncIterator[None]:
+async def scripted_node(
+    url: str, node_id: str = "node-scripted", model: str = "m1", reply: tuple[str, ...] = ("Hel", "lo")
+) -> AsyncIterator[None]:
     """A node that answers every request with ``reply`` and a ``complete``."""
     ws_url = url.replace("http://", "ws://") + "/v1/provider/ws"
     async with websockets.connect(ws_url) as ws:
@@ -62,7 +64,13 @@ async def scripted_node(url: str, node_id: str = "node-scripted", model: str = "
                 if isinstance(frame, InferenceRequest):
                     for i, piece in enumerate(reply):
                         await ws.send(encode(Chunk(request_id=frame.request_id, seq=i, text=piece)))
-                    await ws.send(encode(Complete(request_id=frame.request_id, usage=Usage(prompt_tokens=3, completion_tokens=len(reply)))))
+                    await ws.send(
+                        encode(
+                            Complete(
+                                request_id=frame.request_id, usage=Usage(prompt_tokens=3, completion_tokens=len(reply))
+                            )
+                        )
+                    )
 
         task = asyncio.create_task(serve())
         try:

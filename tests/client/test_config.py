@@ -26,7 +26,12 @@ def test_flags_beat_environment_beats_config_file(home: Path, monkeypatch: pytes
     monkeypatch.setenv("DARKBLOOM_API_KEY", "dbk-env")
     monkeypatch.setenv("DARKBLOOM_ADMIN_KEY", "dba-env")
     s = resolve_settings(home)
-    assert (s.url, s.api_key, s.admin_key, s.url_source) == ("http://127.0.0.1:7000", "dbk-env", "dba-env", "DARKBLOOM_URL")
+    assert (s.url, s.api_key, s.admin_key, s.url_source) == (
+        "http://127.0.0.1:7000",
+        "dbk-env",
+        "dba-env",
+        "DARKBLOOM_URL",
+    )
     s = resolve_settings(home, "http://127.0.0.1:1", "dbk-flag", "dba-flag")
     assert (s.url, s.api_key, s.admin_key) == ("http://127.0.0.1:1", "dbk-flag", "dba-flag")
 
@@ -37,7 +42,9 @@ def test_the_local_admin_key_file_is_never_offered_to_a_remote_coordinator(home:
     assert resolve_settings(home, use_admin=False).admin_key is None
 
 
-def test_nothing_configured_means_the_default_local_coordinator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_configured_means_the_default_local_coordinator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("DARKBLOOM_URL", "DARKBLOOM_API_KEY", "DARKBLOOM_ADMIN_KEY"):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "config.json").write_text("{not json")

@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from darkbloom.client.http import ApiError, DarkbloomClient, NotAuthorised, StreamEnd, StreamStart, TextDelta, Unreachable, api_base, sse_events
+from darkbloom.client.http import (
+    ApiError,
+    DarkbloomClient,
+    NotAuthorised,
+    StreamEnd,
+    StreamStart,
+    TextDelta,
+    Unreachable,
+    api_base,
+    sse_events,
+)
 from darkbloom.testing import free_port
 from tests.client.conftest import Served, scripted_node
 
@@ -20,7 +30,9 @@ async def _lines(*lines: str) -> AsyncIterator[str]:
 
 @pytest.mark.anyio
 async def test_sse_parser_handles_names_comments_and_multiline_data() -> None:
-    got = [e async for e in sse_events(_lines(": keepalive", "event: node", "data: {\"a\":", "data: 1}", "", "data: [DONE]"))]
+    got = [
+        e async for e in sse_events(_lines(": keepalive", "event: node", 'data: {"a":', "data: 1}", "", "data: [DONE]"))
+    ]
     assert got == [("node", '{"a":\n1}'), ("message", "[DONE]")]
 
 
@@ -30,7 +42,9 @@ def test_api_base_accepts_what_people_paste() -> None:
     assert api_base("https://x.example/v1") == "https://x.example"
 
 
-async def _next_of(events: AsyncIterator[tuple[str, dict[str, Any]]], kind: str, sub: str | None = None) -> dict[str, Any]:
+async def _next_of(
+    events: AsyncIterator[tuple[str, dict[str, Any]]], kind: str, sub: str | None = None
+) -> dict[str, Any]:
     """The next event of ``kind`` (periodic snapshots and heartbeats in between are skipped)."""
     async for name, data in events:
         if name == kind and (sub is None or data.get("kind") == sub):

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from darkbloom.protocol import Capacity, Chunk, Complete, Error, Hardware, ModelInfo, Register, SlotCapacity, Usage, decode, encode
+from darkbloom.protocol import (
+    Capacity,
+    Chunk,
+    Complete,
+    Error,
+    Hardware,
+    ModelInfo,
+    Register,
+    SlotCapacity,
+    Usage,
+    decode,
+    encode,
+)
 from darkbloom.server.auth.admin import read_admin_key
 from tests.server.conftest import Coordinator
 from tests.server.test_provider_socket import GOOD, _stream_in_thread
@@ -16,7 +28,12 @@ CAPACITY = Capacity(
 
 
 def _register(ws, node_id: str = "node-secret-7") -> None:  # type: ignore[no-untyped-def]
-    reg = Register(node_id=node_id, models=(ModelInfo(id="m1"),), hardware=Hardware(chip="Apple M3 Max", memory_gb=64.0), capacity=CAPACITY)  # type: ignore[arg-type]
+    reg = Register(
+        node_id=node_id,
+        models=(ModelInfo(id="m1"),),
+        hardware=Hardware(chip="Apple M3 Max", memory_gb=64.0),
+        capacity=CAPACITY,
+    )  # type: ignore[arg-type]
     ws.send_bytes(encode(reg))
     assert type(decode(ws.receive_bytes())).__name__ == "Registered"
 
@@ -52,7 +69,17 @@ def test_fleet_view_shows_nodes_slots_and_the_finished_request(coordinator: Coor
     assert view["view"] == "admin"
     [node] = view["nodes"]
     assert node["id"] == "node-secret-7" and node["chip"] == "Apple M3 Max" and node["models"] == ["m1"]
-    assert node["slots"] == [{"model": "m1", "state": "running", "running": 1, "waiting": 0, "max": 4, "decode_tps": 42.5, "prefill_tps": 0.0}]
+    assert node["slots"] == [
+        {
+            "model": "m1",
+            "state": "running",
+            "running": 1,
+            "waiting": 0,
+            "max": 4,
+            "decode_tps": 42.5,
+            "prefill_tps": 0.0,
+        }
+    ]
     assert node["max"] == 4 and node["active"] == 0 and node["served"] == 1
     assert node["free_for_load_gb"] == 20.5 and node["heartbeat_age_s"] < 30
     assert node["trust_level"] is None  # until attestation gives nodes a trust level
@@ -81,7 +108,12 @@ def test_public_view_names_no_node_and_no_request(coordinator: Coordinator) -> N
 
 def test_refusals_and_failures_are_counted_per_model(coordinator: Coordinator) -> None:
     admin = _admin(coordinator)
-    assert coordinator.client.post("/v1/chat/completions", json={**GOOD, "model": "nobody-serves-this"}, headers=coordinator.auth).status_code == 404
+    assert (
+        coordinator.client.post(
+            "/v1/chat/completions", json={**GOOD, "model": "nobody-serves-this"}, headers=coordinator.auth
+        ).status_code
+        == 404
+    )
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         _register(ws)
         t, out = _stream_in_thread(coordinator, GOOD)
@@ -92,7 +124,11 @@ def test_refusals_and_failures_are_counted_per_model(coordinator: Coordinator) -
     # The node left: its model is known but unserved now.
     assert coordinator.client.post("/v1/chat/completions", json=GOOD, headers=coordinator.auth).status_code == 503
     view = coordinator.client.get("/v1/admin/fleet", headers=admin).json()
-    assert [(r["model"], r["status"]) for r in view["recent"]] == [("nobody-serves-this", 404), ("m1", 429), ("m1", 503)]
+    assert [(r["model"], r["status"]) for r in view["recent"]] == [
+        ("nobody-serves-this", 404),
+        ("m1", 429),
+        ("m1", 503),
+    ]
     assert [m["model"] for m in view["models"]] == ["m1"]  # a made-up model name gets no routing row
     m1 = view["models"][0]
     assert m1["nodes"] == 0 and m1["rejected"] == 1 and m1["rate_429"] == 0.5 and m1["failed"] == 1

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from darkbloom.protocol import Chunk, Error, Usage
+from darkbloom.protocol import Chunk, Error, SamplingParams, Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.events import BUCKET_S, MAX_MODEL_WINDOWS, SUBSCRIBER_QUEUE, DashboardHook, EventBus
 from darkbloom.server.gateway import InferenceJob
-from darkbloom.protocol import SamplingParams
 
 
 class Clock:
@@ -93,5 +92,9 @@ async def test_hook_status_comes_from_the_refusal_or_the_error_frame() -> None:
     await hook.settle(job("b"), "failed", None, "n1")
     await hook.admit(job("c"))
     await hook.settle(job("c"), "cancelled", None, "n1")
-    assert [(r["id"], r["status"], r["ttft_ms"]) for r in bus.recent] == [("a", 429, None), ("b", 504, None), ("c", 499, None)]
+    assert [(r["id"], r["status"], r["ttft_ms"]) for r in bus.recent] == [
+        ("a", 429, None),
+        ("b", 504, None),
+        ("c", 499, None),
+    ]
     assert bus.models["m1"].buckets[-1].rejected == 1 and bus.models["m1"].buckets[-1].timeouts == 1

@@ -30,7 +30,9 @@ class LiveNetwork:
 
     def recent(self) -> list[dict]:  # type: ignore[type-arg]
         """The coordinator's recent requests, as the admin API reports them."""
-        resp = httpx.get(f"{self.url}/v1/admin/fleet", headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10)
+        resp = httpx.get(
+            f"{self.url}/v1/admin/fleet", headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10
+        )
         return resp.json()["recent"]  # type: ignore[no-any-return]
 
     def wait_recent(self, request_id: str, timeout: float = 15.0) -> dict:  # type: ignore[type-arg]
@@ -52,12 +54,21 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
     port = free_port()
     db = f"sqlite:///{root / 'coord.db'}"
     url = f"http://127.0.0.1:{port}"
-    coord = start(["serve", "--port", str(port), "--db", db, "--home", str(root / "coord")], root / "coord.log", env={"DARKBLOOM_ADMIN_KEY": ""})
+    coord = start(
+        ["serve", "--port", str(port), "--db", db, "--home", str(root / "coord")],
+        root / "coord.log",
+        env={"DARKBLOOM_ADMIN_KEY": ""},
+    )
     procs = [coord]
     try:
         wait_http(f"{url}/health", proc=coord)
         key = create_key(db, root / "coord")
-        procs.append(start(["node", "--coordinator", url, "--model", str(tiny_model_dir), "--home", str(root / "node")], root / "node.log"))
+        procs.append(
+            start(
+                ["node", "--coordinator", url, "--model", str(tiny_model_dir), "--home", str(root / "node")],
+                root / "node.log",
+            )
+        )
         wait_model(url, key, "tiny")
         admin_key = (root / "coord" / "admin_key").read_text().strip()
         fleet = httpx.get(f"{url}/v1/admin/fleet", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10).json()
@@ -80,4 +91,3 @@ async def until(pilot: Pilot[object], check: Callable[[], bool], what: str, time
 def screen_text(app: App[object]) -> str:
     """The visible screen as plain text, one line per row."""
     return "\n".join(strip.text.rstrip() for strip in app.screen._compositor.render_strips())
-

@@ -16,7 +16,7 @@ from darkbloom.client.http import ChatEvent, StreamEnd, StreamStart, TextDelta
 from darkbloom.protocol import Capacity, Chunk, Error, Hardware, ModelInfo, SamplingParams, SlotCapacity, Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.dashboard import snapshot
-from darkbloom.server.events import EventBus, DashboardHook
+from darkbloom.server.events import DashboardHook, EventBus
 from darkbloom.server.fleet import Fleet, InFlight
 from darkbloom.server.gateway import InferenceJob
 
@@ -37,12 +37,26 @@ def _fleet() -> Fleet:
     fleet = Fleet(clock=lambda: MONO)
     reg = fleet.registry
     ultra = reg.add(
-        "node-ultra-01", (ModelInfo(id=LLAMA), ModelInfo(id=QWEN)), Hardware(chip="Apple M3 Ultra", memory_gb=192.0), MONO - 7300, version="0.1.0",
+        "node-ultra-01",
+        (ModelInfo(id=LLAMA), ModelInfo(id=QWEN)),
+        Hardware(chip="Apple M3 Ultra", memory_gb=192.0),
+        MONO - 7300,
+        version="0.1.0",
         capacity=Capacity(
             capacity_seq=9,
             slots=(
-                SlotCapacity(model=LLAMA, state="running", num_running=3, num_waiting=1, max_concurrency=8, observed_decode_tps=61.4, observed_prefill_tps=910.0),
-                SlotCapacity(model=QWEN, state="idle", max_concurrency=4, observed_decode_tps=48.2, observed_prefill_tps=720.0),
+                SlotCapacity(
+                    model=LLAMA,
+                    state="running",
+                    num_running=3,
+                    num_waiting=1,
+                    max_concurrency=8,
+                    observed_decode_tps=61.4,
+                    observed_prefill_tps=910.0,
+                ),
+                SlotCapacity(
+                    model=QWEN, state="idle", max_concurrency=4, observed_decode_tps=48.2, observed_prefill_tps=720.0
+                ),
             ),
             total_memory_gb=192.0,
             free_for_load_gb=88.5,
@@ -52,17 +66,32 @@ def _fleet() -> Fleet:
     # Trust as the attestation work records it on nodes; the dashboard reads it when present.
     ultra.trust_level, ultra.trust_status, ultra.last_attestation = "hardware", "trusted", MONO - 95  # type: ignore[attr-defined]
     pro = reg.add(
-        "node-pro-07", (ModelInfo(id=LLAMA),), Hardware(chip="Apple M4 Pro", memory_gb=48.0), MONO - 600, version="0.1.0",
+        "node-pro-07",
+        (ModelInfo(id=LLAMA),),
+        Hardware(chip="Apple M4 Pro", memory_gb=48.0),
+        MONO - 600,
+        version="0.1.0",
         capacity=Capacity(
             capacity_seq=3,
-            slots=(SlotCapacity(model=LLAMA, state="running", num_running=1, max_concurrency=4, observed_decode_tps=38.9, observed_prefill_tps=400.0),),
+            slots=(
+                SlotCapacity(
+                    model=LLAMA,
+                    state="running",
+                    num_running=1,
+                    max_concurrency=4,
+                    observed_decode_tps=38.9,
+                    observed_prefill_tps=400.0,
+                ),
+            ),
             total_memory_gb=48.0,
             free_for_load_gb=12.0,
         ),
     )
     pro.last_seen, pro.in_flight, pro.served = MONO - 4.0, 1, 17
     pro.trust_level, pro.trust_status, pro.last_attestation = "software", "fenced", MONO - 400  # type: ignore[attr-defined]
-    air = reg.add("node-air-12", (ModelInfo(id=QWEN),), Hardware(chip="Apple M2", memory_gb=16.0), MONO - 45, version="0.1.0")
+    air = reg.add(
+        "node-air-12", (ModelInfo(id=QWEN),), Hardware(chip="Apple M2", memory_gb=16.0), MONO - 45, version="0.1.0"
+    )
     air.last_seen = MONO - 31.0
     for i, (node, model) in enumerate([("node-ultra-01", LLAMA)] * 3 + [("node-pro-07", LLAMA)]):
         fleet.inflight[f"live-{i}"] = InFlight(request_id=f"live-{i}", model=model, node_id=node)
@@ -86,7 +115,13 @@ async def _settle_all(bus: EventBus, wall: Clock) -> None:
     mono = Clock(0.0)
     hook = DashboardHook(bus, cost=lambda job, usage: 50 * usage.completion_tokens + 200 if usage else None, clock=mono)
     for i, (model, node, tokens, outcome, failure) in enumerate(REQUESTS):
-        job = InferenceJob(request_id=f"chatcmpl-{i:02d}{i * 7919:06x}aa11bb22cc33dd44", model=model, messages=(), params=SamplingParams(), account_id="acct")
+        job = InferenceJob(
+            request_id=f"chatcmpl-{i:02d}{i * 7919:06x}aa11bb22cc33dd44",
+            model=model,
+            messages=(),
+            params=SamplingParams(),
+            account_id="acct",
+        )
         await hook.admit(job)
         mono.t += 0.12 + 0.01 * i
         if isinstance(failure, Error):
@@ -134,10 +169,14 @@ class ScriptedChatClient:
         return list(self._models)
 
     async def chat_stream(self, model: str, messages: Sequence[dict[str, str]], **_: Any) -> AsyncIterator[ChatEvent]:
-        yield StreamStart(request_id="chatcmpl-0001", privacy="sealed", provider="node-ultra-01", trust_level="hardware")
+        yield StreamStart(
+            request_id="chatcmpl-0001", privacy="sealed", provider="node-ultra-01", trust_level="hardware"
+        )
         for word in ANSWER.split(" "):
             yield TextDelta(word + " ")
-        yield StreamEnd("stop", {"prompt_tokens": 31, "completion_tokens": 57, "total_tokens": 88, "cost_micro_usd": 3050})
+        yield StreamEnd(
+            "stop", {"prompt_tokens": 31, "completion_tokens": 57, "total_tokens": 88, "cost_micro_usd": 3050}
+        )
 
     async def aclose(self) -> None:
         pass

@@ -34,7 +34,9 @@ async def _send(pilot, app: ChatApp, text: str) -> None:  # type: ignore[no-unty
 
 
 @pytest.mark.anyio
-async def test_send_messages_with_a_system_prompt_and_reopen_the_conversation(live: LiveNetwork, tmp_path: Path) -> None:
+async def test_send_messages_with_a_system_prompt_and_reopen_the_conversation(
+    live: LiveNetwork, tmp_path: Path
+) -> None:
     history = ChatHistory(tmp_path / "chats.db")
     app = ChatApp(DarkbloomClient(live.url, api_key=live.key), history=history, max_tokens=12, temperature=0)
     async with app.run_test(size=SIZE) as pilot:
@@ -49,10 +51,14 @@ async def test_send_messages_with_a_system_prompt_and_reopen_the_conversation(li
         assert isinstance(app.screen, SystemPromptScreen)
         app.screen.query_one(TextArea).text = "Answer like a pirate."
         await pilot.press("ctrl+s")
-        assert app.system_prompt == "Answer like a pirate." and "system prompt: Answer like a pirate." in screen_text(app)
+        assert app.system_prompt == "Answer like a pirate." and "system prompt: Answer like a pirate." in screen_text(
+            app
+        )
 
         await _send(pilot, app, "and again")
-        await until(pilot, lambda: len(_answers(app)) == 2 and "tokens ·" in _meta(app), "the second answer never finished")
+        await until(
+            pilot, lambda: len(_answers(app)) == 2 and "tokens ·" in _meta(app), "the second answer never finished"
+        )
     records = live.recent()
     [second] = [r for r in records if r["id"] == history.load(1).messages[3].request_id]  # type: ignore[union-attr]
     [first] = [r for r in records if r["id"] == history.load(1).messages[1].request_id]  # type: ignore[union-attr]
@@ -76,7 +82,9 @@ async def test_send_messages_with_a_system_prompt_and_reopen_the_conversation(li
 @pytest.mark.anyio
 async def test_stop_generation_cancels_the_request_on_the_coordinator(live: LiveNetwork, tmp_path: Path) -> None:
     history = ChatHistory(tmp_path / "chats.db")
-    app = ChatApp(DarkbloomClient(live.url, api_key=live.key), history=history, model=live.model, max_tokens=1500, temperature=0)
+    app = ChatApp(
+        DarkbloomClient(live.url, api_key=live.key), history=history, model=live.model, max_tokens=1500, temperature=0
+    )
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+o")
         await until(pilot, lambda: isinstance(app.screen, ModelPicker), "Ctrl+O did not open the model picker")
@@ -84,7 +92,11 @@ async def test_stop_generation_cancels_the_request_on_the_coordinator(live: Live
         await pilot.press("enter")
         assert not isinstance(app.screen, ModelPicker) and app.model == live.model
         await _send(pilot, app, "tell me everything")
-        await until(pilot, lambda: bool(_answers(app)) and app.generating and len(app.query_one(".answer").source) > 20, "no text streamed")
+        await until(
+            pilot,
+            lambda: bool(_answers(app)) and app.generating and len(app.query_one(".answer").source) > 20,
+            "no text streamed",
+        )
         await pilot.press("escape")
         await until(pilot, lambda: "stopped" in _meta(app), "Esc did not stop the answer")
         assert not app.generating

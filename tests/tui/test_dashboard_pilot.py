@@ -20,7 +20,9 @@ async def _ask(live: LiveNetwork, max_tokens: int = 8) -> str:
     """One real chat request; returns its id."""
     async with DarkbloomClient(live.url, api_key=live.key) as client:
         rid = ""
-        async for event in client.chat_stream(live.model, [{"role": "user", "content": "hello"}], max_tokens=max_tokens):
+        async for event in client.chat_stream(
+            live.model, [{"role": "user", "content": "hello"}], max_tokens=max_tokens
+        ):
             if isinstance(event, StreamStart):
                 rid = event.request_id
         return rid
@@ -42,7 +44,11 @@ async def test_select_a_node_to_see_its_slots_and_requests(live: LiveNetwork) ->
         assert "sorted by Attested" in screen_text(app)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, NodeScreen), "Enter did not open the node")
-        await until(pilot, lambda: app.screen.query_one("#node-feed", DataTable).row_count >= 1, "the node's requests never showed")
+        await until(
+            pilot,
+            lambda: app.screen.query_one("#node-feed", DataTable).row_count >= 1,
+            "the node's requests never showed",
+        )
         text = screen_text(app)
         assert f"Node {live.node_id}" in text and _short(rid) in text
         slots = app.screen.query_one("#slots", DataTable)

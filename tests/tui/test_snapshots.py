@@ -21,7 +21,15 @@ from darkbloom.tui.dashboard.app import DashboardApp
 from darkbloom.tui.dashboard.data import FixedSource
 from darkbloom.tui.dashboard.node import NodeScreen
 from darkbloom.tui.dashboard.routing import ModelPanel
-from tests.tui.snapshot_data import LLAMA, QWEN, WALL_START, Clock, ScriptedChatClient, dashboard_snapshot, stepping_clock
+from tests.tui.snapshot_data import (
+    LLAMA,
+    QWEN,
+    WALL_START,
+    Clock,
+    ScriptedChatClient,
+    dashboard_snapshot,
+    stepping_clock,
+)
 
 DASH = (150, 34)
 CHAT = (110, 34)
@@ -75,7 +83,11 @@ def test_fleet_sorted_by_speed_in_the_light_theme(snap_compare: Any, admin_view:
 
 
 def test_node_detail(snap_compare: Any, admin_view: dict[str, Any]) -> None:
-    ready = then("down", "enter", ready=lambda app: isinstance(app.screen, NodeScreen) and app.screen.query_one("#node-feed").row_count > 0)
+    ready = then(
+        "down",
+        "enter",
+        ready=lambda app: isinstance(app.screen, NodeScreen) and app.screen.query_one("#node-feed").row_count > 0,
+    )
     assert snap_compare(dashboard(admin_view), terminal_size=DASH, run_before=ready)
 
 

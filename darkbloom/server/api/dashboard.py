@@ -72,17 +72,31 @@ def node_view(node: NodeState, fleet: Fleet, bus: EventBus, now_mono: float) -> 
     slots: list[dict[str, Any]] = []
     if node.capacity is not None and node.capacity.slots:
         for s in node.capacity.slots:
-            slots.append({
-                "model": s.model, "state": s.state, "running": s.num_running, "waiting": s.num_waiting,
-                "max": s.max_concurrency, "decode_tps": s.observed_decode_tps, "prefill_tps": s.observed_prefill_tps,
-            })
+            slots.append(
+                {
+                    "model": s.model,
+                    "state": s.state,
+                    "running": s.num_running,
+                    "waiting": s.num_waiting,
+                    "max": s.max_concurrency,
+                    "decode_tps": s.observed_decode_tps,
+                    "prefill_tps": s.observed_prefill_tps,
+                }
+            )
     else:
         for m in node.routable_models():
             running = live[(node.node_id, m)]
-            slots.append({
-                "model": m, "state": "running" if running else "unreported", "running": running, "waiting": 0,
-                "max": node.max_in_flight(m), "decode_tps": 0.0, "prefill_tps": 0.0,
-            })
+            slots.append(
+                {
+                    "model": m,
+                    "state": "running" if running else "unreported",
+                    "running": running,
+                    "waiting": 0,
+                    "max": node.max_in_flight(m),
+                    "decode_tps": 0.0,
+                    "prefill_tps": 0.0,
+                }
+            )
     reported = max((s["decode_tps"] for s in slots), default=0.0)
     cap = node.capacity
     return {
@@ -170,7 +184,12 @@ def stats_view(fleet: Fleet, bus: EventBus, earnings_paid: int | None) -> dict[s
 
 
 def snapshot(
-    fleet: Fleet, bus: EventBus, *, admin: bool, now_mono: float | None = None, now_wall: float | None = None,
+    fleet: Fleet,
+    bus: EventBus,
+    *,
+    admin: bool,
+    now_mono: float | None = None,
+    now_wall: float | None = None,
     earnings_paid: int | None = None,
 ) -> dict[str, Any]:
     """The whole dashboard view: the admin one, or the public one without node ids.
@@ -190,7 +209,9 @@ def snapshot(
         "recent": recent if admin else [public_request(r) for r in recent],
     }
     if admin:
-        out["nodes"] = [node_view(n, fleet, bus, now_mono) for n in sorted(fleet.registry.nodes.values(), key=lambda n: n.node_id)]
+        out["nodes"] = [
+            node_view(n, fleet, bus, now_mono) for n in sorted(fleet.registry.nodes.values(), key=lambda n: n.node_id)
+        ]
     return out
 
 
@@ -216,7 +237,9 @@ async def _earnings(request: Request) -> int | None:
 
 
 async def _snapshot(request: Request, admin: bool) -> dict[str, Any]:
-    return snapshot(request.app.state.fleet, request.app.state.events, admin=admin, earnings_paid=await _earnings(request))
+    return snapshot(
+        request.app.state.fleet, request.app.state.events, admin=admin, earnings_paid=await _earnings(request)
+    )
 
 
 async def admin_fleet(request: Request) -> Response:
@@ -263,7 +286,7 @@ def _stream(request: Request, *, admin: bool) -> StreamingResponse:
             while True:
                 try:
                     event = await asyncio.wait_for(sub.get(), max(0.0, next_snapshot - time.monotonic()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield sse_event("snapshot", await _snapshot(request, admin))
                     next_snapshot = time.monotonic() + SNAPSHOT_INTERVAL_S
                     continue
@@ -271,10 +294,16 @@ def _stream(request: Request, *, admin: bool) -> StreamingResponse:
                     yield sse_event("request", event if admin else public_request(event))
                 elif admin:
                     node = fleet.registry.nodes.get(event["node"])
-                    view = node_view(node, fleet, bus, fleet.clock()) if node is not None and event["kind"] != "left" else None
+                    view = (
+                        node_view(node, fleet, bus, fleet.clock())
+                        if node is not None and event["kind"] != "left"
+                        else None
+                    )
                     yield sse_event("node", {**event, "view": view})
                 elif event["kind"] != "heartbeat":
                     # Public watchers learn of joins and departures as a fresh snapshot, without node ids.
                     yield sse_event("snapshot", await _snapshot(request, admin))
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -68,9 +68,17 @@ class ChatApp(App[None]):
     ]
 
     def __init__(
-        self, client: DarkbloomClient, *, history: ChatHistory | None = None, model: str | None = None, system_prompt: str = "",
-        conversation_id: int | None = None, max_tokens: int | None = None, temperature: float | None = None,
-        clock: Callable[[], float] = time.perf_counter, theme: str = "textual-dark",
+        self,
+        client: DarkbloomClient,
+        *,
+        history: ChatHistory | None = None,
+        model: str | None = None,
+        system_prompt: str = "",
+        conversation_id: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        theme: str = "textual-dark",
     ) -> None:
         super().__init__()
         self.client = client
@@ -205,8 +213,13 @@ class ChatApp(App[None]):
                 await box.mount(UserMessage(m.content))
             else:
                 stats = AnswerStats(
-                    tokens=m.completion_tokens, exact=not m.stopped, tokens_per_s=m.tokens_per_s, cost_micro_usd=m.cost_micro_usd,
-                    privacy=m.privacy or "coordinator-visible", provider=m.provider or None, stopped=m.stopped,
+                    tokens=m.completion_tokens,
+                    exact=not m.stopped,
+                    tokens_per_s=m.tokens_per_s,
+                    cost_micro_usd=m.cost_micro_usd,
+                    privacy=m.privacy or "coordinator-visible",
+                    provider=m.provider or None,
+                    stopped=m.stopped,
                 )
                 await box.mount(AssistantMessage(m.content, answer_meta(stats)))
         box.scroll_end(animate=False)
@@ -243,7 +256,11 @@ class ChatApp(App[None]):
         answer = AssistantMessage()
         await box.mount(answer)
         box.scroll_end(animate=False)
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + self.turns + [{"role": "user", "content": text}]
+        messages = (
+            ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            + self.turns
+            + [{"role": "user", "content": text}]
+        )
         stats = AnswerStats()
         parts: list[str] = []
         stream = Markdown.get_stream(answer.markdown)
@@ -257,7 +274,11 @@ class ChatApp(App[None]):
             async with contextlib.aclosing(events):
                 async for event in events:
                     if isinstance(event, StreamStart):
-                        stats.privacy, stats.provider, stats.trust_level = event.privacy, event.provider, event.trust_level
+                        stats.privacy, stats.provider, stats.trust_level = (
+                            event.privacy,
+                            event.provider,
+                            event.trust_level,
+                        )
                         stats.request_id = event.request_id
                     elif isinstance(event, TextDelta):
                         if first_at is None:
@@ -285,8 +306,15 @@ class ChatApp(App[None]):
         await self._finish(answer, stream, text, model, parts, stats, started, first_at)
 
     async def _finish(
-        self, answer: AssistantMessage, stream: object, text: str, model: str, parts: list[str], stats: AnswerStats,
-        started: float, first_at: float | None,
+        self,
+        answer: AssistantMessage,
+        stream: object,
+        text: str,
+        model: str,
+        parts: list[str],
+        stats: AnswerStats,
+        started: float,
+        first_at: float | None,
     ) -> None:
         await stream.stop()  # type: ignore[attr-defined]
         now = self.clock()
@@ -309,7 +337,15 @@ class ChatApp(App[None]):
         self.history.add_message(
             self.conversation_id,
             StoredMessage(
-                "assistant", content, model=model, request_id=stats.request_id, privacy=stats.privacy, provider=stats.provider or "",
-                completion_tokens=stats.tokens, tokens_per_s=stats.tokens_per_s, cost_micro_usd=stats.cost_micro_usd, stopped=stats.stopped,
+                "assistant",
+                content,
+                model=model,
+                request_id=stats.request_id,
+                privacy=stats.privacy,
+                provider=stats.provider or "",
+                completion_tokens=stats.tokens,
+                tokens_per_s=stats.tokens_per_s,
+                cost_micro_usd=stats.cost_micro_usd,
+                stopped=stats.stopped,
             ),
         )

@@ -29,8 +29,14 @@ async def pick_model(client: DarkbloomClient, model: str | None) -> str:
 
 
 async def ask(
-    client: DarkbloomClient, prompt: str, *, model: str | None = None, system_prompt: str = "",
-    max_tokens: int | None = None, temperature: float | None = None, out: TextIO | None = None,
+    client: DarkbloomClient,
+    prompt: str,
+    *,
+    model: str | None = None,
+    system_prompt: str = "",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    out: TextIO | None = None,
 ) -> str:
     """Stream one answer to ``out`` (stdout) and return it.
 
@@ -42,7 +48,9 @@ async def ask(
         raise OneShotError("empty prompt: pass it as an argument or on stdin")
     try:
         chosen = await pick_model(client, model)
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": prompt}]
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": prompt}
+        ]
         parts: list[str] = []
         async for event in client.chat_stream(chosen, messages, max_tokens=max_tokens, temperature=temperature):
             if isinstance(event, TextDelta):

@@ -114,16 +114,22 @@ class DashboardApp(App[None]):
                             self._set_problem(None)
                             self.redraw()  # the first picture should not wait for the timer
                         delay = 1.0
-                problem = f"The coordinator at {self.source.url} closed the event stream; reconnecting in {delay:.0f} s."
+                problem = (
+                    f"The coordinator at {self.source.url} closed the event stream; reconnecting in {delay:.0f} s."
+                )
             except NotAuthorised as exc:
                 self.sub_title = f"{self.source.url} · not authorised"
                 self._set_problem(
-                    f"Not authorised: {exc}. The fleet view needs the admin credential (--admin-key or DARKBLOOM_ADMIN_KEY); "
+                    f"Not authorised: {exc}. The fleet view needs the admin credential "
+                    "(--admin-key or DARKBLOOM_ADMIN_KEY); "
                     "a consumer key (--api-key or DARKBLOOM_API_KEY) shows the public view."
                 )
                 return
             except Unreachable as exc:
-                problem = f"Cannot reach the coordinator: {exc}. Retrying in {delay:.0f} s (is it running? check --url or DARKBLOOM_URL)."
+                problem = (
+                    f"Cannot reach the coordinator: {exc}. Retrying in {delay:.0f} s "
+                    "(is it running? check --url or DARKBLOOM_URL)."
+                )
             except ApiError as exc:
                 problem = f"The coordinator refused: {exc} ({exc.status}). Retrying in {delay:.0f} s."
             self.sub_title = f"{self.source.url} · disconnected"

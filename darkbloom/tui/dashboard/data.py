@@ -180,7 +180,11 @@ SortKey = Callable[[dict[str, Any]], Any]
 FLEET_COLUMNS: list[tuple[str, str, SortKey]] = [
     ("node", "Node", lambda n: n["id"]),
     ("trust", "Trust", lambda n: n.get("trust_level") or ""),
-    ("attested", "Attested", lambda n: n.get("attestation_age_s") if n.get("attestation_age_s") is not None else float("inf")),
+    (
+        "attested",
+        "Attested",
+        lambda n: n.get("attestation_age_s") if n.get("attestation_age_s") is not None else float("inf"),
+    ),
     ("slots", "Models and slots", lambda n: slot_summary(n.get("slots", []))),
     ("active", "Active", lambda n: (n.get("active", 0), n.get("max", 0))),
     ("tps", "tok/s", lambda n: n.get("decode_tps") or 0.0),

@@ -29,7 +29,7 @@ class FeedScreen(DashboardScreen):
         if new > len(data.feed):
             table.clear()
             new = len(data.feed)
-        for rec in list(data.feed)[len(data.feed) - new:]:
+        for rec in list(data.feed)[len(data.feed) - new :]:
             table.add_row(*feed_row(rec))
         while table.row_count > FEED_SIZE:
             table.remove_row(next(iter(table.rows)))

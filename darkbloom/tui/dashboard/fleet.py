@@ -56,10 +56,19 @@ class FleetScreen(DashboardScreen):
             table.clear()
             for m in data.models:
                 table.add_row(
-                    m["model"], str(m["nodes"]), str(m["slots"]), str(m["free_slots"]), str(m["queue_depth"]),
-                    fmt_num(m.get("est_wait_s"), 1, " s"), fmt_num(m.get("tokens_per_s")), key=m["model"],
+                    m["model"],
+                    str(m["nodes"]),
+                    str(m["slots"]),
+                    str(m["free_slots"]),
+                    str(m["queue_depth"]),
+                    fmt_num(m.get("est_wait_s"), 1, " s"),
+                    fmt_num(m.get("tokens_per_s")),
+                    key=m["model"],
                 )
-            title.update(f"Public view: {plural(len(data.models), 'model')}. Node detail needs the admin credential (--admin-key).")
+            title.update(
+                f"Public view: {plural(len(data.models), 'model')}. "
+                "Node detail needs the admin credential (--admin-key)."
+            )
             return
         table = self._setup(public=False)
         selected = self._selected(table)

@@ -43,17 +43,24 @@ class NodeScreen(DashboardScreen):
             age = node.get("attestation_age_s")
             attested = "never" if age is None else f"{fmt_age(age)} ago"
             summary.update(
-                f"Node {node['id']} · {chip}, {fmt_num(node.get('memory_gb'), 0)} GB · version {node.get('version') or '—'}\n"
+                f"Node {node['id']} · {chip}, {fmt_num(node.get('memory_gb'), 0)} GB · "
+                f"version {node.get('version') or '—'}\n"
                 f"trust {trust_label(node)} · attested {attested} · "
                 f"connected {fmt_age(node.get('connected_s'))} · served {node.get('served', 0)} · "
-                f"active {node.get('active', 0)}/{node.get('max', 0)} · heartbeat {fmt_age(node.get('heartbeat_age_s'))} ago"
+                f"active {node.get('active', 0)}/{node.get('max', 0)} · "
+                f"heartbeat {fmt_age(node.get('heartbeat_age_s'))} ago"
             )
             for s in node.get("slots", []):
                 slots.add_row(
-                    s["model"], s["state"], str(s["running"]), str(s["waiting"]), str(s["max"]),
-                    fmt_num(s.get("decode_tps")), fmt_num(s.get("prefill_tps")),
+                    s["model"],
+                    s["state"],
+                    str(s["running"]),
+                    str(s["waiting"]),
+                    str(s["max"]),
+                    fmt_num(s.get("decode_tps")),
+                    fmt_num(s.get("prefill_tps")),
                 )
         feed.clear()
         for rec in reversed(data.node_requests(self.node_id)[-50:]):
             row = feed_row(rec)
-            feed.add_row(*(v for v, c in zip(row, FEED_COLUMNS) if c != "Node"))
+            feed.add_row(*(v for v, c in zip(row, FEED_COLUMNS, strict=True) if c != "Node"))

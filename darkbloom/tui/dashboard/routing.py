@@ -53,7 +53,9 @@ class ModelPanel(Vertical):
         )
         series = m.get("series", {})
         self.query_one(".requests", Sparkline).data = series.get("requests") or []
-        self.query_one(".rejects", Sparkline).data = [a + b for a, b in zip(series.get("rejected", []), series.get("timeouts", []))]
+        self.query_one(".rejects", Sparkline).data = [
+            a + b for a, b in zip(series.get("rejected", []), series.get("timeouts", []), strict=False)
+        ]
 
 
 class RoutingScreen(DashboardScreen):
@@ -66,7 +68,9 @@ class RoutingScreen(DashboardScreen):
             return
         models = data.models
         self.query_one("#routing-title", Static).update(
-            f"{plural(len(models), 'model')} · sparklines: last 5 minutes, one bar per 10 s" if models else "No model is served or has been requested yet."
+            f"{plural(len(models), 'model')} · sparklines: last 5 minutes, one bar per 10 s"
+            if models
+            else "No model is served or has been requested yet."
         )
         box = self.query_one("#routing", VerticalScroll)
         panels = {p.model: p for p in box.query(ModelPanel)}

@@ -36,7 +36,10 @@ class StatsScreen(DashboardScreen):
         earnings = s.get("earnings_paid_micro_usd")
         values = {
             "tokens": (fmt_int(s.get("tokens_served")), f"{fmt_int(s.get('completion_tokens'))} generated"),
-            "requests": (fmt_int(s.get("requests")), f"{fmt_int(s.get('completed'))} completed · {fmt_int(s.get('failed'))} failed"),
+            "requests": (
+                fmt_int(s.get("requests")),
+                f"{fmt_int(s.get('completed'))} completed · {fmt_int(s.get('failed'))} failed",
+            ),
             "nodes": (fmt_int(s.get("active_nodes")), f"{fmt_int(s.get('in_flight'))} requests in flight"),
             "models": (fmt_int(s.get("models")), ""),
             "throughput": (fmt_num(tps, 1, " tok/s"), "completion tokens"),
