@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -27,6 +28,7 @@ class Served:
     url: str
     key: str
     admin_key: str
+    app: Any
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         deadline = time.monotonic() + 10
         while read_admin_key(tmp_path) is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        yield Served(url, key, read_admin_key(tmp_path) or "")
+        yield Served(url, key, read_admin_key(tmp_path) or "", server.config.app)
     finally:
         server.should_exit = True
         thread.join(15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -64,7 +65,13 @@ async def test_admin_stream_follows_nodes_and_requests(served: Served) -> None:
             pieces = [e async for e in client.chat_stream("m1", [{"role": "user", "content": "hi"}])]
             done = await _next_of(events, "request")
         left = await _next_of(events, "node", "left")
+        assert len(served.app.state.events.subscribers) == 1
         await events.aclose()
+        # Hanging up ends the stream on the coordinator too: no subscriber is left behind.
+        deadline = asyncio.get_running_loop().time() + 10
+        while served.app.state.events.subscribers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert not served.app.state.events.subscribers
     assert isinstance(pieces[0], StreamStart) and pieces[0].privacy == "coordinator-visible"
     assert "".join(p.text for p in pieces if isinstance(p, TextDelta)) == "Hello!"
     assert pieces[-1] == StreamEnd("stop", {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6})
