@@ -7,7 +7,7 @@ import pytest
 from darkbloom.protocol import Chunk, Error, SamplingParams, Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.events import BUCKET_S, MAX_MODEL_WINDOWS, SUBSCRIBER_QUEUE, DashboardHook, EventBus
-from darkbloom.server.gateway import InferenceJob
+from darkbloom.server.gateway import InferenceJob, StreamTap, Timing
 
 
 class Clock:
@@ -66,9 +66,10 @@ async def test_hook_records_ttft_tokens_per_second_and_cost() -> None:
     mono = Clock(50.0)
     bus = EventBus(Clock(1000.0))
     hook = DashboardHook(bus, cost=lambda j, u: 7 * (u.completion_tokens if u else 0), clock=mono)
+    assert isinstance(hook, StreamTap)  # the gateway calls first_frame only on stream taps
     await hook.admit(job())
     mono.t += 0.25
-    await hook.first_frame(job(), "n1", Chunk(request_id="r1", seq=0, text="x"))  # type: ignore[arg-type]
+    hook.first_frame(job(), Timing(), Chunk(request_id="r1", seq=0, text="x"))  # type: ignore[arg-type]
     mono.t += 2.0
     await hook.settle(job(), "completed", Usage(prompt_tokens=5, completion_tokens=41), "n1")
     rec = bus.recent[-1]
@@ -88,7 +89,7 @@ async def test_hook_status_comes_from_the_refusal_or_the_error_frame() -> None:
     except RequestError:
         await hook.settle(job("a"), "failed", None, None)  # as the gateway does, inside its except block
     await hook.admit(job("b"))
-    await hook.first_frame(job("b"), "n1", Error(message="late", code="timeout", status=504, request_id="b"))  # type: ignore[arg-type]
+    hook.first_frame(job("b"), Timing(), Error(message="late", code="timeout", status=504, request_id="b"))  # type: ignore[arg-type]
     await hook.settle(job("b"), "failed", None, "n1")
     await hook.admit(job("c"))
     await hook.settle(job("c"), "cancelled", None, "n1")

@@ -18,7 +18,7 @@ from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.dashboard import snapshot
 from darkbloom.server.events import DashboardHook, EventBus
 from darkbloom.server.fleet import Fleet, InFlight
-from darkbloom.server.gateway import InferenceJob
+from darkbloom.server.gateway import InferenceJob, Timing
 
 MONO = 10_000.0
 WALL_START = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
@@ -125,9 +125,9 @@ async def _settle_all(bus: EventBus, wall: Clock) -> None:
         await hook.admit(job)
         mono.t += 0.12 + 0.01 * i
         if isinstance(failure, Error):
-            await hook.first_frame(job, node or "", failure)
+            hook.first_frame(job, Timing(), failure)
         elif node is not None:
-            await hook.first_frame(job, node, Chunk(request_id=job.request_id, seq=0, text="x"))  # type: ignore[arg-type]
+            hook.first_frame(job, Timing(), Chunk(request_id=job.request_id, seq=0, text="x"))  # type: ignore[arg-type]
         mono.t += tokens / 50.0
         usage = Usage(prompt_tokens=40 + i, completion_tokens=tokens) if outcome == "completed" else None
         if isinstance(failure, RequestError):
