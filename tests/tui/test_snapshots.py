@@ -16,7 +16,9 @@ from textual.pilot import Pilot
 from darkbloom.client.history import ChatHistory, StoredMessage
 from darkbloom.client.http import NotAuthorised
 from darkbloom.tui.chat.app import ChatApp
+from darkbloom.tui.chat.conversations import ConversationsScreen
 from darkbloom.tui.chat.picker import ModelPicker
+from darkbloom.tui.chat.system import SystemPromptScreen
 from darkbloom.tui.dashboard.app import DashboardApp
 from darkbloom.tui.dashboard.data import FixedSource
 from darkbloom.tui.dashboard.node import NodeScreen
@@ -129,30 +131,42 @@ def chat(**kwargs: Any) -> ChatApp:
     return ChatApp(ScriptedChatClient(), model=LLAMA, clock=stepping_clock(), **kwargs)  # type: ignore[arg-type]
 
 
-async def answered(pilot: Pilot[Any]) -> None:
-    app: ChatApp = pilot.app  # type: ignore[assignment]
-    await pilot.press(*"Explain continuous batching", "enter")
-    while app.generation is None or app.generating or not app.turns:
-        await pilot.pause(0.02)
-    await pilot.pause(0.1)
+def steady(app: Any) -> None:
+    """Stop every text cursor blinking: a picture must not depend on the blink phase."""
+    for screen in app.screen_stack:
+        for widget in screen.query("Input, TextArea"):
+            widget.cursor_blink = False
+
+
+def chat_after(*keys: str, ready: Callable[[Any], bool]) -> Callable[[Pilot[Any]], Awaitable[None]]:
+    """Press ``keys``, wait until ``ready(app)``, then hold the cursors still."""
+
+    async def run(pilot: Pilot[Any]) -> None:
+        await pilot.press(*keys)
+        while not ready(pilot.app):
+            await pilot.pause(0.02)
+        steady(pilot.app)
+        await pilot.pause(0.1)
+
+    return run
 
 
 def test_chat_answer_with_stats_and_trust_badge(snap_compare: Any) -> None:
+    # Done when the turn is recorded; its stats line is written just before.
+    answered = chat_after(
+        *"Explain continuous batching", "enter", ready=lambda app: bool(app.turns) and not app.generating
+    )
     assert snap_compare(chat(system_prompt="You are terse."), terminal_size=CHAT, run_before=answered)
 
 
 def test_chat_model_picker(snap_compare: Any) -> None:
-    async def picker(pilot: Pilot[Any]) -> None:
-        await pilot.press("ctrl+o")
-        while not isinstance(pilot.app.screen, ModelPicker):
-            await pilot.pause(0.02)
-        await pilot.pause(0.1)
-
+    picker = chat_after("ctrl+o", ready=lambda app: isinstance(app.screen, ModelPicker))
     assert snap_compare(chat(), terminal_size=CHAT, run_before=picker)
 
 
 def test_chat_system_prompt(snap_compare: Any) -> None:
-    assert snap_compare(chat(system_prompt="You are terse."), press=["ctrl+s"], terminal_size=CHAT)
+    editor = chat_after("ctrl+s", ready=lambda app: isinstance(app.screen, SystemPromptScreen))
+    assert snap_compare(chat(system_prompt="You are terse."), terminal_size=CHAT, run_before=editor)
 
 
 def test_chat_saved_conversations(snap_compare: Any, tmp_path: Path) -> None:
@@ -167,5 +181,6 @@ def test_chat_saved_conversations(snap_compare: Any, tmp_path: Path) -> None:
         cid = history.new_conversation(model)
         history.add_message(cid, StoredMessage("user", question))
         history.add_message(cid, StoredMessage("assistant", "…", model=model, completion_tokens=100))
-    assert snap_compare(chat(history=history), press=["ctrl+l"], terminal_size=CHAT)
+    listed = chat_after("ctrl+l", ready=lambda app: isinstance(app.screen, ConversationsScreen))
+    assert snap_compare(chat(history=history), terminal_size=CHAT, run_before=listed)
     history.close()

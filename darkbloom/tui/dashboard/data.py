@@ -66,13 +66,12 @@ class DashboardData:
     def apply(self, kind: str, data: dict[str, Any]) -> None:
         """Fold one event in."""
         if kind == "snapshot":
-            self.snapshot = data
+            self.snapshot = {**data, "stats": dict(data.get("stats", {}))}  # local counting must not touch the event
             self.nodes = {n["id"]: n for n in data.get("nodes", [])}
             for rec in data.get("recent", []):
                 self._add_request(rec)
         elif kind == "request":
-            self._add_request(data)
-            if self.snapshot is not None:
+            if self._add_request(data) and self.snapshot is not None:
                 # Totals move with the feed; the next snapshot (at most seconds away) corrects them.
                 stats = self.snapshot.setdefault("stats", {})
                 stats["requests"] = stats.get("requests", 0) + 1
@@ -85,13 +84,15 @@ class DashboardData:
                 self.nodes[view["id"]] = view
         self.version += 1
 
-    def _add_request(self, rec: dict[str, Any]) -> None:
+    def _add_request(self, rec: dict[str, Any]) -> bool:
+        """Add a finished request to the feed unless it is already there; True if it was new."""
         key = _key(rec)
         if key in self._seen:
-            return
+            return False
         self._seen.append(key)
         self.feed.append(rec)
         self.added += 1
+        return True
 
     def node_requests(self, node_id: str) -> list[dict[str, Any]]:
         return [r for r in self.feed if r.get("node") == node_id]

@@ -18,6 +18,11 @@ from darkbloom.tui.dashboard.data import FLEET_COLUMNS, DashboardData, fleet_row
 PUBLIC_COLUMNS = ("Model", "Nodes", "Slots", "Free", "Queue", "Est. wait", "tok/s (5 min)")
 
 
+def _lines(row: tuple[str, ...]) -> int:
+    """How many lines a fleet row needs (one per slot)."""
+    return max(cell.count("\n") for cell in row) + 1
+
+
 class FleetScreen(DashboardScreen):
     BINDINGS = [
         Binding("s", "cycle_sort", "Sort"),
@@ -29,6 +34,7 @@ class FleetScreen(DashboardScreen):
         self.sort_column = 0
         self.sort_reverse = False
         self._public: bool | None = None
+        self._rows: dict[str, tuple[str, ...]] = {}  # what the table shows now, by node id
 
     def body(self) -> ComposeResult:
         yield Static("", id="fleet-title", classes="title")
@@ -39,6 +45,7 @@ class FleetScreen(DashboardScreen):
         table: DataTable[str] = self.query_one("#fleet", DataTable)
         if self._public is not public:
             table.clear(columns=True)
+            self._rows = {}
             if public:
                 table.add_columns(*PUBLIC_COLUMNS)
             else:
@@ -71,14 +78,24 @@ class FleetScreen(DashboardScreen):
             )
             return
         table = self._setup(public=False)
-        selected = self._selected(table)
         key, header, sort_key = FLEET_COLUMNS[self.sort_column]
         nodes = sorted(data.nodes.values(), key=sort_key, reverse=self.sort_reverse)
-        table.clear()
-        for node in nodes:
-            table.add_row(*fleet_row(node), key=node["id"], height=max(1, len(node.get("slots", []))))
-        if selected is not None and selected in data.nodes:
-            table.move_cursor(row=table.get_row_index(selected), animate=False)
+        rows = {n["id"]: fleet_row(n) for n in nodes}
+        if list(rows) == list(self._rows) and all(_lines(rows[k]) == _lines(self._rows[k]) for k in rows):
+            # Same nodes, order and row heights (the usual heartbeat): touch only the cells that changed.
+            columns = [k for k, _, _ in FLEET_COLUMNS]
+            for node_id, row in rows.items():
+                for column, old, new in zip(columns, self._rows[node_id], row, strict=True):
+                    if old != new:
+                        table.update_cell(node_id, column, new, update_width=True)
+        else:
+            selected = self._selected(table)
+            table.clear()
+            for node in nodes:
+                table.add_row(*rows[node["id"]], key=node["id"], height=max(1, len(node.get("slots", []))))
+            if selected is not None and selected in rows:
+                table.move_cursor(row=table.get_row_index(selected), animate=False)
+        self._rows = rows
         arrow = "↓" if self.sort_reverse else "↑"
         title.update(f"{plural(len(nodes), 'node')} · sorted by {header} {arrow} · Enter: node detail")
 
