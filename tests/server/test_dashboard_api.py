@@ -133,3 +133,23 @@ def test_refusals_and_failures_are_counted_per_model(coordinator: Coordinator) -
     m1 = view["models"][0]
     assert m1["nodes"] == 0 and m1["rejected"] == 1 and m1["rate_429"] == 0.5 and m1["failed"] == 1
     assert view["nodes"] == [] and view["stats"]["failed"] == 3
+
+
+def test_requests_past_a_nodes_slots_count_as_queued(coordinator: Coordinator) -> None:
+    full = Capacity(capacity_seq=1, slots=(SlotCapacity(model="m1", max_concurrency=1),))
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        reg = Register(node_id="node-small", models=(ModelInfo(id="m1"),), capacity=full)  # type: ignore[arg-type]
+        ws.send_bytes(encode(reg))
+        decode(ws.receive_bytes())
+        threads = [_stream_in_thread(coordinator, GOOD) for _ in range(3)]
+        requests = [decode(ws.receive_bytes()) for _ in threads]
+        view = coordinator.client.get("/v1/admin/fleet", headers=_admin(coordinator)).json()
+        for req in requests:
+            ws.send_bytes(
+                encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=1, completion_tokens=0)))
+            )
+        for t, _ in threads:
+            t.join(10)
+    [m1] = view["models"]
+    assert (m1["slots"], m1["free_slots"], m1["queue_depth"]) == (1, 0, 2)
+    assert view["nodes"][0]["active"] == 3 and view["stats"]["in_flight"] == 3

@@ -134,7 +134,8 @@ def model_view(model: str, fleet: Fleet, bus: EventBus, now_wall: float, *, admi
     nodes = fleet.registry.candidates(model)
     slots = sum(n.max_in_flight(model) for n in nodes)
     free = sum(max(0, n.max_in_flight(model) - live[(n.node_id, model)]) for n in nodes)
-    queue = _queue_depth(fleet, model)
+    # Waiting: in the coordinator's queue (when routing has one) or dispatched past a node's slots.
+    queue = _queue_depth(fleet, model) + sum(max(0, live[(n.node_id, model)] - n.max_in_flight(model)) for n in nodes)
     window = bus.models.get(model)
     span = window.totals(now_wall, RATE_SPAN_S) if window else Bucket(0.0)
     mean_s = span.busy_s / span.completed if span.completed else None
