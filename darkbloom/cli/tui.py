@@ -22,7 +22,9 @@ ApiKeyOption = Annotated[
         "--api-key", help="Consumer API key (default: $DARKBLOOM_API_KEY, else the config file).", show_default=False
     ),
 ]
-LightOption = Annotated[bool, typer.Option("--light", help="Start with the light theme (t toggles).")]
+LightOption = Annotated[
+    bool, typer.Option("--light", help="Start with the light theme (the Theme key in the footer toggles it).")
+]
 
 
 def tui(

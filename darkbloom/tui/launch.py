@@ -17,11 +17,7 @@ def run_dashboard(settings: ClientSettings, *, light: bool = False) -> None:
     from darkbloom.tui.dashboard.app import DashboardApp
 
     client = DarkbloomClient(settings.url, api_key=settings.api_key, admin_key=settings.admin_key)
-    app = DashboardApp(client, theme="textual-light" if light else "textual-dark")
-    try:
-        app.run()
-    finally:
-        asyncio.run(client.aclose())
+    DashboardApp(client, theme="textual-light" if light else "textual-dark").run()  # the app closes the client
 
 
 def run_chat(

@@ -55,7 +55,6 @@ async def test_select_a_node_to_see_its_slots_and_requests(live: LiveNetwork) ->
         assert slots.row_count == 1 and slots.get_row_at(0)[0] == live.model
         await pilot.press("escape")
         assert isinstance(app.screen, FleetScreen)
-        await app.source.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio
@@ -79,7 +78,6 @@ async def test_switch_screens_and_watch_a_request_land(live: LiveNetwork) -> Non
         assert app.theme == "textual-light"
         await pilot.press("f")
         assert app.current_mode == "fleet"
-        await app.source.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio
@@ -91,7 +89,6 @@ async def test_a_consumer_key_gets_the_public_view(live: LiveNetwork) -> None:
         text = screen_text(app)
         assert "Public view: 1 model" in text and "public view · 1 node" in app.sub_title
         assert live.node_id not in text
-        await app.source.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio
@@ -100,9 +97,7 @@ async def test_clear_messages_when_unreachable_or_not_authorised(live: LiveNetwo
     async with down.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: "Cannot reach the coordinator" in screen_text(down), "no unreachable message")
         assert "disconnected" in down.sub_title
-        await down.source.aclose()  # type: ignore[attr-defined]
     wrong = DashboardApp(DarkbloomClient(live.url, admin_key="dba-wrong"))
     async with wrong.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: "Not authorised" in screen_text(wrong), "no not-authorised message")
         assert "needs the admin credential" in screen_text(wrong)
-        await wrong.source.aclose()  # type: ignore[attr-defined]

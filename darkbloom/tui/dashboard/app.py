@@ -75,6 +75,12 @@ class DashboardApp(App[None]):
         self.set_interval(0.25, self.redraw)
         self.follow()
 
+    async def on_unmount(self) -> None:
+        # The client's connections belong to this event loop: close them before it ends.
+        close = getattr(self.source, "aclose", None)
+        if close is not None:
+            await close()
+
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
 

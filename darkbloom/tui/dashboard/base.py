@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from textual import events
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, Static
 
 from darkbloom.tui.dashboard.data import DashboardData
 
 if TYPE_CHECKING:
     from darkbloom.tui.dashboard.app import DashboardApp
+
+
+class LiveTable(DataTable[Any]):
+    """A ``DataTable`` for rows that keep arriving.
+
+    Textual 8 caches each rendered row under a key that does not include the
+    column widths, and widens columns for new content later, when idle: a row
+    drawn in between stays drawn at the old widths (cut off) until something
+    else changes. Re-render the rows whenever the widths moved.
+    """
+
+    async def _on_idle(self, event: events.Idle) -> None:
+        before = [c.get_render_width(self) for c in self.columns.values()]
+        await super()._on_idle(event)
+        if before != [c.get_render_width(self) for c in self.columns.values()]:
+            self._update_count += 1  # part of the row cache key
+            self.refresh()
 
 
 class DashboardScreen(Screen[None]):

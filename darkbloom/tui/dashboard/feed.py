@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from darkbloom.tui.dashboard.base import DashboardScreen
+from darkbloom.tui.dashboard.base import DashboardScreen, LiveTable
 from darkbloom.tui.dashboard.data import FEED_COLUMNS, FEED_SIZE, DashboardData, feed_row
 
 
@@ -16,7 +16,7 @@ class FeedScreen(DashboardScreen):
 
     def body(self) -> ComposeResult:
         yield Static("", id="feed-title", classes="title")
-        table: DataTable[str] = DataTable(id="feed", cursor_type="row", zebra_stripes=True)
+        table = LiveTable(id="feed", cursor_type="row", zebra_stripes=True)
         table.add_columns(*FEED_COLUMNS)
         yield table
 

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from darkbloom.tui.dashboard.base import DashboardScreen
+from darkbloom.tui.dashboard.base import DashboardScreen, LiveTable
 from darkbloom.tui.dashboard.data import FLEET_COLUMNS, DashboardData, fleet_row, fmt_num, plural
 
 PUBLIC_COLUMNS = ("Model", "Nodes", "Slots", "Free", "Queue", "Est. wait", "tok/s (5 min)")
@@ -38,7 +38,7 @@ class FleetScreen(DashboardScreen):
 
     def body(self) -> ComposeResult:
         yield Static("", id="fleet-title", classes="title")
-        table: DataTable[str] = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
+        table = LiveTable(id="fleet", cursor_type="row", zebra_stripes=True)
         yield table
 
     def _setup(self, public: bool) -> DataTable[str]:

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
-from darkbloom.tui.dashboard.base import DashboardScreen
+from darkbloom.tui.dashboard.base import DashboardScreen, LiveTable
 from darkbloom.tui.dashboard.data import FEED_COLUMNS, DashboardData, feed_row, fmt_age, fmt_num, trust_label
 
 SLOT_COLUMNS = ("Model", "State", "Running", "Waiting", "Max", "decode tok/s", "prefill tok/s")
@@ -22,11 +22,11 @@ class NodeScreen(DashboardScreen):
     def body(self) -> ComposeResult:
         yield Static("", id="node-summary", classes="title")
         yield Static("Slots", classes="section")
-        slots: DataTable[str] = DataTable(id="slots", cursor_type="row", zebra_stripes=True)
+        slots = LiveTable(id="slots", cursor_type="row", zebra_stripes=True)
         slots.add_columns(*SLOT_COLUMNS)
         yield slots
         yield Static("Recent requests", classes="section")
-        feed: DataTable[str] = DataTable(id="node-feed", cursor_type="row", zebra_stripes=True)
+        feed = LiveTable(id="node-feed", cursor_type="row", zebra_stripes=True)
         feed.add_columns(*(c for c in FEED_COLUMNS if c != "Node"))
         yield feed
 
