@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from darkbloom.protocol import (
     Capacity,
     Chunk,
@@ -135,21 +137,25 @@ def test_refusals_and_failures_are_counted_per_model(coordinator: Coordinator) -
     assert view["nodes"] == [] and view["stats"]["failed"] == 3
 
 
-def test_requests_past_a_nodes_slots_count_as_queued(coordinator: Coordinator) -> None:
+def test_requests_waiting_for_a_slot_show_as_queued(coordinator: Coordinator) -> None:
     full = Capacity(capacity_seq=1, slots=(SlotCapacity(model="m1", max_concurrency=1),))
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         reg = Register(node_id="node-small", models=(ModelInfo(id="m1"),), capacity=full)  # type: ignore[arg-type]
         ws.send_bytes(encode(reg))
         decode(ws.receive_bytes())
         threads = [_stream_in_thread(coordinator, GOOD) for _ in range(3)]
-        requests = [decode(ws.receive_bytes()) for _ in threads]
+        deadline = time.monotonic() + 10
         view = coordinator.client.get("/v1/admin/fleet", headers=_admin(coordinator)).json()
-        for req in requests:
+        while view["models"][0]["queue_depth"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            view = coordinator.client.get("/v1/admin/fleet", headers=_admin(coordinator)).json()
+        for _ in threads:  # one slot: each request is dispatched when the one before it completes
+            req = decode(ws.receive_bytes())
             ws.send_bytes(
-                encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=1, completion_tokens=0)))
+                encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=1, completion_tokens=1)))
             )
         for t, _ in threads:
             t.join(10)
     [m1] = view["models"]
     assert (m1["slots"], m1["free_slots"], m1["queue_depth"]) == (1, 0, 2)
-    assert view["nodes"][0]["active"] == 3 and view["stats"]["in_flight"] == 3
+    assert view["nodes"][0]["active"] == 1 and view["stats"]["in_flight"] == 1

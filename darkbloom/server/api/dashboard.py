@@ -48,7 +48,7 @@ def _age(now: float, then: Any) -> float | None:
 def _trust(node: NodeState, now_mono: float) -> dict[str, Any]:
     """Trust and attestation, read defensively: the attestation work adds these fields to nodes."""
     level = getattr(node, "trust_level", None)
-    status = getattr(node, "trust_status", None)
+    status = getattr(node, "trust_status", None) or getattr(node, "trust", None)  # routing keeps `trust`
     attested = None
     for name in ("last_attestation", "attested_at", "last_challenge_passed"):
         attested = getattr(node, name, None)
@@ -118,12 +118,12 @@ def node_view(node: NodeState, fleet: Fleet, bus: EventBus, now_mono: float) -> 
 
 
 def _queue_depth(fleet: Fleet, model: str) -> int:
-    """Requests waiting for ``model``; the fleet grows a queue with the routing work."""
-    probe = getattr(fleet, "queue_depth", None)
-    if callable(probe):
+    """Requests waiting in the coordinator's queue for ``model``."""
+    depths = getattr(fleet, "queue_depths", None)
+    if callable(depths):
         try:
-            return int(probe(model))
-        except Exception:
+            return int(depths().get(model, 0))
+        except Exception:  # a view must not fail because routing changed shape
             return 0
     return 0
 
