@@ -26,7 +26,7 @@ from darkbloom.server.fleet import Fleet
 from darkbloom.server.metrics import CoordinatorMetrics
 from darkbloom.server.releases import ReleaseBook
 from darkbloom.server.settings import Settings
-from darkbloom.server.store import Store, open_store
+from darkbloom.server.store import Store, money, open_store
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,9 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
     service_times = models.ServiceTimes()
     app.state.service_times = service_times
     app.state.billing = billing
+    app.state.earnings_paid = lambda: money.total_provider_earnings(store)
     app.state.events = EventBus()
     # Metrics and the dashboard's event bus first: they then see (and count) every job,
     # including ones billing or a later hook refuses.
-    app.state.hooks = [metrics, DashboardHook(app.state.events), billing, service_times, *(hooks or [])]
+    app.state.hooks = [metrics, DashboardHook(app.state.events, cost=billing.cost_of), billing, service_times, *(hooks or [])]
     return app

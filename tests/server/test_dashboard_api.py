@@ -159,3 +159,24 @@ def test_requests_waiting_for_a_slot_show_as_queued(coordinator: Coordinator) ->
     [m1] = view["models"]
     assert (m1["slots"], m1["free_slots"], m1["queue_depth"]) == (1, 0, 2)
     assert view["nodes"][0]["active"] == 1 and view["stats"]["in_flight"] == 1
+
+
+def test_cost_and_earnings_paid_come_from_the_ledger(coordinator: Coordinator) -> None:
+    admin = _admin(coordinator)
+    price = {"model": "m1", "input_usd_per_million": 0, "output_usd_per_million": 1000}
+    assert coordinator.client.post("/v1/admin/prices", json=price, headers=admin).status_code == 200
+    credit = coordinator.client.post(
+        "/v1/admin/credit", json={"account_id": _account(coordinator), "amount_usd": 1}, headers=admin
+    )
+    assert credit.status_code == 200, credit.text
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _register(ws)
+        _serve_one(coordinator, ws, tokens=3)
+        view = coordinator.client.get("/v1/admin/fleet", headers=admin).json()
+    [rec] = view["recent"]
+    assert rec["cost_micro_usd"] == 3000  # 3 tokens at $1,000 per million
+    assert view["stats"]["earnings_paid_micro_usd"] == 2700  # the provider's 90 %
+
+
+def _account(c: Coordinator) -> str:
+    return str(c.client.get("/v1/balance", headers=c.auth).json()["account_id"])

@@ -20,7 +20,7 @@ from pathlib import Path
 from darkbloom.protocol import Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.billing.ledger import InsufficientFunds
-from darkbloom.server.billing.pricing import Price, prompt_token_bound, worst_case
+from darkbloom.server.billing.pricing import Price, cost, prompt_token_bound, worst_case
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
 from darkbloom.server.gateway import InferenceJob
 from darkbloom.server.settings import Settings
@@ -125,6 +125,17 @@ class BillingHook:
                 self.on_posting("charge")
         elif await money.release_hold(self.store, job.request_id, now) and not (price is None or price.free):
             self.on_posting("refund")
+
+    def cost_of(self, job: InferenceJob, usage: Usage) -> int | None:
+        """What a completed job is charged, for the dashboard; ``None`` if its price is not known here.
+
+        Hooks settle in order and the dashboard's runs before this one, while
+        the price taken at admission is still held.
+        """
+        price = self._prices.get(job.request_id)
+        if price is None:
+            return None
+        return cost(price, usage.prompt_tokens, usage.completion_tokens, self.min_charge)
 
     async def sweep(self, *, own: bool = False, older_than_s: float | None = None) -> int:
         """Release open holds that no live request will settle: this coordinator's from a previous

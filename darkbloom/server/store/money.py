@@ -306,6 +306,13 @@ async def provider_earnings(store: Store, account_id: str, limit: int = 100) -> 
     }
 
 
+async def total_provider_earnings(store: Store) -> int:
+    """Everything credited to providers across the network, in micro-USD (the dashboard's "earnings paid")."""
+    async with store.transaction() as tx:
+        row = await tx.fetchone("SELECT COALESCE(SUM(provider_micro_usd), 0) FROM usage_records")
+    return int(row[0]) if row else 0
+
+
 async def account_exists(store: Store, account_id: str) -> bool:
     async with store.transaction() as tx:
         return await tx.fetchone("SELECT 1 FROM accounts WHERE id = ?", account_id) is not None
