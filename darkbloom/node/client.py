@@ -19,15 +19,17 @@ from websockets.exceptions import ConnectionClosed
 
 from darkbloom import __version__
 from darkbloom.logging_setup import set_request_id
+from darkbloom.node.attestation import NodeAttestor, ResponseSealer, complete_frame, open_sealed
 from darkbloom.node.backoff import backoff
-from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
+from darkbloom.node.engine.base import Engine, EngineEvent, Failed, Finished, TextDelta
 from darkbloom.node.slots import SlotManager
+from darkbloom.protocol.sealed import SealedError
 from darkbloom.protocol import (
     MAX_FRAME_BYTES,
+    AttestationChallenge,
     Cancel,
     Capacity,
     Chunk,
-    Complete,
     Error,
     Frame,
     Hardware,
@@ -41,6 +43,7 @@ from darkbloom.protocol import (
     Registered,
     UnloadModel,
     Usage,
+    TrustStatus,
     decode,
     encode,
 )
@@ -65,6 +68,8 @@ class NodeSession:
         slots: The node's model slots (loaded engines and models it can load).
         models: What to advertise (the slots' models, plus any that failed checks).
         hardware: Machine summary for registration.
+        attestor: Signs the attestation bundle, challenge answers and receipts,
+            and opens sealed requests; without one the node is unattested.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class NodeSession:
         *,
         on_status: Callable[[str], None] | None = None,
         auth_token: str | None = None,
+        attestor: NodeAttestor | None = None,
     ) -> None:
         self.url = provider_ws_url(coordinator)
         self.node_id = node_id
@@ -91,6 +97,8 @@ class NodeSession:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         self.connected = asyncio.Event()
+        self.attestor = attestor
+        self.trust: TrustStatus | None = None
 
     def capacity(self) -> Capacity:
         self._seq += 1
@@ -126,9 +134,13 @@ class NodeSession:
                 hardware=self.hardware,
                 capacity=self.capacity(),
                 auth_token=self.auth_token,
+                public_key=self.attestor.keys.encryption_public if self.attestor else None,
+                attestation=self.attestor.bundle() if self.attestor else None,
             )
             await self._send(ws, reg)
             reply = decode(await asyncio.wait_for(ws.recv(), 30))
+            if isinstance(reply, Error):
+                raise ProtocolError(f"registration refused: {reply.message}")
             if not isinstance(reply, Registered):
                 raise ProtocolError(f"expected registered, got {reply!r}")
             self.connected.set()
@@ -173,6 +185,12 @@ class NodeSession:
                     self._cancelled.add(frame.request_id)  # it may still be waiting for its model to load
                 self.slots.cancel(frame.request_id)
                 log.info("request %s cancelled by coordinator: %s", frame.request_id, frame.reason)
+            elif isinstance(frame, AttestationChallenge) and self.attestor is not None:
+                await self._send(ws, self.attestor.answer(frame, list(self.slots.slots), self._active()))
+            elif isinstance(frame, TrustStatus):
+                if self.trust is None or (frame.status, frame.trust_level) != (self.trust.status, self.trust.trust_level):
+                    self.on_status(f"coordinator trust: {frame.status} ({frame.trust_level}){': ' + frame.reason if frame.reason else ''}")
+                self.trust = frame
             elif isinstance(frame, Error):
                 log.warning("coordinator reports: %s", frame.message)
 
@@ -194,29 +212,43 @@ class NodeSession:
         if req.model not in self.slots.slots:
             await self._send(ws, Error(message=f"model {req.model!r} is not served by this node", code="model_not_found", status=404, request_id=req.request_id))
             return
+        if req.sealed is not None and self.attestor is None:
+            await self._send(ws, Error(message="this node has no keys to open sealed requests", code="sealed_open_failed", status=400, request_id=req.request_id))
+            return
         try:
-            engine = await self.slots.engine_for(req.model)
+            messages, params, sealer = open_sealed(req, self.attestor.keys) if self.attestor else (req.messages, req.params, ResponseSealer(None, ""))
+        except SealedError as exc:
+            await self._send(ws, Error(message=str(exc), code="sealed_open_failed", status=400, request_id=req.request_id))
+            return
+        try:
+            try:
+                engine = await self.slots.engine_for(req.model)
+            finally:
+                cancelled = req.request_id in self._cancelled
+                self._cancelled.discard(req.request_id)
+            if cancelled:
+                await self._send(ws, complete_frame(self.attestor, req, sealer, Usage(), "cancelled"))
+                return
+            if engine is None:
+                reason = self.slots.slots[req.model].error or "it could not be loaded"
+                await self._send(ws, Error(message=f"model {req.model!r} is not available on this node: {reason}", code="model_unavailable", status=503, request_id=req.request_id))
+                return
+            await self._generate(ws, req, engine, messages, params, sealer)
         finally:
-            cancelled = req.request_id in self._cancelled
-            self._cancelled.discard(req.request_id)
-        if cancelled:
-            await self._send(ws, Complete(request_id=req.request_id, usage=Usage(), finish_reason="cancelled"))
-            return
-        if engine is None:
-            reason = self.slots.slots[req.model].error or "it could not be loaded"
-            await self._send(ws, Error(message=f"model {req.model!r} is not available on this node: {reason}", code="model_unavailable", status=503, request_id=req.request_id))
-            return
+            sealer.forget()
+
+    async def _generate(self, ws: websockets.ClientConnection, req: InferenceRequest, engine: Engine, messages, params, sealer: ResponseSealer) -> None:  # type: ignore[no-untyped-def]
         events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         started = time.perf_counter()
-        engine.submit(req.request_id, req.messages, req.params, events)
+        engine.submit(req.request_id, messages, params, events)
         seq = 0
         while True:
             ev = await events.get()
             if isinstance(ev, TextDelta):
-                await self._send(ws, Chunk(request_id=req.request_id, seq=seq, text=ev.text, tokens=ev.tokens, tool_calls=ev.tool_calls))  # type: ignore[arg-type]
+                await self._send(ws, Chunk(request_id=req.request_id, seq=seq, tokens=ev.tokens, **sealer.chunk_fields(seq, ev.text, ev.tool_calls)))  # type: ignore[arg-type]
                 seq += 1
             elif isinstance(ev, Finished):
-                await self._send(ws, Complete(request_id=req.request_id, usage=ev.usage, finish_reason=ev.finish_reason, stop_sequence=ev.stop_sequence))  # type: ignore[arg-type]
+                await self._send(ws, complete_frame(self.attestor, req, sealer, ev.usage, ev.finish_reason, ev.stop_sequence))
                 log.info(
                     "request %s done: %s, %d prompt + %d completion tokens in %.2f s",
                     req.request_id, ev.finish_reason, ev.usage.prompt_tokens, ev.usage.completion_tokens, time.perf_counter() - started,

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from darkbloom.node.attestation import NodeAttestor
 from darkbloom.node.client import NodeSession
 from darkbloom.node.daemon import status_file
 from darkbloom.node.hardware import detect_hardware, physical_memory_bytes
-from darkbloom.node.identity import load_or_create_node_id
+from darkbloom.node.identity import NodeKeys
 from darkbloom.node.metrics import session_collector, start_node_metrics
-from darkbloom.node.models.scan import ScanEntry, scan, scan_dir
+from darkbloom.node.models.scan import ScanEntry, scan, scan_dir, weight_hash
 from darkbloom.node.slots import DEFAULT_IDLE_UNLOAD_S, SlotManager, mlx_engine_factory
 from darkbloom.protocol import ModelInfo
 
@@ -111,14 +112,22 @@ async def _report_status(cfg: NodeConfig, session: NodeSession, period: float = 
         await asyncio.sleep(period)
 
 
+def make_attestor(home: Path, slots: SlotManager) -> NodeAttestor:
+    """This node's keys (created on first start) and the weight hashes it attests to, for every model it offers."""
+    cache = home / "cache" / "weight-hashes.json"  # shared with `darkbloom node models --hash`
+    hashes = {mid: weight_hash(slot.path, cache) for mid, slot in slots.slots.items()}
+    return NodeAttestor(NodeKeys.load_or_create(home), detect_hardware(), hashes)
+
+
 async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> None:
     """Load models and keep a session with the coordinator until cancelled."""
     slots, infos = await build_slots(cfg, say)
     token_file = cfg.home / "node" / "provider_token"  # written 0600 by `darkbloom node login`
     token = token_file.read_text().strip() if token_file.exists() else None
+    attestor = await asyncio.to_thread(make_attestor, cfg.home, slots)
     session = NodeSession(
-        cfg.coordinator, load_or_create_node_id(cfg.home), slots, infos, detect_hardware(),
-        on_status=say, auth_token=token or None,
+        cfg.coordinator, attestor.node_id, slots, infos, attestor.hardware,
+        on_status=say, auth_token=token or None, attestor=attestor,
     )
     exporter = start_node_metrics(session_collector(session))
     cfg.home.mkdir(parents=True, exist_ok=True)

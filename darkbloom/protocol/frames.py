@@ -137,6 +137,17 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     """JSON text of the OpenAI ``tools`` list, rendered into the prompt by the node's chat template."""
 
 
+class SignedAttestation(msgspec.Struct, frozen=True):
+    """A node's attestation bundle as signed (see ``darkbloom.protocol.sealed``).
+
+    ``payload`` is the bundle's JSON text exactly as signed; ``signature`` is
+    Ed25519 over it (base64).
+    """
+
+    payload: str
+    signature: str
+
+
 # ---- node -> coordinator ----------------------------------------------------------
 
 
@@ -152,6 +163,7 @@ class Register(_Frame, frozen=True, tag="register"):
     public_key: str | None = None
     auth_token: str | None = None
     capacity: Capacity | None = None
+    attestation: SignedAttestation | None = None
 
 
 class Heartbeat(_Frame, frozen=True, tag="heartbeat"):

@@ -17,6 +17,8 @@ from darkbloom.server.api import billing as billing_api
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
 from darkbloom.server.api.adapter import TimingHeader
 from darkbloom.server.auth.cache import KeyCache
+from darkbloom.server.api import providers
+from darkbloom.server.attestation import AttestationService, PrivacyRelay, ReceiptBook, TrustPolicy
 from darkbloom.server.auth.admin import admin_key_path, ensure_admin_key
 from darkbloom.server.auth.keys import hash_key
 from darkbloom.server.billing.hook import billing_hook, coordinator_id, sweep_stale_holds
@@ -35,11 +37,24 @@ async def _evict_silent_nodes(fleet: Fleet, settings: Settings, events: EventBus
     """Drop nodes that have not sent a heartbeat within the timeout."""
     while True:
         await asyncio.sleep(min(settings.heartbeat_interval_s, settings.node_timeout_s / 3))
+        attestation = getattr(fleet, "attestation", None)
+        if attestation is not None:
+            attestation.refresh()  # fence nodes whose last passed challenge is too old
         for node_id in fleet.registry.expired(fleet.clock(), settings.node_timeout_s):
             log.warning("evicting node %s: silent for over %.0f s", node_id, settings.node_timeout_s)
             await fleet.detach(node_id, "provider timed out")
             if events is not None:
                 events.node_event("left", node_id, "timed out")
+
+
+def attestation_service(fleet: Fleet, settings: Settings) -> AttestationService:
+    policy = TrustPolicy(
+        interval_s=settings.challenge_interval_s,
+        answer_timeout_s=settings.challenge_timeout_s,
+        pass_window_s=settings.challenge_window_s,
+        untrusted_after=settings.untrusted_after_failures,
+    )
+    return AttestationService(fleet, policy, bundle_max_age_s=settings.attestation_max_age_s, require_attestation=settings.require_attestation)
 
 
 def create_app(settings: Settings, store: Store | None = None, hooks: list[RequestHook] | None = None) -> Starlette:
@@ -74,6 +89,9 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         fleet = Fleet(config=settings.routing)
         app.state.fleet = fleet
         metrics.fleet = fleet
+        app.state.receipts = ReceiptBook()
+        fleet.privacy = PrivacyRelay(app.state.receipts)
+        app.state.attestation = fleet.attestation = attestation_service(fleet, settings)
         evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings, app.state.events))
         upkeep = asyncio.create_task(fleet.run())
         sweeper = asyncio.create_task(sweep_stale_holds(billing, settings))
@@ -109,6 +127,8 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/v1/releases", releases_api.register_release, methods=["POST"]),
         Route("/v1/releases/latest", releases_api.latest_release, methods=["GET"]),
         Route("/install.sh", releases_api.install_script, methods=["GET"]),
+        Route("/v1/providers/keys", providers.provider_keys, methods=["GET"]),
+        Route("/v1/receipts/{request_id}", providers.get_receipt, methods=["GET"]),
         Route("/v1/{rest:path}", consumer.not_implemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     middleware = [Middleware(RequestContextMiddleware, metrics=metrics), Middleware(TimingHeader)]

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from dataclasses import dataclass, field
 
 from darkbloom.protocol import Cancel, Capacity, ChatMessage, Error, Frame, InferenceRequest, LoadModel, SamplingParams
@@ -84,7 +85,7 @@ class NodeLink:
 class InFlight:
     """A request dispatched to a node; its frames wait here, in arrival order, for the consumer."""
 
-    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "_buf", "_limit", "_overflow", "_on_overflow")
+    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "privacy", "_buf", "_limit", "_overflow", "_on_overflow")
 
     def __init__(self, request_id: str, model: str, node_id: str, limit: int = BUFFER_FRAMES, on_overflow: Callable[[InFlight], None] | None = None) -> None:
         self.request_id = request_id
@@ -96,6 +97,7 @@ class InFlight:
         self.dispatched_at = time.perf_counter()
         self.done = False
         self.wake = asyncio.Event()  # shared between a request and its hedge
+        self.privacy: Any = None  # server/attestation FlightPrivacy: sealing mode, chunk key, sealed hash
         self._buf: deque[Frame] = deque()
         self._limit = limit
         self._overflow: asyncio.TimerHandle | None = None
@@ -155,6 +157,7 @@ class Fleet:
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.clock = clock
+        self.privacy: Any = None  # server/attestation PrivacyRelay (set by the app): seals, opens, checks receipts
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         """Run ``coro`` as a task we hold a reference to until it ends (cancels, load orders, drops)."""
@@ -276,7 +279,10 @@ class Fleet:
             self.inflight[request_id] = flight
             link.requests.add(request_id)
             try:
-                await link.send(InferenceRequest(request_id=request_id, model=model, messages=messages, params=params, sealed=sealed))  # type: ignore[arg-type]
+                frame = InferenceRequest(request_id=request_id, model=model, messages=messages, params=params, sealed=sealed)  # type: ignore[arg-type]
+                if self.privacy is not None:
+                    frame, flight.privacy = self.privacy.outgoing(self.registry.nodes.get(node_id), frame)
+                await link.send(frame)
             except WriterClosed:
                 self.finish(request_id)
                 continue
@@ -354,11 +360,20 @@ class Fleet:
                 last_warm = self.clock()
                 self._plan_warm_pool()
 
+    def set_trust(self, node_id: str, trust: str) -> None:
+        """Apply an attestation verdict (``trusted`` / ``fenced`` / ``untrusted``); a node trusted again takes queued work."""
+        self.registry.set_trust(node_id, trust)
+        node = self.registry.nodes.get(node_id)
+        if trust == "trusted" and node is not None:
+            self._drain_models(node.slots)
+
     def deliver(self, node_id: str, request_id: str, frame: Frame) -> bool:
         """Hand a frame from a node to its request; False if the request is unknown or over."""
         flight = self.inflight.get(request_id)
         if flight is None or flight.node_id != node_id or flight.done:
             return False
+        if self.privacy is not None:
+            frame = self.privacy.incoming(self.registry.nodes.get(node_id), flight, frame)
         flight.push(frame)
         if not flight.seen_first:
             flight.seen_first = True
@@ -394,6 +409,8 @@ class Fleet:
         if flight is None:
             return
         flight.done = True
+        if flight.privacy is not None:
+            flight.privacy.forget()
         link = self.links.get(flight.node_id)
         if link is not None:
             link.requests.discard(request_id)

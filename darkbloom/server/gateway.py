@@ -21,7 +21,7 @@ from typing import Literal, Protocol, runtime_checkable
 import anyio
 
 from darkbloom.logging_setup import set_request_id
-from darkbloom.protocol import ChatMessage, Chunk, Complete, Error, Frame, SamplingParams, Usage
+from darkbloom.protocol import ChatMessage, Chunk, Complete, Error, Frame, SamplingParams, SealedEnvelope, Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.errors import model_not_found, model_unavailable
 from darkbloom.server.fleet import Fleet, InFlight, NoNodeError, Refused
@@ -48,6 +48,9 @@ class InferenceJob:
     """Routing hint; estimated from ``messages`` when not given (a sealed request gives it)."""
     key_id: str = ""
     """The API key that sent it: rate limits are per key."""
+    sealed: SealedEnvelope | None = None
+    """Sealed mode: the envelope the consumer sealed to k nodes; ``messages`` is then empty and
+    ``params`` holds only the plaintext hints. Routing, hedging and failover stay among its recipients."""
 
 
 @dataclass
@@ -139,6 +142,11 @@ class Relay:
     def node_id(self) -> str:
         return self.flight.node_id
 
+    @property
+    def privacy(self) -> str:
+        """``sealed`` when the consumer sealed the request, else ``coordinator-visible``."""
+        return "sealed" if self.job.sealed is not None else "coordinator-visible"
+
     def _timeout_error(self, timeout: float) -> Error:
         return Error(
             message=f"no response from the provider within {timeout:.0f} s",
@@ -216,7 +224,7 @@ class Relay:
         try:
             flight = await fleet.dispatch(
                 rid, job.model, job.messages, job.params,
-                prompt_tokens=job.prompt_tokens, exclude=frozenset(tried), queue=False,
+                prompt_tokens=job.prompt_tokens, exclude=frozenset(tried), queue=False, sealed=job.sealed,
             )
         except (NoNodeError, Refused):
             return None
@@ -318,9 +326,13 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
         raise
     timing.admitted = time.perf_counter()
     try:
-        flight = await fleet.dispatch(job.request_id, job.model, job.messages, job.params, prompt_tokens=job.prompt_tokens)
+        flight = await fleet.dispatch(
+            job.request_id, job.model, job.messages, job.params, prompt_tokens=job.prompt_tokens, sealed=job.sealed
+        )
     except NoNodeError as exc:
         await _settle(hooks, job, "failed", None, None)
+        if job.sealed is not None:
+            raise recipients_unavailable(job.model) from None
         raise (model_unavailable(job.model) if exc.known else model_not_found(job.model)) from None
     except Refused as exc:
         await _settle(hooks, job, "failed", None, None)
@@ -341,6 +353,18 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
         await relay.close()
         raise frame_error(first)
     return relay
+
+
+def recipients_unavailable(model: str) -> RequestError:
+    """No node a sealed request is sealed to can take it (gone, fenced, or not serving the model)."""
+    return RequestError(
+        503,
+        f"no recipient of the sealed envelope is connected, attested and serving '{model}'; "
+        "fetch fresh keys from /v1/providers/keys and seal again",
+        type="server_error",
+        code="recipients_unavailable",
+        headers={"Retry-After": "2"},
+    )
 
 
 def refused_error(exc: Refused) -> RequestError:

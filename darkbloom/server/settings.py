@@ -65,6 +65,14 @@ class Settings:
     public_url: str = ""
     min_deposit_micro_usd: int = 500_000
     min_payout_micro_usd: int = 1_000_000
+    # Attestation (the seed's cadence): challenge every 5 min, answer within 30 s,
+    # routable only with a pass in the last 16 min, 3 failures -> untrusted.
+    challenge_interval_s: float = 300.0
+    challenge_timeout_s: float = 30.0
+    challenge_window_s: float = 960.0
+    untrusted_after_failures: int = 3
+    attestation_max_age_s: float = 300.0
+    require_attestation: bool = False
 
     def resolved_db_url(self) -> str:
         return self.db_url or default_db_url(self.home)

@@ -38,6 +38,7 @@ from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
 from darkbloom.server.api.auth import require_consumer
 from darkbloom.server.api.errors import read_body
+from darkbloom.server.attestation import privacy_mode, relay_headers
 from darkbloom.server.store import ApiKeyRecord
 
 _STAGES = (
@@ -87,6 +88,7 @@ async def handle(request: Request, run: Run, render_error: Callable[[RequestErro
         log.exception("%s %s failed", request.method, request.url.path)
         response = render_error(internal_error())
     response.headers["X-Timing"] = json.dumps(timing_stages(timing), separators=(",", ":"))
+    response.headers.setdefault("X-Darkbloom-Privacy", privacy_mode(request))
     return response
 
 
@@ -178,7 +180,7 @@ async def _collect(relay: gateway.Relay, tool_calls: list[ToolCall] | None) -> t
 
 
 def json_response(body: dict[str, object], relay: gateway.Relay) -> JSONResponse:
-    return JSONResponse(body, headers={"X-Request-Id": relay.job.request_id})
+    return JSONResponse(body, headers={"X-Request-Id": relay.job.request_id, **relay_headers(relay, receipt=True)})
 
 
 def stream_response(
@@ -207,7 +209,7 @@ def stream_response(
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Request-Id": relay.job.request_id},
+        headers={"Cache-Control": "no-cache", "X-Request-Id": relay.job.request_id, **relay_headers(relay)},
         background=BackgroundTask(relay.close),
     )
 

@@ -30,6 +30,7 @@ from darkbloom.server.api.adapter import (
     stream_response,
 )
 from darkbloom.server.api.errors import error_response
+from darkbloom.server.api.sealed import is_sealed, sealed_chat
 from darkbloom.server.store import ApiKeyRecord
 
 
@@ -50,7 +51,8 @@ def check_tool_support(request: Request, model: str) -> None:
 
 
 async def chat_completions(request: Request) -> Response:
-    return await handle(request, _chat_completions, error_response)
+    # A sealed body (its own content type) is routed as ciphertext: see api/sealed.py.
+    return await handle(request, sealed_chat if is_sealed(request) else _chat_completions, error_response)
 
 
 async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:

@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from darkbloom.protocol import (
     PROTOCOL_VERSION,
+    AttestationResponse,
     Chunk,
     Complete,
     Error,
@@ -26,6 +27,8 @@ from darkbloom.protocol import (
     decode,
     encode,
 )
+from darkbloom.protocol.sealed import AttestationError
+from darkbloom.server.attestation import AttestationService
 from darkbloom.server.fleet import Fleet, NodeLink
 
 log = logging.getLogger(__name__)
@@ -72,24 +75,42 @@ async def provider_socket(ws: WebSocket) -> None:
     if frame.protocol_version != PROTOCOL_VERSION:
         await ws.close(code=1008, reason=f"protocol version {frame.protocol_version} unsupported; coordinator speaks {PROTOCOL_VERSION}")
         return
+    attestation: AttestationService = ws.app.state.attestation
+    try:
+        trust = attestation.admit(frame)
+    except AttestationError as exc:
+        log.warning("refused node %s: %s", frame.node_id, exc)
+        await ws.send_bytes(encode(Error(message=f"attestation rejected: {exc}", code="attestation_invalid", status=403)))
+        await ws.close(code=1008, reason="attestation rejected")
+        return
     node_id = frame.node_id
     if node_id in fleet.links:
         # A reconnect that beat our noticing the old socket's death: the new one wins.
         await fleet.detach(node_id, "provider reconnected")
     now = fleet.clock()
-    fleet.registry.add(node_id, frame.models, frame.hardware, now, version=frame.version, capacity=frame.capacity)
+    state = fleet.registry.add(node_id, frame.models, frame.hardware, now, version=frame.version, capacity=frame.capacity)
+    attestation.attach(state, trust)
     link = NodeLink(node_id=node_id, send_bytes=ws.send_bytes, close=ws.close)
     fleet.attach(link)
-    log.info("node %s registered with models %s", node_id, [m.id for m in frame.models])
     if frame.auth_token:
         await _link_provider(ws, link, frame.auth_token)
     _publish(ws, "joined", node_id)
+    log.info("node %s registered with models %s (trust: %s)", node_id, [m.id for m in frame.models], trust.trust_level if trust else "none")
+
+    async def close(reason: str) -> None:
+        log.warning("closing node %s: %s", node_id, reason)
+        await ws.close(code=1008, reason=reason[:120])
+
     try:
         await link.send(Registered(node_id=node_id, heartbeat_interval_s=ws.app.state.settings.heartbeat_interval_s))
+        if trust is not None:
+            attestation.start(node_id, link, close)
         await _serve(ws, fleet, link)
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the socket was closed under us (attestation)
         pass
     finally:
+        if trust is not None:
+            await attestation.stop(node_id, trust)
         if fleet.links.get(node_id) is link:
             await fleet.detach(node_id, close_socket=False)
             _publish(ws, "left", node_id, "disconnected")
@@ -132,6 +153,8 @@ async def _serve(ws: WebSocket, fleet: Fleet, link: NodeLink) -> None:
                 fleet.deliver(node_id, frame.request_id, frame)
             else:
                 log.warning("node %s reports: %s", node_id, frame.message)
+        elif isinstance(frame, AttestationResponse):
+            await ws.app.state.attestation.on_answer(node_id, frame, link)
         elif isinstance(frame, Heartbeat):
             fleet.heartbeat(node_id, frame.capacity)
             _publish(ws, "heartbeat", node_id)

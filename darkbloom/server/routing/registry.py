@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from darkbloom.protocol import Capacity, Hardware, ModelInfo
 from darkbloom.server.routing.admission import TokenBudget
@@ -107,6 +108,13 @@ class NodeState:
     served: int = 0
     in_flight: int = 0
     """Requests dispatched here and not yet released, all models together."""
+    attestation: Any = None
+    """The node's verified bundle and challenge record (server/attestation ``NodeTrust``); None: unattested."""
+
+    @property
+    def trust_level(self) -> str:
+        """``none`` (no bundle), ``software`` or ``hardware``: what metrics and headers report."""
+        return self.attestation.trust_level if self.attestation is not None else "none"
 
 
     def max_in_flight(self, model: str) -> int:
@@ -273,8 +281,8 @@ class Registry:
         return [n.node_id for n in self.nodes.values() if now - n.last_seen > timeout_s]
 
     def models(self) -> list[str]:
-        """Models at least one connected node can serve, sorted."""
-        return sorted({m for n in self.nodes.values() for m in n.routable_models()})
+        """Models at least one connected, trusted node can serve, sorted."""
+        return sorted({m for n in self.nodes.values() if n.trust == "trusted" for m in n.routable_models()})
 
     def candidates(self, model: str) -> list[NodeState]:
         """Connected nodes that have ``model`` warm."""
