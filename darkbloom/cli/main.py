@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from darkbloom.cli import admin, chat, device, keys, node, serve, sim, tui, up
+from darkbloom.cli import admin, chat, device, keys, node, proxy, serve, sim, tui, up, verify
 
 app = typer.Typer(
     name="darkbloom",
@@ -17,6 +17,8 @@ app.command("up")(up.up)
 app.command("sim")(sim.sim)
 app.command("tui")(tui.tui)
 app.command("chat")(chat.chat)
+app.command("proxy")(proxy.proxy)
+app.command("verify")(verify.verify)
 app.add_typer(node.app, name="node")
 app.add_typer(keys.app, name="keys")
 app.add_typer(admin.app, name="admin")

@@ -1,1 +1,1 @@
-"""Consumer- and provider-side client libraries (no server or node imports)."""
+"""Consumer- and provider-side client libraries (no server or node imports): device login, sealing, receipts."""
