@@ -54,7 +54,10 @@ class RecordingASGI:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
-            self._keep({"text": f"{scope['path']}?{scope.get('query_string', b'').decode()}", "headers": scope.get("headers")})
+            self._keep(
+                {"text": f"{scope['path']}?{scope.get('query_string', b'').decode()}", "headers": scope.get("headers")}
+            )
+
         async def recv() -> dict[str, Any]:
             message = await receive()
             self._keep(message)
@@ -84,7 +87,9 @@ class ServerThread:
     """A uvicorn server on its own thread and event loop."""
 
     def __init__(self, app: Any, port: int) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws_max_size=16 * 1024 * 1024)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws_max_size=16 * 1024 * 1024
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{port}"
@@ -131,7 +136,10 @@ def sealed_net(tmp_path_factory: pytest.TempPathFactory, e2e_model_dir: Path) ->
     coord = ServerThread(recorder, free_port())
     coord.start()
     proxy = ServerThread(create_proxy_app(coord.url, key, k=2), free_port())
-    node = start(["node", "--coordinator", coord.url, "--model", str(e2e_model_dir), "--home", str(tmp / "node")], tmp / "node.log")
+    node = start(
+        ["node", "--coordinator", coord.url, "--model", str(e2e_model_dir), "--home", str(tmp / "node")],
+        tmp / "node.log",
+    )
     try:
         wait_model(coord.url, key, "tiny-e2e", timeout=120)
         proxy.start()
@@ -148,7 +156,14 @@ async def _sealed_chat(net: SealedNet, content: str, max_tokens: int = 12) -> tu
     client = SealedClient(net.url, net.key)
     try:
         text, start_ev, done = "", None, None
-        async for ev in client.chat({"model": "tiny-e2e", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0}):
+        async for ev in client.chat(
+            {
+                "model": "tiny-e2e",
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
+        ):
             if isinstance(ev, SealedStart):
                 start_ev = ev
             elif isinstance(ev, SealedText):
@@ -165,7 +180,9 @@ def test_canary_in_a_sealed_prompt_never_reaches_the_coordinator(sealed_net: Sea
     canary = f"canary-{secrets.token_hex(12)}"
     text, start_ev, done = asyncio.run(_sealed_chat(sealed_net, f"remember {canary} and repeat it"))
     assert start_ev.headers["x-darkbloom-privacy"] == "sealed"
-    assert start_ev.headers["x-provider-attested"] == "true" and start_ev.headers["x-provider-trust-level"] == "software"
+    assert (
+        start_ev.headers["x-provider-attested"] == "true" and start_ev.headers["x-provider-trust-level"] == "software"
+    )
     assert done.usage["completion_tokens"] > 0 and done.receipt_payload is not None
     assert done.receipt_payload.completion_tokens == done.usage["completion_tokens"]
     # The node really did see the prompt: its token count covers the canary.
@@ -199,7 +216,12 @@ def test_plain_request_to_the_same_node_matches_the_sealed_answer(sealed_net: Se
     resp = httpx.post(
         f"{sealed_net.url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {sealed_net.key}"},
-        json={"model": "tiny-e2e", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8, "temperature": 0},
+        json={
+            "model": "tiny-e2e",
+            "messages": [{"role": "user", "content": "hello there"}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
         timeout=60,
     )
     assert resp.status_code == 200, resp.text
@@ -213,11 +235,22 @@ def test_proxy_seals_requests_from_the_openai_sdk(sealed_net: SealedNet, tmp_pat
     assert [m.id for m in client.models.list()] == ["tiny-e2e"]
     canary = f"canary-{secrets.token_hex(12)}"
     messages = [{"role": "user", "content": f"say {canary}"}]
-    raw = client.chat.completions.with_raw_response.create(model="tiny-e2e", messages=messages, max_tokens=10, temperature=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny-e2e", messages=messages, max_tokens=10, temperature=0
+    )
     assert raw.headers["x-darkbloom-privacy"] == "sealed"
     completion = raw.parse()
     assert completion.usage is not None and completion.usage.completion_tokens > 0
-    chunks = list(client.chat.completions.create(model="tiny-e2e", messages=messages, max_tokens=10, temperature=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-e2e",
+            messages=messages,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == completion.choices[0].message.content
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == completion.usage.completion_tokens
@@ -231,13 +264,23 @@ def test_proxy_seals_requests_from_the_openai_sdk(sealed_net: SealedNet, tmp_pat
     assert payload.completion_tokens == completion.usage.completion_tokens
     good = tmp_path / "receipt.txt"
     good.write_text(header)
-    ok = subprocess.run(darkbloom_cmd("verify", str(good), "--request-id", completion.id), capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        darkbloom_cmd("verify", str(good), "--request-id", completion.id),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "receipt OK" in ok.stdout and f"completion_tokens: {payload.completion_tokens}" in ok.stdout
     doc = load_receipt(header)
     forged = doc.receipt.payload.replace(f'"completion_tokens":{payload.completion_tokens}', '"completion_tokens":1')
     assert forged != doc.receipt.payload
     bad = tmp_path / "forged.json"
-    bad.write_bytes(msgspec.json.encode(msgspec.structs.replace(doc, receipt=msgspec.structs.replace(doc.receipt, payload=forged))))
-    rejected = subprocess.run(darkbloom_cmd("verify", str(bad)), capture_output=True, text=True, timeout=60)
+    bad.write_bytes(
+        msgspec.json.encode(msgspec.structs.replace(doc, receipt=msgspec.structs.replace(doc.receipt, payload=forged)))
+    )
+    rejected = subprocess.run(
+        darkbloom_cmd("verify", str(bad)), check=False, capture_output=True, text=True, timeout=60
+    )
     assert rejected.returncode == 1 and "receipt signature does not verify" in rejected.stderr

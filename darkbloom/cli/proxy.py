@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,12 +13,30 @@ from darkbloom.server.settings import darkbloom_home
 def proxy(
     port: Annotated[int, typer.Option(help="Local port (the proxy listens on 127.0.0.1 only).")] = 8421,
     coordinator: Annotated[
-        Optional[str], typer.Option("--coordinator", "-c", envvar="DARKBLOOM_COORDINATOR", help="Coordinator base URL (default: the one `darkbloom up` saved).", show_default=False)
+        str | None,
+        typer.Option(
+            "--coordinator",
+            "-c",
+            envvar="DARKBLOOM_COORDINATOR",
+            help="Coordinator base URL (default: the one `darkbloom up` saved).",
+            show_default=False,
+        ),
     ] = None,
     api_key: Annotated[
-        Optional[str], typer.Option("--api-key", envvar="DARKBLOOM_API_KEY", help="Consumer API key (default: the one `darkbloom up` saved).", show_default=False)
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="DARKBLOOM_API_KEY",
+            help="Consumer API key (default: the one `darkbloom up` saved).",
+            show_default=False,
+        ),
     ] = None,
-    k: Annotated[int, typer.Option("--recipients", "-k", min=1, max=16, help="Nodes each request is sealed to (failover candidates).")] = 3,
+    k: Annotated[
+        int,
+        typer.Option(
+            "--recipients", "-k", min=1, max=16, help="Nodes each request is sealed to (failover candidates)."
+        ),
+    ] = 3,
     home: HomeOption = None,
 ) -> None:
     """Serve http://127.0.0.1:PORT/v1 for any OpenAI client; every request is sealed before it leaves this machine."""

@@ -16,9 +16,19 @@ def serve(
     db: DbOption = None,
     home: HomeOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    challenge_interval: Annotated[
+        float, typer.Option("--challenge-interval", envvar="DARKBLOOM_CHALLENGE_INTERVAL", help="Seconds between attestation challenges to each node.")
+    ] = 300.0,
+    require_attestation: Annotated[
+        bool, typer.Option("--require-attestation", envvar="DARKBLOOM_REQUIRE_ATTESTATION", help="Refuse nodes that register without a signed attestation bundle.")
+    ] = False,
 ) -> None:
     """Run the coordinator: OpenAI-compatible API for consumers, WebSocket for provider nodes."""
     from darkbloom.server.runner import serve as run
 
     setup_logging(verbose)
-    run(Settings(home=darkbloom_home(home), db_url=db or "", host=host, port=port))
+    settings = Settings(
+        home=darkbloom_home(home), db_url=db or "", host=host, port=port,
+        challenge_interval_s=challenge_interval, require_attestation=require_attestation,
+    )
+    run(settings)

@@ -27,7 +27,14 @@ from darkbloom.protocol.openai import RequestError, chat_chunk, chat_completion,
 from darkbloom.protocol.sealed import AttestationError, SealedError, b64e
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-_FORWARD_HEADERS = ("x-request-id", "x-darkbloom-privacy", "x-provider-id", "x-provider-attested", "x-provider-trust-level", "x-provider-chip")
+_FORWARD_HEADERS = (
+    "x-request-id",
+    "x-darkbloom-privacy",
+    "x-provider-id",
+    "x-provider-attested",
+    "x-provider-trust-level",
+    "x-provider-chip",
+)
 
 
 def _error(status: int, message: str, *, code: str | None = None, type: str = "invalid_request_error") -> JSONResponse:
@@ -72,7 +79,9 @@ def create_proxy_app(coordinator: str, api_key: str, *, k: int = 3) -> Starlette
         except (SealedError, AttestationError) as exc:
             return _error(502, f"sealed request failed: {exc}", code="sealed_error", type="server_error")
         except httpx.HTTPError as exc:
-            return _error(502, f"could not reach the coordinator: {exc}", code="coordinator_unreachable", type="server_error")
+            return _error(
+                502, f"could not reach the coordinator: {exc}", code="coordinator_unreachable", type="server_error"
+            )
         assert isinstance(start, SealedStart)
         headers = {name: start.headers[name] for name in _FORWARD_HEADERS if name in start.headers}
         created = int(time.time())
@@ -102,33 +111,52 @@ def create_proxy_app(coordinator: str, api_key: str, *, k: int = 3) -> Starlette
             try:
                 async for ev in events:
                     if isinstance(ev, SealedText):
-                        yield _sse(chat_chunk(rid, req.model, created, content=ev.text, role=None if role_sent else "assistant"))
+                        yield _sse(
+                            chat_chunk(
+                                rid, req.model, created, content=ev.text, role=None if role_sent else "assistant"
+                            )
+                        )
                         role_sent = True
                     elif isinstance(ev, SealedDone):
                         if not role_sent:
                             yield _sse(chat_chunk(rid, req.model, created, content="", role="assistant"))
-                        yield _sse({**chat_chunk(rid, req.model, created, finish_reason=ev.finish_reason), **_receipt_fields(ev)})
+                        yield _sse(
+                            {
+                                **chat_chunk(rid, req.model, created, finish_reason=ev.finish_reason),
+                                **_receipt_fields(ev),
+                            }
+                        )
                         if include_usage:
                             yield _sse(chat_chunk(rid, req.model, created, usage=ev.usage, empty_choices=True))
                         yield b"data: [DONE]\n\n"
             except SealedRequestError as exc:
                 yield _sse(exc.body)
             except (SealedError, AttestationError) as exc:
-                yield _sse(RequestError(502, f"sealed answer rejected: {exc}", type="server_error", code="sealed_error").body())
+                yield _sse(
+                    RequestError(502, f"sealed answer rejected: {exc}", type="server_error", code="sealed_error").body()
+                )
             finally:
                 await events.aclose()
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
+        )
 
     async def models(request: Request) -> Response:
         try:
             resp = await sealed.http.get(f"{sealed.base_url}/v1/models", headers=sealed.headers)
         except httpx.HTTPError as exc:
-            return _error(502, f"could not reach the coordinator: {exc}", code="coordinator_unreachable", type="server_error")
+            return _error(
+                502, f"could not reach the coordinator: {exc}", code="coordinator_unreachable", type="server_error"
+            )
         return Response(resp.content, status_code=resp.status_code, media_type="application/json")
 
     async def not_implemented(request: Request) -> Response:
-        return _error(404, f"endpoint {request.method} {request.url.path} is not implemented by the sealing proxy", code="not_found")
+        return _error(
+            404,
+            f"endpoint {request.method} {request.url.path} is not implemented by the sealing proxy",
+            code="not_found",
+        )
 
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),

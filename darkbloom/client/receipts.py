@@ -14,7 +14,13 @@ import json
 
 import msgspec
 
-from darkbloom.protocol.sealed import AttestationError, ReceiptPayload, VerifiableReceipt, verify_attestation, verify_receipt
+from darkbloom.protocol.sealed import (
+    AttestationError,
+    ReceiptPayload,
+    VerifiableReceipt,
+    verify_attestation,
+    verify_receipt,
+)
 
 
 def load_receipt(text: str) -> VerifiableReceipt:

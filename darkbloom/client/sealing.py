@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from darkbloom.client.receipts import verify_receipt_doc
 from darkbloom.protocol import SignedAttestation
 from darkbloom.protocol.sealed import (
     SEALED_CONTENT_TYPE,
@@ -37,7 +38,6 @@ from darkbloom.protocol.sealed import (
     sealed_request_hash,
     verify_attestation,
 )
-from darkbloom.client.receipts import verify_receipt_doc
 
 DEFAULT_RECIPIENTS = 3
 KEYS_TTL_S = 30.0
@@ -85,7 +85,11 @@ def verify_provider_keys(listing: dict[str, Any], model: str) -> list[ProviderKe
                 raise AttestationError(f"bundle does not attest {model}")
         except (AttestationError, KeyError, TypeError, msgspec.ValidationError):
             continue
-        keys.append(ProviderKey(bundle.node_id, b64d(bundle.encryption_key, "encryption_key"), bundle, signed, bundle.trust_level))
+        keys.append(
+            ProviderKey(
+                bundle.node_id, b64d(bundle.encryption_key, "encryption_key"), bundle, signed, bundle.trust_level
+            )
+        )
     return keys
 
 
@@ -112,7 +116,9 @@ class SealedCall:
         self.content_key = b""
 
 
-def seal_chat(body: dict[str, Any], keys: list[ProviderKey], k: int = DEFAULT_RECIPIENTS, rng: random.Random | None = None) -> SealedCall:
+def seal_chat(
+    body: dict[str, Any], keys: list[ProviderKey], k: int = DEFAULT_RECIPIENTS, rng: random.Random | None = None
+) -> SealedCall:
     """Seal an OpenAI chat completion body to ``k`` of ``keys``.
 
     Raises:
@@ -124,7 +130,9 @@ def seal_chat(body: dict[str, Any], keys: list[ProviderKey], k: int = DEFAULT_RE
     clean = {name: value for name, value in body.items() if name not in _PRIVATE_FIELDS}
     model = str(body["model"])
     max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 256)
-    envelope, content_key = seal_request(json.dumps(clean).encode(), model, {p.node_id: p.encryption_key for p in chosen})
+    envelope, content_key = seal_request(
+        json.dumps(clean).encode(), model, {p.node_id: p.encryption_key for p in chosen}
+    )
     request = {
         "model": model,
         "max_tokens": max_tokens,
@@ -171,7 +179,9 @@ class SealedClient:
         k: How many nodes to seal each request to (the coordinator may fail over among them).
     """
 
-    def __init__(self, base_url: str, api_key: str, *, k: int = DEFAULT_RECIPIENTS, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, k: int = DEFAULT_RECIPIENTS, http: httpx.AsyncClient | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.k = k
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0))
@@ -230,8 +240,19 @@ class SealedClient:
                         yield _done(event, call, node_id)
                         return
                     elif kind == "error":
-                        raise SealedRequestError(int(event.get("error", {}).get("status", 502) or 502), {"error": event.get("error", {})})
-                raise SealedRequestError(502, {"error": {"message": "the sealed stream ended without a complete event", "type": "server_error", "code": "provider_error"}})
+                        raise SealedRequestError(
+                            int(event.get("error", {}).get("status", 502) or 502), {"error": event.get("error", {})}
+                        )
+                raise SealedRequestError(
+                    502,
+                    {
+                        "error": {
+                            "message": "the sealed stream ended without a complete event",
+                            "type": "server_error",
+                            "code": "provider_error",
+                        }
+                    },
+                )
         finally:
             call.forget()
 
@@ -246,7 +267,9 @@ def _done(event: dict[str, Any], call: SealedCall, node_id: str) -> SealedDone:
             expect_signing_key=call.recipients[node_id].bundle.signing_key,
             expect_sealed_hash=call.sealed_hash,
         )
-    return SealedDone(event.get("id", ""), node_id, event.get("finish_reason", "stop"), event.get("usage", {}), receipt, payload)
+    return SealedDone(
+        event.get("id", ""), node_id, event.get("finish_reason", "stop"), event.get("usage", {}), receipt, payload
+    )
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:

@@ -22,16 +22,27 @@ import msgspec
 
 import darkbloom
 from darkbloom.node.identity import NodeKeys, write_private
-from darkbloom.protocol import AttestationChallenge, AttestationResponse, ChatMessage, Complete, Hardware, InferenceRequest, SamplingParams, SignedAttestation, ToolCall, Usage
+from darkbloom.protocol import (
+    AttestationChallenge,
+    AttestationResponse,
+    ChatMessage,
+    Complete,
+    Hardware,
+    InferenceRequest,
+    SamplingParams,
+    SignedAttestation,
+    ToolCall,
+    Usage,
+)
 from darkbloom.protocol.openai import RequestError, parse_chat_request, to_internal
 from darkbloom.protocol.sealed import (
     AttestationBundle,
     ChallengeState,
     InternalBody,
     ModelAttestation,
-    encode_piece,
     ReceiptPayload,
     SealedError,
+    encode_piece,
     open_request,
     response_key,
     seal_chunk,
@@ -131,7 +142,9 @@ class NodeAttestor:
         )
         return sign_attestation(bundle, self.keys.signing_key)
 
-    def answer(self, challenge: AttestationChallenge, models: Iterable[str], active_requests: int) -> AttestationResponse:
+    def answer(
+        self, challenge: AttestationChallenge, models: Iterable[str], active_requests: int
+    ) -> AttestationResponse:
         """Sign the challenge nonce together with this node's current state."""
         state = ChallengeState(
             node_id=self.node_id,
@@ -207,7 +220,9 @@ def _parse_plaintext(plaintext: bytes) -> tuple[str, tuple[ChatMessage, ...], Sa
     return body.model, messages, params, True
 
 
-def open_sealed(req: InferenceRequest, keys: NodeKeys) -> tuple[tuple[ChatMessage, ...], SamplingParams, ResponseSealer]:
+def open_sealed(
+    req: InferenceRequest, keys: NodeKeys
+) -> tuple[tuple[ChatMessage, ...], SamplingParams, ResponseSealer]:
     """The messages, sampling and response sealer for one request.
 
     For a sealed request the plaintext is an OpenAI chat completion body. The

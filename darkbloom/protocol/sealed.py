@@ -24,8 +24,8 @@ from typing import Literal
 
 import msgspec
 from nacl import bindings, exceptions, public, signing, utils
-from nacl.hash import blake2b
 from nacl.encoding import RawEncoder
+from nacl.hash import blake2b
 
 from darkbloom.protocol.frames import ChatMessage, Hardware, SamplingParams, SealedEnvelope, SignedAttestation, ToolCall
 
@@ -149,7 +149,9 @@ def verify_attestation(
     if now is not None:
         age = now - bundle.timestamp
         if max_age_s is not None and age > max_age_s:
-            raise AttestationError(f"attestation bundle expired: signed {age:.0f} s ago, the limit is {max_age_s:.0f} s")
+            raise AttestationError(
+                f"attestation bundle expired: signed {age:.0f} s ago, the limit is {max_age_s:.0f} s"
+            )
         if age < -max_skew_s:
             raise AttestationError(f"attestation bundle is dated {-age:.0f} s in the future; check the node's clock")
     return bundle
@@ -184,7 +186,13 @@ def verify_challenge(nonce: str, state: str, signature: str, bundle: Attestation
     Raises:
         AttestationError: bad signature, or the state names another node or key.
     """
-    _verify(b64d(bundle.signing_key, "signing_key", AttestationError), _CHALLENGE_CONTEXT, nonce.encode() + b"\n" + state.encode(), signature, "challenge answer")
+    _verify(
+        b64d(bundle.signing_key, "signing_key", AttestationError),
+        _CHALLENGE_CONTEXT,
+        nonce.encode() + b"\n" + state.encode(),
+        signature,
+        "challenge answer",
+    )
     try:
         parsed = msgspec.json.decode(state, type=ChallengeState)
     except msgspec.DecodeError as exc:
@@ -221,7 +229,9 @@ def seal_request(plaintext: bytes, model: str, recipients: dict[str, bytes]) -> 
     nonce = utils.random(NONCE_BYTES)
     ct = bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, request_aad(model), nonce, key)
     sealed = {nid: b64e(public.SealedBox(public.PublicKey(pk)).encrypt(key)) for nid, pk in recipients.items()}
-    return SealedEnvelope(version=ENVELOPE_VERSION, ciphertext=b64e(ct), nonce=b64e(nonce), recipients=sealed, algorithm=ALGORITHM), key
+    return SealedEnvelope(
+        version=ENVELOPE_VERSION, ciphertext=b64e(ct), nonce=b64e(nonce), recipients=sealed, algorithm=ALGORITHM
+    ), key
 
 
 def check_envelope(env: SealedEnvelope) -> None:
@@ -262,11 +272,17 @@ def open_request(env: SealedEnvelope, model: str, node_id: str, private_key: pub
     try:
         key = public.SealedBox(private_key).decrypt(b64d(sealed_key, "recipient key"))
     except exceptions.CryptoError:
-        raise SealedError("the content key sealed to this node does not open with its key: wrong recipient key") from None
+        raise SealedError(
+            "the content key sealed to this node does not open with its key: wrong recipient key"
+        ) from None
     try:
-        plaintext = bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(b64d(env.ciphertext, "ciphertext"), request_aad(model), b64d(env.nonce, "nonce"), key)
+        plaintext = bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            b64d(env.ciphertext, "ciphertext"), request_aad(model), b64d(env.nonce, "nonce"), key
+        )
     except exceptions.CryptoError:
-        raise SealedError("the sealed request failed authentication: the ciphertext or its model hint was altered") from None
+        raise SealedError(
+            "the sealed request failed authentication: the ciphertext or its model hint was altered"
+        ) from None
     return plaintext, key
 
 
@@ -294,7 +310,9 @@ def response_key(content_key: bytes, node_id: str) -> bytes:
     The node id is mixed in so two recipients serving the same envelope
     (failover, hedging) never share a key.
     """
-    return blake2b(node_id.encode(), digest_size=KEY_BYTES, key=content_key, person=_RESPONSE_PERSON, encoder=RawEncoder)
+    return blake2b(
+        node_id.encode(), digest_size=KEY_BYTES, key=content_key, person=_RESPONSE_PERSON, encoder=RawEncoder
+    )
 
 
 def _chunk_aad(seq: int) -> bytes:
@@ -341,7 +359,9 @@ def open_chunk(key: bytes, seq: int, sealed: str) -> str:
     if len(raw) < NONCE_BYTES + bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES:
         raise SealedError("sealed chunk is too short")
     try:
-        return bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(raw[NONCE_BYTES:], _chunk_aad(seq), raw[:NONCE_BYTES], key).decode()
+        return bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            raw[NONCE_BYTES:], _chunk_aad(seq), raw[:NONCE_BYTES], key
+        ).decode()
     except (exceptions.CryptoError, UnicodeDecodeError):
         raise SealedError(f"response chunk {seq} failed authentication") from None
 
@@ -388,7 +408,13 @@ def verify_receipt(receipt: Receipt, bundle: AttestationBundle) -> ReceiptPayloa
     Raises:
         AttestationError: bad signature, or it names another node.
     """
-    _verify(b64d(bundle.signing_key, "signing_key", AttestationError), _RECEIPT_CONTEXT, receipt.payload.encode(), receipt.signature, "receipt")
+    _verify(
+        b64d(bundle.signing_key, "signing_key", AttestationError),
+        _RECEIPT_CONTEXT,
+        receipt.payload.encode(),
+        receipt.signature,
+        "receipt",
+    )
     try:
         payload = msgspec.json.decode(receipt.payload, type=ReceiptPayload)
     except msgspec.DecodeError as exc:
@@ -409,11 +435,11 @@ def decode_receipt(text: str) -> Receipt:
 __all__ = [
     "ALGORITHM",
     "ENVELOPE_VERSION",
-    "InternalBody",
     "SEALED_CONTENT_TYPE",
     "AttestationBundle",
     "AttestationError",
     "ChallengeState",
+    "InternalBody",
     "ModelAttestation",
     "Receipt",
     "ReceiptPayload",

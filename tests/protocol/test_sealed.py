@@ -76,8 +76,15 @@ def test_chunks_open_only_in_order_under_their_own_node_key() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(version=st.integers(-2, 3), ct=st.text(max_size=40), nonce=st.text(max_size=40), recipients=st.dictionaries(st.text(max_size=8), st.text(max_size=90), max_size=3))
-def test_malformed_envelopes_raise_only_sealed_error(version: int, ct: str, nonce: str, recipients: dict[str, str]) -> None:
+@given(
+    version=st.integers(-2, 3),
+    ct=st.text(max_size=40),
+    nonce=st.text(max_size=40),
+    recipients=st.dictionaries(st.text(max_size=8), st.text(max_size=90), max_size=3),
+)
+def test_malformed_envelopes_raise_only_sealed_error(
+    version: int, ct: str, nonce: str, recipients: dict[str, str]
+) -> None:
     [k] = _keys(1)
     env = SealedEnvelope(version=version, ciphertext=ct, nonce=nonce, recipients=recipients)
     with pytest.raises(SealedError):
@@ -119,7 +126,12 @@ def test_receipts_verify_and_forgeries_do_not() -> None:
     bundle = verify_attestation(att.bundle())
     receipt = decode_receipt(att.receipt("req-1", "m", "ff" * 32, Usage(5, 7), "stop"))
     payload = verify_receipt(receipt, bundle)
-    assert (payload.request_id, payload.prompt_tokens, payload.completion_tokens, payload.weight_hash) == ("req-1", 5, 7, "11" * 32)
+    assert (payload.request_id, payload.prompt_tokens, payload.completion_tokens, payload.weight_hash) == (
+        "req-1",
+        5,
+        7,
+        "11" * 32,
+    )
     inflated = receipt.payload.replace('"completion_tokens":7', '"completion_tokens":700')
     with pytest.raises(AttestationError, match="does not verify"):
         verify_receipt(msgspec.structs.replace(receipt, payload=inflated), bundle)
@@ -129,7 +141,9 @@ def test_receipts_verify_and_forgeries_do_not() -> None:
 
 def test_node_caps_sealed_max_tokens_at_the_plaintext_hint_and_checks_the_model() -> None:
     keys = NodeKeys.generate()
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000, "temperature": 0}).encode()
+    body = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000, "temperature": 0}
+    ).encode()
     env, _ = seal_request(body, "m", {keys.node_id: bytes(keys.encryption_key.public_key)})
     req = InferenceRequest(request_id="r", model="m", params=SamplingParams(max_tokens=64), sealed=env)  # type: ignore[arg-type]
     messages, params, sealer = open_sealed(req, keys)

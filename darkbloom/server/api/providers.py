@@ -34,14 +34,16 @@ async def provider_keys(request: Request) -> Response:
         trust = node.attestation
         if trust is None or node.trust != "trusted":
             continue
-        data.append({
-            "node_id": node.node_id,
-            "encryption_key": trust.bundle.encryption_key,
-            "signing_key": trust.bundle.signing_key,
-            "trust_level": trust.trust_level,
-            "weight_hash": trust.bundle.weight_hash(model),
-            "attestation": msgspec.to_builtins(trust.signed),
-        })
+        data.append(
+            {
+                "node_id": node.node_id,
+                "encryption_key": trust.bundle.encryption_key,
+                "signing_key": trust.bundle.signing_key,
+                "trust_level": trust.trust_level,
+                "weight_hash": trust.bundle.weight_hash(model),
+                "attestation": msgspec.to_builtins(trust.signed),
+            }
+        )
     return JSONResponse({"object": "list", "model": model, "data": data})
 
 
@@ -51,7 +53,11 @@ async def get_receipt(request: Request) -> Response:
         rid = request.path_params["request_id"]
         receipt = request.app.state.receipts.get(rid)
         if receipt is None:
-            raise RequestError(404, f"no receipt for request {rid!r} (unknown, unfinished, or older than the coordinator keeps)", code="receipt_not_found")
+            raise RequestError(
+                404,
+                f"no receipt for request {rid!r} (unknown, unfinished, or older than the coordinator keeps)",
+                code="receipt_not_found",
+            )
     except RequestError as err:
         return error_response(err)
     return JSONResponse(msgspec.to_builtins(receipt))

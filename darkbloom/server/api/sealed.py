@@ -65,7 +65,9 @@ def parse_sealed_request(body: bytes) -> SealedChatRequest:
     if not req.model:
         raise RequestError(400, "model must be a non-empty string", param="model")
     if req.max_tokens < 1 or req.prompt_tokens_estimate < 0:
-        raise RequestError(400, "max_tokens must be positive and prompt_tokens_estimate not negative", param="max_tokens")
+        raise RequestError(
+            400, "max_tokens must be positive and prompt_tokens_estimate not negative", param="max_tokens"
+        )
     try:
         check_envelope(req.envelope)
     except SealedError as exc:

@@ -31,8 +31,8 @@ from darkbloom.protocol.sealed import (
     SealedError,
     VerifiableReceipt,
     b64d,
-    decode_piece,
     b64e,
+    decode_piece,
     decode_receipt,
     open_chunk,
     response_key,
@@ -89,9 +89,15 @@ class PrivacyRelay:
         if trust is None:
             return req, FlightPrivacy("coordinator-visible")
         body = msgspec.json.encode(InternalBody(1, req.model, req.messages, req.params))
-        env, content_key = seal_request(body, req.model, {node.node_id: b64d(trust.bundle.encryption_key, "encryption_key")})
-        sealed = msgspec.structs.replace(req, messages=(), params=SamplingParams(max_tokens=req.params.max_tokens), sealed=env)
-        return sealed, FlightPrivacy("coordinator-visible", sealed_request_hash(env), response_key(content_key, node.node_id))
+        env, content_key = seal_request(
+            body, req.model, {node.node_id: b64d(trust.bundle.encryption_key, "encryption_key")}
+        )
+        sealed = msgspec.structs.replace(
+            req, messages=(), params=SamplingParams(max_tokens=req.params.max_tokens), sealed=env
+        )
+        return sealed, FlightPrivacy(
+            "coordinator-visible", sealed_request_hash(env), response_key(content_key, node.node_id)
+        )
 
     def incoming(self, node: Any, flight: Any, frame: Frame) -> Frame:
         """A node's frame as the consumer side should see it (or an error in its place)."""
@@ -103,7 +109,13 @@ class PrivacyRelay:
                 return _fail(flight, "the provider sent a plaintext chunk for a sealed request")
             try:
                 piece = decode_piece(open_chunk(privacy.chunk_key, frame.seq, frame.sealed))
-                return Chunk(request_id=frame.request_id, seq=frame.seq, text=piece.text, tokens=frame.tokens, tool_calls=piece.tool_calls)
+                return Chunk(
+                    request_id=frame.request_id,
+                    seq=frame.seq,
+                    text=piece.text,
+                    tokens=frame.tokens,
+                    tool_calls=piece.tool_calls,
+                )
             except SealedError as exc:
                 return _fail(flight, str(exc))
         if isinstance(frame, Chunk) and privacy.mode == "sealed" and (frame.text or frame.tool_calls):
@@ -116,7 +128,12 @@ class PrivacyRelay:
                 self._check_receipt(trust, flight, privacy, frame)
             except AttestationError as exc:
                 log.warning("rejected receipt from %s for %s: %s", flight.node_id, flight.request_id, exc)
-                return Error(message=f"the provider's receipt was rejected: {exc}", code="invalid_receipt", status=502, request_id=frame.request_id)
+                return Error(
+                    message=f"the provider's receipt was rejected: {exc}",
+                    code="invalid_receipt",
+                    status=502,
+                    request_id=frame.request_id,
+                )
         return frame
 
     def _check_receipt(self, trust: Any, flight: Any, privacy: FlightPrivacy, frame: Complete) -> None:

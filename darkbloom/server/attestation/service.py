@@ -86,16 +86,22 @@ class AttestationService:
         """
         if frame.attestation is None:
             if self.require_attestation:
-                raise AttestationError("this coordinator only accepts attested nodes; the register frame carries no attestation bundle")
+                raise AttestationError(
+                    "this coordinator only accepts attested nodes; the register frame carries no attestation bundle"
+                )
             return None
         bundle = verify_attestation(frame.attestation, now=self.wall(), max_age_s=self.bundle_max_age_s)
         if bundle.node_id != frame.node_id:
-            raise AttestationError(f"register frame names node {frame.node_id!r} but the bundle is for {bundle.node_id!r}")
+            raise AttestationError(
+                f"register frame names node {frame.node_id!r} but the bundle is for {bundle.node_id!r}"
+            )
         if frame.public_key is not None and frame.public_key != bundle.encryption_key:
             raise AttestationError("register frame's public_key differs from the attested encryption key")
         level = bundle.trust_level
         if level == "hardware" and (self.hardware_verifier is None or not self.hardware_verifier.verify(bundle)):
-            log.info("node %s claims hardware trust without verifiable evidence; treating it as software", bundle.node_id)
+            log.info(
+                "node %s claims hardware trust without verifiable evidence; treating it as software", bundle.node_id
+            )
             level = "software"
         return NodeTrust(bundle=bundle, signed=frame.attestation, trust_level=level, policy=self.policy)
 
@@ -142,7 +148,7 @@ class AttestationService:
             await link.send(AttestationChallenge(nonce=nonce, timestamp=self.wall()))
             try:
                 await asyncio.wait_for(answered.wait(), self.policy.answer_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 now = max(self.fleet.clock(), trust.pending_since + self.policy.answer_timeout_s + 1e-3)
                 outcome = trust.timeout(now)
                 if outcome is not None:

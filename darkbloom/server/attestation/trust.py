@@ -96,7 +96,9 @@ class NodeTrust:
         self.answered.add(nonce)
         if now - self.pending_since > self.policy.answer_timeout_s:
             self.consecutive_timeouts += 1
-            return self._fail(f"late answer ({now - self.pending_since:.0f} s; limit {self.policy.answer_timeout_s:.0f} s)")
+            return self._fail(
+                f"late answer ({now - self.pending_since:.0f} s; limit {self.policy.answer_timeout_s:g} s)"
+            )
         try:
             verify_challenge(nonce, state, signature, self.bundle)
         except AttestationError as exc:
@@ -116,7 +118,7 @@ class NodeTrust:
         self.expired.add(self.pending)  # a later answer to it is late, never a pass
         self.pending = None
         self.consecutive_timeouts += 1
-        return self._fail(f"no answer to the challenge within {self.policy.answer_timeout_s:.0f} s")
+        return self._fail(f"no answer to the challenge within {self.policy.answer_timeout_s:g} s")
 
     def routable(self, now: float) -> bool:
         """Whether routing may send this node work now."""
@@ -136,7 +138,7 @@ class NodeTrust:
         if self.routable(now):
             return ""
         if not self.failing and self.last_pass is not None:
-            return f"no passed challenge in the last {self.policy.pass_window_s:.0f} s"
+            return f"no passed challenge in the last {self.policy.pass_window_s:g} s"
         return self.last_reason
 
     @property

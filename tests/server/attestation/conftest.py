@@ -35,6 +35,8 @@ from darkbloom.protocol import (
 from darkbloom.protocol.sealed import SEALED_CONTENT_TYPE, SealedError
 from tests.server.conftest import Coordinator
 
+USAGE = Usage(prompt_tokens=7, completion_tokens=3)
+
 
 @dataclass
 class FakeNode:
@@ -46,7 +48,9 @@ class FakeNode:
     answers: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.attestor = NodeAttestor(self.keys, Hardware(chip="Test Chip", memory_gb=16), {self.model: "ab" * 32}, code_hash="cd" * 32)
+        self.attestor = NodeAttestor(
+            self.keys, Hardware(chip="Test Chip", memory_gb=16), {self.model: "ab" * 32}, code_hash="cd" * 32
+        )
 
     @property
     def node_id(self) -> str:
@@ -60,12 +64,14 @@ class FakeNode:
 
     def register(self, *, bundle_time: float | None = None) -> None:
         """Register with a signed bundle (dated ``bundle_time``) and read the ``registered`` reply."""
-        self.send(Register(
-            node_id=self.node_id,  # type: ignore[arg-type]
-            models=(ModelInfo(id=self.model),),
-            public_key=self.keys.encryption_public,
-            attestation=self.attestor.bundle(now=bundle_time),
-        ))
+        self.send(
+            Register(
+                node_id=self.node_id,  # type: ignore[arg-type]
+                models=(ModelInfo(id=self.model),),
+                public_key=self.keys.encryption_public,
+                attestation=self.attestor.bundle(now=bundle_time),
+            )
+        )
         reply = self.recv()
         assert isinstance(reply, Registered), reply
 
@@ -96,7 +102,7 @@ class FakeNode:
         assert isinstance(frame, InferenceRequest), frame
         return frame
 
-    def serve(self, req: InferenceRequest, pieces: list[str], *, usage: Usage = Usage(prompt_tokens=7, completion_tokens=3)) -> None:
+    def serve(self, req: InferenceRequest, pieces: list[str], *, usage: Usage = USAGE) -> None:
         """Open the request with the node's code, stream ``pieces`` sealed, finish with a signed receipt."""
         try:
             _, _, sealer = open_sealed(req, self.keys)
@@ -111,7 +117,9 @@ class FakeNode:
             self.send(Chunk(request_id=req.request_id, seq=seq, **sealer.chunk_fields(seq, piece)))  # type: ignore[arg-type]
 
 
-def post_in_thread(coordinator: Coordinator, body: bytes | dict[str, Any], *, sealed: bool = False) -> tuple[threading.Thread, dict[str, Any]]:
+def post_in_thread(
+    coordinator: Coordinator, body: bytes | dict[str, Any], *, sealed: bool = False
+) -> tuple[threading.Thread, dict[str, Any]]:
     """POST /v1/chat/completions from a thread (the test thread plays the node)."""
     out: dict[str, Any] = {}
     headers = {**coordinator.auth, **({"Content-Type": SEALED_CONTENT_TYPE} if sealed else {})}

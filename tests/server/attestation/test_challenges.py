@@ -9,9 +9,9 @@ import msgspec
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
+from darkbloom.client.sealing import seal_chat, verify_provider_keys
 from darkbloom.protocol import AttestationResponse, Error, ModelInfo, Register, decode, encode
 from darkbloom.protocol.sealed import SignedAttestation
-from darkbloom.client.sealing import seal_chat, verify_provider_keys
 from tests.server.attestation.conftest import FakeNode, post_in_thread, provider_keys
 from tests.server.conftest import Coordinator, RecordingHook
 
@@ -38,7 +38,9 @@ def test_attested_node_is_fenced_until_it_answers_its_first_challenge(coordinato
     assert [k.node_id for k in verify_provider_keys(listing, "m1")] == [node.node_id]
 
 
-def test_replayed_challenge_answer_fences_the_node_and_sealed_requests_are_refused(coordinator: Coordinator, hook: RecordingHook) -> None:
+def test_replayed_challenge_answer_fences_the_node_and_sealed_requests_are_refused(
+    coordinator: Coordinator, hook: RecordingHook
+) -> None:
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         node = FakeNode(ws)
         node.join()
@@ -90,7 +92,13 @@ def test_three_failures_make_a_node_untrusted(coordinator: Coordinator) -> None:
 def test_expired_bundle_is_refused_at_registration(coordinator: Coordinator, hook: RecordingHook) -> None:
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         node = FakeNode(ws)
-        node.send(Register(node_id=node.node_id, models=(ModelInfo(id="m1"),), attestation=node.attestor.bundle(now=time.time() - 3600)))  # type: ignore[arg-type]
+        node.send(
+            Register(
+                node_id=node.node_id,
+                models=(ModelInfo(id="m1"),),
+                attestation=node.attestor.bundle(now=time.time() - 3600),
+            )
+        )  # type: ignore[arg-type]
         err = node.recv()
         assert isinstance(err, Error) and err.code == "attestation_invalid"
         assert "expired" in err.message and "3600 s ago" in err.message
@@ -113,9 +121,54 @@ def test_forged_bundles_are_refused(coordinator: Coordinator, tamper: str) -> No
         elif tamper == "node_id":
             node_id = "node-0000000000000000"
         else:
-            signed = SignedAttestation(payload=signed.payload.replace('"Test Chip"', '"M4 Ultra"'), signature=signed.signature)
+            signed = SignedAttestation(
+                payload=signed.payload.replace('"Test Chip"', '"M4 Ultra"'), signature=signed.signature
+            )
         ws.send_bytes(encode(Register(node_id=node_id, models=(ModelInfo(id="m1"),), attestation=signed)))  # type: ignore[arg-type]
         err = decode(ws.receive_bytes())
         assert isinstance(err, Error) and err.code == "attestation_invalid", err
         with pytest.raises(WebSocketDisconnect):
             ws.receive_bytes()
+
+
+def test_unanswered_challenge_fences_the_node(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from darkbloom.server.app import create_app
+    from darkbloom.server.auth.keys import create_key_in
+    from darkbloom.server.settings import Settings
+
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", challenge_timeout_s=0.2)
+    key, _ = asyncio.run(create_key_in(settings.db_url))
+    with TestClient(create_app(settings)) as client, client.websocket_connect("/v1/provider/ws") as ws:
+        node = FakeNode(ws)
+        node.join()
+        client.portal.call(client.app.state.attestation.challenge_now, node.node_id)
+        node.challenge()  # ... and never answered
+        status = node.trust_status()
+        assert status.status == "fenced" and "no answer to the challenge within 0.2 s" in status.reason
+        keys = client.get("/v1/providers/keys", params={"model": "m1"}, headers={"Authorization": f"Bearer {key}"})
+        assert keys.json()["data"] == []
+
+
+class _Evidence:
+    def evidence(self, signing_public: str, encryption_public: str) -> str:
+        return "enclave-evidence-for-" + signing_public
+
+
+class _Verifier:
+    def verify(self, bundle) -> bool:  # type: ignore[no-untyped-def]
+        return bundle.hardware_evidence == "enclave-evidence-for-" + bundle.signing_key
+
+
+@pytest.mark.parametrize("verifier", [None, _Verifier()])
+def test_hardware_trust_needs_a_verifier_that_accepts_the_evidence(coordinator: Coordinator, verifier) -> None:  # type: ignore[no-untyped-def]
+    coordinator.client.app.state.attestation.hardware_verifier = verifier
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        node = FakeNode(ws)
+        node.attestor.hardware_attester = _Evidence()
+        node.register()
+        status = node.answer(node.challenge())
+    assert status.trust_level == ("hardware" if verifier else "software")

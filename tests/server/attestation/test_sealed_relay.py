@@ -36,7 +36,9 @@ def _decrypt(call, out) -> tuple[str, dict]:  # type: ignore[no-untyped-def]
     return text, events[-1]
 
 
-def test_sealed_request_is_relayed_as_ciphertext_and_opened_by_the_client(coordinator: Coordinator, hook: RecordingHook) -> None:
+def test_sealed_request_is_relayed_as_ciphertext_and_opened_by_the_client(
+    coordinator: Coordinator, hook: RecordingHook
+) -> None:
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         node = FakeNode(ws)
         node.join()
@@ -55,7 +57,11 @@ def test_sealed_request_is_relayed_as_ciphertext_and_opened_by_the_client(coordi
     assert out["headers"]["x-provider-attested"] == "true"
     assert out["headers"]["x-provider-trust-level"] == "software"
     assert done["type"] == "complete" and done["usage"]["completion_tokens"] == 3
-    payload = verify_receipt_doc(msgspec.convert(done["receipt"], VerifiableReceipt), expect_signing_key=node.keys.signing_public, expect_sealed_hash=call.sealed_hash)
+    payload = verify_receipt_doc(
+        msgspec.convert(done["receipt"], VerifiableReceipt),
+        expect_signing_key=node.keys.signing_public,
+        expect_sealed_hash=call.sealed_hash,
+    )
     assert payload.request_id == done["id"] and payload.weight_hash == "ab" * 32
     assert hook.settled == [(done["id"], "completed", Usage(prompt_tokens=7, completion_tokens=3), node.node_id)]
     # The receipt is also kept for the consumer to fetch later.
@@ -63,7 +69,9 @@ def test_sealed_request_is_relayed_as_ciphertext_and_opened_by_the_client(coordi
     assert got.status_code == 200 and got.json()["receipt"] == done["receipt"]["receipt"]
 
 
-def test_plain_request_is_sealed_by_the_coordinator_to_the_chosen_node(coordinator: Coordinator, hook: RecordingHook) -> None:
+def test_plain_request_is_sealed_by_the_coordinator_to_the_chosen_node(
+    coordinator: Coordinator, hook: RecordingHook
+) -> None:
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         node = FakeNode(ws)
         node.join()
@@ -146,7 +154,13 @@ def test_forged_receipt_fails_the_request_and_nothing_is_charged(coordinator: Co
         # Signed by a key that is not the node's attested one, claiming fewer tokens.
         forger = NodeKeys.generate()
         fake = ReceiptPayload(req.request_id, sealer.sealed_hash, "m1", "", 1, 1, node.node_id, 0.0)
-        node.send(Complete(request_id=req.request_id, usage=Usage(1, 1), receipt=msgspec.json.encode(sign_receipt(fake, forger.signing_key)).decode()))
+        node.send(
+            Complete(
+                request_id=req.request_id,
+                usage=Usage(1, 1),
+                receipt=msgspec.json.encode(sign_receipt(fake, forger.signing_key)).decode(),
+            )
+        )
         t.join(10)
     events = sse_events(out["text"])
     assert events[-1]["type"] == "error"
@@ -154,8 +168,13 @@ def test_forged_receipt_fails_the_request_and_nothing_is_charged(coordinator: Co
     assert [s[1:3] for s in hook.settled] == [("failed", None)]
 
 
-def test_failover_to_the_next_recipient_when_the_first_drops_before_its_first_token(coordinator: Coordinator, hook: RecordingHook) -> None:
-    with coordinator.client.websocket_connect("/v1/provider/ws") as ws_a, coordinator.client.websocket_connect("/v1/provider/ws") as ws_b:
+def test_failover_to_the_next_recipient_when_the_first_drops_before_its_first_token(
+    coordinator: Coordinator, hook: RecordingHook
+) -> None:
+    with (
+        coordinator.client.websocket_connect("/v1/provider/ws") as ws_a,
+        coordinator.client.websocket_connect("/v1/provider/ws") as ws_b,
+    ):
         a, b = FakeNode(ws_a), FakeNode(ws_b)
         a.join()
         b.join()
@@ -196,8 +215,21 @@ def test_sealed_body_errors_are_clear_400s(coordinator: Coordinator) -> None:
         (b"", "empty"),
         (b"{", "invalid JSON"),
         (b'{"model": "m1"}', "envelope"),
-        (json.dumps({"model": "m1", "envelope": {"version": 9, "ciphertext": "", "nonce": "", "recipients": {}}}).encode(), "version 9"),
-        (json.dumps({"model": "m1", "envelope": {"version": 1, "ciphertext": "!!", "nonce": b64e(bytes(24)), "recipients": {"n": "x"}}}).encode(), "base64"),
+        (
+            json.dumps(
+                {"model": "m1", "envelope": {"version": 9, "ciphertext": "", "nonce": "", "recipients": {}}}
+            ).encode(),
+            "version 9",
+        ),
+        (
+            json.dumps(
+                {
+                    "model": "m1",
+                    "envelope": {"version": 1, "ciphertext": "!!", "nonce": b64e(bytes(24)), "recipients": {"n": "x"}},
+                }
+            ).encode(),
+            "base64",
+        ),
     ):
         resp = coordinator.client.post("/v1/chat/completions", content=body, headers=headers)
         assert resp.status_code == 400, (body, resp.text)

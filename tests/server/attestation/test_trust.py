@@ -8,8 +8,10 @@ from darkbloom.protocol import AttestationChallenge, Hardware
 from darkbloom.protocol.sealed import verify_attestation
 from darkbloom.server.attestation.trust import NodeTrust, TrustPolicy
 
+DEFAULT = TrustPolicy()
 
-def _trust(policy: TrustPolicy = TrustPolicy()) -> tuple[NodeTrust, NodeAttestor]:
+
+def _trust(policy: TrustPolicy = DEFAULT) -> tuple[NodeTrust, NodeAttestor]:
     attestor = NodeAttestor(NodeKeys.generate(), Hardware(), {"m": "00"}, code_hash="x")
     signed = attestor.bundle()
     return NodeTrust(verify_attestation(signed), signed, "software", policy), attestor
