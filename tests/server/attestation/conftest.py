@@ -7,13 +7,18 @@ node would send.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
+from starlette.testclient import TestClient
 
 from darkbloom.node.attestation import NodeAttestor, ResponseSealer, complete_frame, open_sealed
 from darkbloom.node.identity import NodeKeys
@@ -33,6 +38,9 @@ from darkbloom.protocol import (
     encode,
 )
 from darkbloom.protocol.sealed import SEALED_CONTENT_TYPE, SealedError
+from darkbloom.server.app import create_app
+from darkbloom.server.auth.keys import create_key_in
+from darkbloom.server.settings import Settings
 from tests.server.conftest import Coordinator
 
 USAGE = Usage(prompt_tokens=7, completion_tokens=3)
@@ -156,3 +164,12 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 
 def to_json(obj: Any) -> bytes:
     return msgspec.json.encode(obj)
+
+
+@contextlib.contextmanager
+def custom_coordinator(tmp_path: Path, hook: Any, **settings: Any) -> Iterator[Coordinator]:
+    """A coordinator like the ``coordinator`` fixture's, with some settings changed."""
+    s = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", max_body_bytes=64 * 1024, **settings)
+    key, _ = asyncio.run(create_key_in(s.db_url))
+    with TestClient(create_app(s, hooks=[hook])) as client:
+        yield Coordinator(client, key, s)

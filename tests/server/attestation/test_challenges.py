@@ -12,7 +12,7 @@ from starlette.websockets import WebSocketDisconnect
 from darkbloom.client.sealing import seal_chat, verify_provider_keys
 from darkbloom.protocol import AttestationResponse, Error, ModelInfo, Register, decode, encode
 from darkbloom.protocol.sealed import SignedAttestation
-from tests.server.attestation.conftest import FakeNode, post_in_thread, provider_keys
+from tests.server.attestation.conftest import FakeNode, custom_coordinator, post_in_thread, provider_keys
 from tests.server.conftest import Coordinator, RecordingHook
 
 BODY = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -131,26 +131,16 @@ def test_forged_bundles_are_refused(coordinator: Coordinator, tamper: str) -> No
             ws.receive_bytes()
 
 
-def test_unanswered_challenge_fences_the_node(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
-    from starlette.testclient import TestClient
-
-    from darkbloom.server.app import create_app
-    from darkbloom.server.auth.keys import create_key_in
-    from darkbloom.server.settings import Settings
-
-    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", challenge_timeout_s=0.2)
-    key, _ = asyncio.run(create_key_in(settings.db_url))
-    with TestClient(create_app(settings)) as client, client.websocket_connect("/v1/provider/ws") as ws:
-        node = FakeNode(ws)
-        node.join()
-        client.portal.call(client.app.state.attestation.challenge_now, node.node_id)
-        node.challenge()  # ... and never answered
-        status = node.trust_status()
-        assert status.status == "fenced" and "no answer to the challenge within 0.2 s" in status.reason
-        keys = client.get("/v1/providers/keys", params={"model": "m1"}, headers={"Authorization": f"Bearer {key}"})
-        assert keys.json()["data"] == []
+def test_unanswered_challenge_fences_the_node(tmp_path, hook: RecordingHook) -> None:  # type: ignore[no-untyped-def]
+    with custom_coordinator(tmp_path, hook, challenge_timeout_s=0.2) as coordinator:
+        with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+            node = FakeNode(ws)
+            node.join()
+            coordinator.client.portal.call(coordinator.client.app.state.attestation.challenge_now, node.node_id)
+            node.challenge()  # ... and never answered
+            status = node.trust_status()
+            assert status.status == "fenced" and "no answer to the challenge within 0.2 s" in status.reason
+            assert provider_keys(coordinator)["data"] == []
 
 
 class _Evidence:

@@ -16,9 +16,9 @@ from nacl import public
 from darkbloom.client.receipts import verify_receipt_doc
 from darkbloom.client.sealing import seal_chat, verify_provider_keys
 from darkbloom.node.identity import NodeKeys
-from darkbloom.protocol import Complete, Usage
+from darkbloom.protocol import Cancel, Complete, Usage
 from darkbloom.protocol.sealed import ReceiptPayload, VerifiableReceipt, b64d, b64e, open_chunk, sign_receipt
-from tests.server.attestation.conftest import FakeNode, post_in_thread, provider_keys, sse_events
+from tests.server.attestation.conftest import FakeNode, custom_coordinator, post_in_thread, provider_keys, sse_events
 from tests.server.conftest import Coordinator, RecordingHook
 
 BODY = {"model": "m1", "messages": [{"role": "user", "content": "a secret prompt"}], "max_tokens": 16}
@@ -234,3 +234,27 @@ def test_sealed_body_errors_are_clear_400s(coordinator: Coordinator) -> None:
         resp = coordinator.client.post("/v1/chat/completions", content=body, headers=headers)
         assert resp.status_code == 400, (body, resp.text)
         assert needle in resp.json()["error"]["message"], resp.text
+
+
+def test_a_silent_first_recipient_is_cancelled_and_the_next_one_serves(tmp_path, hook: RecordingHook) -> None:  # type: ignore[no-untyped-def]
+    with custom_coordinator(tmp_path, hook, first_token_timeout_s=0.5) as coordinator:
+        with (
+            coordinator.client.websocket_connect("/v1/provider/ws") as ws_a,
+            coordinator.client.websocket_connect("/v1/provider/ws") as ws_b,
+        ):
+            a, b = FakeNode(ws_a), FakeNode(ws_b)
+            a.join()
+            b.join()
+            call = _seal(coordinator, k=2)
+            t, out = post_in_thread(coordinator, json.dumps(call.request).encode(), sealed=True)
+            owner = coordinator.client.portal.call(_owner, coordinator, call)
+            silent, second = (a, b) if owner == a.node_id else (b, a)
+            req = silent.request()  # ... and never answers
+            served = second.request()
+            cancel = silent.recv()
+            assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
+            second.serve(served, ["ok"])
+            t.join(10)
+    assert out["status"] == 200 and out["headers"]["x-provider-id"] == second.node_id
+    assert _decrypt(call, out)[0] == "ok"
+    assert [(s[1], s[3]) for s in hook.settled] == [("completed", second.node_id)]
