@@ -132,15 +132,17 @@ def test_forged_bundles_are_refused(coordinator: Coordinator, tamper: str) -> No
 
 
 def test_unanswered_challenge_fences_the_node(tmp_path, hook: RecordingHook) -> None:  # type: ignore[no-untyped-def]
-    with custom_coordinator(tmp_path, hook, challenge_timeout_s=0.2) as coordinator:
-        with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
-            node = FakeNode(ws)
-            node.join()
-            coordinator.client.portal.call(coordinator.client.app.state.attestation.challenge_now, node.node_id)
-            node.challenge()  # ... and never answered
-            status = node.trust_status()
-            assert status.status == "fenced" and "no answer to the challenge within 0.2 s" in status.reason
-            assert provider_keys(coordinator)["data"] == []
+    with (
+        custom_coordinator(tmp_path, hook, challenge_timeout_s=0.2) as coordinator,
+        coordinator.client.websocket_connect("/v1/provider/ws") as ws,
+    ):
+        node = FakeNode(ws)
+        node.join()
+        coordinator.client.portal.call(coordinator.client.app.state.attestation.challenge_now, node.node_id)
+        node.challenge()  # ... and never answered
+        status = node.trust_status()
+        assert status.status == "fenced" and "no answer to the challenge within 0.2 s" in status.reason
+        assert provider_keys(coordinator)["data"] == []
 
 
 class _Evidence:

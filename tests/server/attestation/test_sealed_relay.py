@@ -237,24 +237,63 @@ def test_sealed_body_errors_are_clear_400s(coordinator: Coordinator) -> None:
 
 
 def test_a_silent_first_recipient_is_cancelled_and_the_next_one_serves(tmp_path, hook: RecordingHook) -> None:  # type: ignore[no-untyped-def]
-    with custom_coordinator(tmp_path, hook, first_token_timeout_s=0.5) as coordinator:
-        with (
-            coordinator.client.websocket_connect("/v1/provider/ws") as ws_a,
-            coordinator.client.websocket_connect("/v1/provider/ws") as ws_b,
-        ):
-            a, b = FakeNode(ws_a), FakeNode(ws_b)
-            a.join()
-            b.join()
-            call = _seal(coordinator, k=2)
-            t, out = post_in_thread(coordinator, json.dumps(call.request).encode(), sealed=True)
-            owner = coordinator.client.portal.call(_owner, coordinator, call)
-            silent, second = (a, b) if owner == a.node_id else (b, a)
-            req = silent.request()  # ... and never answers
-            served = second.request()
-            cancel = silent.recv()
-            assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
-            second.serve(served, ["ok"])
-            t.join(10)
+    with (
+        custom_coordinator(tmp_path, hook, first_token_timeout_s=0.5) as coordinator,
+        coordinator.client.websocket_connect("/v1/provider/ws") as ws_a,
+        coordinator.client.websocket_connect("/v1/provider/ws") as ws_b,
+    ):
+        a, b = FakeNode(ws_a), FakeNode(ws_b)
+        a.join()
+        b.join()
+        call = _seal(coordinator, k=2)
+        t, out = post_in_thread(coordinator, json.dumps(call.request).encode(), sealed=True)
+        owner = coordinator.client.portal.call(_owner, coordinator, call)
+        silent, second = (a, b) if owner == a.node_id else (b, a)
+        req = silent.request()  # ... and never answers
+        served = second.request()
+        cancel = silent.recv()
+        assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
+        second.serve(served, ["ok"])
+        t.join(10)
     assert out["status"] == 200 and out["headers"]["x-provider-id"] == second.node_id
     assert _decrypt(call, out)[0] == "ok"
     assert [(s[1], s[3]) for s in hook.settled] == [("completed", second.node_id)]
+
+
+def test_an_unattested_node_serves_plain_requests_and_says_so(coordinator: Coordinator) -> None:
+    from darkbloom.protocol import Chunk, decode, encode
+    from tests.server.conftest import register
+
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register(ws)
+        t, out = post_in_thread(coordinator, {**BODY, "stream": False})
+        req = decode(ws.receive_bytes())
+        assert req.sealed is None and req.messages[0].content == "a secret prompt"
+        ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="ok")))
+        ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(1, 1))))
+        t.join(10)
+    assert out["status"] == 200
+    h = out["headers"]
+    assert (h["x-darkbloom-privacy"], h["x-provider-attested"], h["x-provider-trust-level"]) == (
+        "coordinator-visible",
+        "false",
+        "none",
+    )
+    assert "x-darkbloom-receipt" not in h
+
+
+def test_require_attestation_refuses_nodes_without_a_bundle(tmp_path, hook: RecordingHook) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    from starlette.websockets import WebSocketDisconnect
+
+    from darkbloom.protocol import Error, ModelInfo, Register, decode, encode
+
+    with (
+        custom_coordinator(tmp_path, hook, require_attestation=True) as coordinator,
+        coordinator.client.websocket_connect("/v1/provider/ws") as ws,
+    ):
+        ws.send_bytes(encode(Register(node_id="node-a", models=(ModelInfo(id="m1"),))))  # type: ignore[arg-type]
+        err = decode(ws.receive_bytes())
+        assert isinstance(err, Error) and "only accepts attested nodes" in err.message
+        with pytest.raises(WebSocketDisconnect):
+            ws.receive_bytes()
