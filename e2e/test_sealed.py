@@ -25,13 +25,12 @@ import openai
 import pytest
 import uvicorn
 
-from darkbloom.client.proxy import create_proxy_app
 from darkbloom.client.receipts import load_receipt, verify_receipt_doc
 from darkbloom.client.sealing import SealedClient, SealedDone, SealedStart, SealedText
 from darkbloom.server.app import create_app
 from darkbloom.server.auth.keys import create_key_in
 from darkbloom.server.settings import Settings
-from darkbloom.testing import Proc, darkbloom_cmd, free_port, start, wait_model
+from darkbloom.testing import Proc, darkbloom_cmd, free_port, start, wait_http, wait_model
 
 
 class RecordingASGI:
@@ -135,15 +134,22 @@ def sealed_net(tmp_path_factory: pytest.TempPathFactory, e2e_model_dir: Path) ->
     recorder = RecordingASGI(create_app(settings))
     coord = ServerThread(recorder, free_port())
     coord.start()
-    proxy = ServerThread(create_proxy_app(coord.url, key, k=2), free_port())
     node = start(
         ["node", "--coordinator", coord.url, "--model", str(e2e_model_dir), "--home", str(tmp / "node")],
         tmp / "node.log",
     )
+    # The real `darkbloom proxy` command; its key comes from the environment, as a user would pass it.
+    proxy_port = free_port()
+    proxy = start(
+        ["proxy", "--port", str(proxy_port), "--coordinator", coord.url, "-k", "2", "--home", str(tmp / "client")],
+        tmp / "proxy.log",
+        env={"DARKBLOOM_API_KEY": key},
+    )
     try:
         wait_model(coord.url, key, "tiny-e2e", timeout=120)
-        proxy.start()
-        yield SealedNet(coord.url, key, db_path, recorder, logs, node, proxy.url)
+        proxy_url = f"http://127.0.0.1:{proxy_port}"
+        wait_http(f"{proxy_url}/v1/models", proc=proxy)
+        yield SealedNet(coord.url, key, db_path, recorder, logs, node, proxy_url)
     finally:
         node.stop()
         proxy.stop()
