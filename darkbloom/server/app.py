@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -47,14 +47,20 @@ async def _evict_silent_nodes(fleet: Fleet, settings: Settings, events: EventBus
                 events.node_event("left", node_id, "timed out")
 
 
-def attestation_service(fleet: Fleet, settings: Settings) -> AttestationService:
+def attestation_service(fleet: Fleet, settings: Settings, on_failure: Callable[[str], None] | None = None) -> AttestationService:
     policy = TrustPolicy(
         interval_s=settings.challenge_interval_s,
         answer_timeout_s=settings.challenge_timeout_s,
         pass_window_s=settings.challenge_window_s,
         untrusted_after=settings.untrusted_after_failures,
     )
-    return AttestationService(fleet, policy, bundle_max_age_s=settings.attestation_max_age_s, require_attestation=settings.require_attestation)
+    return AttestationService(
+        fleet,
+        policy,
+        bundle_max_age_s=settings.attestation_max_age_s,
+        require_attestation=settings.require_attestation,
+        on_failure=on_failure,
+    )
 
 
 def create_app(settings: Settings, store: Store | None = None, hooks: list[RequestHook] | None = None) -> Starlette:
@@ -91,7 +97,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         metrics.fleet = fleet
         app.state.receipts = ReceiptBook()
         fleet.privacy = PrivacyRelay(app.state.receipts)
-        app.state.attestation = fleet.attestation = attestation_service(fleet, settings)
+        app.state.attestation = fleet.attestation = attestation_service(fleet, settings, metrics.attestation_failed)
         evictor = asyncio.create_task(_evict_silent_nodes(fleet, settings, app.state.events))
         upkeep = asyncio.create_task(fleet.run())
         sweeper = asyncio.create_task(sweep_stale_holds(billing, settings))

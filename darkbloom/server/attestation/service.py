@@ -51,6 +51,8 @@ class AttestationService:
         bundle_max_age_s: Oldest registration bundle accepted.
         require_attestation: Refuse nodes that send no bundle.
         hardware_verifier: Verifies ``hardware`` trust claims; without one they count as ``software``.
+        on_failure: Called with a short kind (``bundle_expired``, ``replayed``, ``timeout``...)
+            for each failed attestation (the metrics counter).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class AttestationService:
         require_attestation: bool = False,
         hardware_verifier: HardwareVerifier | None = None,
         wall: Callable[[], float] = time.time,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -69,6 +72,7 @@ class AttestationService:
         self.require_attestation = require_attestation
         self.hardware_verifier = hardware_verifier
         self.wall = wall
+        self.on_failure = on_failure or (lambda kind: None)
         self.trusts: dict[str, NodeTrust] = {}
         self._answered: dict[str, asyncio.Event] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -90,13 +94,11 @@ class AttestationService:
                     "this coordinator only accepts attested nodes; the register frame carries no attestation bundle"
                 )
             return None
-        bundle = verify_attestation(frame.attestation, now=self.wall(), max_age_s=self.bundle_max_age_s)
-        if bundle.node_id != frame.node_id:
-            raise AttestationError(
-                f"register frame names node {frame.node_id!r} but the bundle is for {bundle.node_id!r}"
-            )
-        if frame.public_key is not None and frame.public_key != bundle.encryption_key:
-            raise AttestationError("register frame's public_key differs from the attested encryption key")
+        try:
+            bundle = self._verify(frame)
+        except AttestationError as exc:
+            self.on_failure("bundle_expired" if "expired" in str(exc) else "bundle_invalid")
+            raise
         level = bundle.trust_level
         if level == "hardware" and (self.hardware_verifier is None or not self.hardware_verifier.verify(bundle)):
             log.info(
@@ -104,6 +106,17 @@ class AttestationService:
             )
             level = "software"
         return NodeTrust(bundle=bundle, signed=frame.attestation, trust_level=level, policy=self.policy)
+
+    def _verify(self, frame: Register) -> AttestationBundle:
+        assert frame.attestation is not None
+        bundle = verify_attestation(frame.attestation, now=self.wall(), max_age_s=self.bundle_max_age_s)
+        if bundle.node_id != frame.node_id:
+            raise AttestationError(
+                f"register frame names node {frame.node_id!r} but the bundle is for {bundle.node_id!r}"
+            )
+        if frame.public_key is not None and frame.public_key != bundle.encryption_key:
+            raise AttestationError("register frame's public_key differs from the attested encryption key")
+        return bundle
 
     def attach(self, node_state: Any, trust: NodeTrust | None) -> None:
         """Record the trust on the registry entry; an attested node is fenced until it passes."""
@@ -153,6 +166,7 @@ class AttestationService:
                 outcome = trust.timeout(now)
                 if outcome is not None:
                     log.warning("node %s failed its challenge: %s", node_id, outcome.reason)
+                    self.on_failure(outcome.kind)
                 await self._apply(trust, link)
                 if trust.should_close:
                     await close(f"{trust.consecutive_timeouts} challenges unanswered")
@@ -174,6 +188,7 @@ class AttestationService:
         outcome = trust.answer(frame.nonce, frame.state, frame.signature, self.fleet.clock())
         if not outcome.passed:
             log.warning("node %s failed its challenge: %s", node_id, outcome.reason)
+            self.on_failure(outcome.kind)
         if was_pending is not None and trust.pending is None:
             event = self._answered.get(node_id)
             if event is not None:

@@ -40,6 +40,8 @@ class Outcome:
 
     passed: bool
     reason: str
+    kind: str = ""
+    """A short label for metrics: replayed, unsolicited, late, timeout, bad_answer."""
 
 
 @dataclass
@@ -74,35 +76,35 @@ class NodeTrust:
         self.pending = nonce
         self.pending_since = now
 
-    def _fail(self, reason: str) -> Outcome:
+    def _fail(self, reason: str, kind: str) -> Outcome:
         self.failing = True
         self.failures += 1
         self.consecutive_failures += 1
         self.last_reason = reason
         if self.consecutive_failures >= self.policy.untrusted_after:
             self.untrusted = True
-        return Outcome(False, reason)
+        return Outcome(False, reason, kind)
 
     def answer(self, nonce: str, state: str, signature: str, now: float) -> Outcome:
         """Judge an ``attestation_response``."""
         if nonce in self.expired:
             self.expired.discard(nonce)  # already failed as a timeout: fenced, not failed twice
-            return Outcome(False, "late answer to a challenge that already timed out")
+            return Outcome(False, "late answer to a challenge that already timed out", "late")
         if nonce in self.answered:
-            return self._fail("replayed answer to an earlier challenge")
+            return self._fail("replayed answer to an earlier challenge", "replayed")
         if self.pending is None or nonce != self.pending:
-            return self._fail("answer to a challenge that was never issued")
+            return self._fail("answer to a challenge that was never issued", "unsolicited")
         self.pending = None
         self.answered.add(nonce)
         if now - self.pending_since > self.policy.answer_timeout_s:
             self.consecutive_timeouts += 1
             return self._fail(
-                f"late answer ({now - self.pending_since:.0f} s; limit {self.policy.answer_timeout_s:g} s)"
+                f"late answer ({now - self.pending_since:.0f} s; limit {self.policy.answer_timeout_s:g} s)", "late"
             )
         try:
             verify_challenge(nonce, state, signature, self.bundle)
         except AttestationError as exc:
-            return self._fail(str(exc))
+            return self._fail(str(exc), "bad_answer")
         self.last_pass = now
         self.failing = False
         self.consecutive_failures = 0
@@ -118,7 +120,7 @@ class NodeTrust:
         self.expired.add(self.pending)  # a later answer to it is late, never a pass
         self.pending = None
         self.consecutive_timeouts += 1
-        return self._fail(f"no answer to the challenge within {self.policy.answer_timeout_s:g} s")
+        return self._fail(f"no answer to the challenge within {self.policy.answer_timeout_s:g} s", "timeout")
 
     def routable(self, now: float) -> bool:
         """Whether routing may send this node work now."""

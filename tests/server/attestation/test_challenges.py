@@ -52,6 +52,9 @@ def test_replayed_challenge_answer_fences_the_node_and_sealed_requests_are_refus
         status = node.trust_status()
         assert status.status == "fenced" and "replayed" in status.reason
         assert provider_keys(coordinator)["data"] == []
+        metrics = coordinator.client.get("/metrics").text
+        assert 'darkbloom_attestation_failures_total{reason="replayed"} 1.0' in metrics
+        assert 'darkbloom_nodes_connected{trust_level="software"} 1.0' in metrics
         t, out = post_in_thread(coordinator, json.dumps(call.request).encode(), sealed=True)
         t.join(10)
     assert out["status"] == 503
@@ -105,6 +108,7 @@ def test_expired_bundle_is_refused_at_registration(coordinator: Coordinator, hoo
         with pytest.raises(WebSocketDisconnect) as info:
             ws.receive_bytes()
     assert info.value.code == 1008
+    assert 'darkbloom_attestation_failures_total{reason="bundle_expired"} 1.0' in coordinator.client.get("/metrics").text
     resp = coordinator.client.post("/v1/chat/completions", json=BODY, headers=coordinator.auth)
     assert resp.status_code == 404
     assert [s[1:3] for s in hook.settled] == [("failed", None)]
