@@ -109,7 +109,7 @@ def test_metrics_of_coordinator_and_node_move_with_traffic(node_metrics_port: in
     )
     assert coord[("darkbloom_ttft_seconds_count", model)] == 1
     assert coord[("darkbloom_tokens_total", (("kind", "completion"), *model))] >= 1
-    assert coord[("darkbloom_nodes_connected", (("trust_level", "none"),))] == 1
+    assert coord[("darkbloom_nodes_connected", (("trust_level", "software"),))] == 1  # real nodes attest with their keys
     after = samples(httpx.get(node_url, timeout=10).text)
     assert after[("darkbloom_node_decode_tokens_per_second", model)] > 0
     assert after[("darkbloom_node_peak_rss_bytes", ())] > 0
