@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from darkbloom.client.sealing import SealedClient, SealedDone, SealedRequestError, SealedStart, SealedText
-from darkbloom.protocol.openai import RequestError, chat_chunk, chat_completion, parse_chat_request
+from darkbloom.protocol import ToolCall
+from darkbloom.protocol.openai import RequestError, chat_chunk, chat_completion, parse_chat_request, tool_call_dicts
 from darkbloom.protocol.sealed import AttestationError, SealedError, b64e
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -89,12 +90,17 @@ def create_proxy_app(coordinator: str, api_key: str, *, k: int = 3) -> Starlette
         if not req.stream:
             try:
                 parts: list[str] = []
+                calls: list[ToolCall] = []
                 async for ev in events:
                     if isinstance(ev, SealedText):
                         parts.append(ev.text)
+                        calls.extend(ev.tool_calls)
                     elif isinstance(ev, SealedDone):
                         extra = {"X-Darkbloom-Receipt": b64e(msgspec.json.encode(ev.receipt))} if ev.receipt else {}
-                        out = chat_completion(rid, req.model, created, "".join(parts), ev.finish_reason, ev.usage)
+                        text, reason = "".join(parts), ev.finish_reason
+                        out = chat_completion(
+                            rid, req.model, created, text, reason, ev.usage, tool_call_dicts(calls) or None
+                        )
                         return JSONResponse({**out, **_receipt_fields(ev)}, headers={**headers, **extra})
             except SealedRequestError as exc:
                 return JSONResponse(exc.body, status_code=exc.status, headers=headers)
@@ -108,15 +114,18 @@ def create_proxy_app(coordinator: str, api_key: str, *, k: int = 3) -> Starlette
 
         async def stream() -> AsyncIterator[bytes]:
             role_sent = False
+            n_calls = 0
             try:
                 async for ev in events:
                     if isinstance(ev, SealedText):
-                        yield _sse(
-                            chat_chunk(
-                                rid, req.model, created, content=ev.text, role=None if role_sent else "assistant"
-                            )
-                        )
-                        role_sent = True
+                        if ev.text or not ev.tool_calls or not role_sent:
+                            role = None if role_sent else "assistant"
+                            yield _sse(chat_chunk(rid, req.model, created, content=ev.text, role=role))
+                            role_sent = True
+                        if ev.tool_calls:
+                            deltas = tool_call_dicts(ev.tool_calls, n_calls, indexed=True)
+                            n_calls += len(deltas)
+                            yield _sse(chat_chunk(rid, req.model, created, tool_calls=deltas))
                     elif isinstance(ev, SealedDone):
                         if not role_sent:
                             yield _sse(chat_chunk(rid, req.model, created, content="", role="assistant"))

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from darkbloom.client.receipts import verify_receipt_doc
-from darkbloom.protocol import SignedAttestation
+from darkbloom.protocol import SignedAttestation, ToolCall
 from darkbloom.protocol.sealed import (
     SEALED_CONTENT_TYPE,
     AttestationBundle,
@@ -32,6 +32,7 @@ from darkbloom.protocol.sealed import (
     SealedError,
     VerifiableReceipt,
     b64d,
+    decode_piece,
     open_chunk,
     response_key,
     seal_request,
@@ -144,7 +145,10 @@ def seal_chat(
 
 @dataclass(frozen=True)
 class SealedText:
+    """A decrypted piece of the answer: text, and any tool calls the model completed in it."""
+
     text: str
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,8 @@ class SealedClient:
                     event = json.loads(line[6:])
                     kind = event.get("type")
                     if kind == "chunk":
-                        yield SealedText(open_chunk(key, int(event["seq"]), event["sealed"]))
+                        piece = decode_piece(open_chunk(key, int(event["seq"]), event["sealed"]))
+                        yield SealedText(piece.text, piece.tool_calls)
                     elif kind == "complete":
                         yield _done(event, call, node_id)
                         return

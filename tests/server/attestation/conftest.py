@@ -32,6 +32,7 @@ from darkbloom.protocol import (
     ModelInfo,
     Register,
     Registered,
+    ToolCall,
     TrustStatus,
     Usage,
     decode,
@@ -110,7 +111,7 @@ class FakeNode:
         assert isinstance(frame, InferenceRequest), frame
         return frame
 
-    def serve(self, req: InferenceRequest, pieces: list[str], *, usage: Usage = USAGE) -> None:
+    def serve(self, req: InferenceRequest, pieces: list[str | ToolCall], *, usage: Usage = USAGE) -> None:
         """Open the request with the node's code, stream ``pieces`` sealed, finish with a signed receipt."""
         try:
             _, _, sealer = open_sealed(req, self.keys)
@@ -120,9 +121,13 @@ class FakeNode:
         self.stream(req, sealer, pieces)
         self.send(complete_frame(self.attestor, req, sealer, usage, "stop"))
 
-    def stream(self, req: InferenceRequest, sealer: ResponseSealer, pieces: list[str]) -> None:
+    def stream(self, req: InferenceRequest, sealer: ResponseSealer, pieces: list[str | ToolCall]) -> None:
+        """Send each piece (text, or a completed tool call) as one chunk."""
         for seq, piece in enumerate(pieces):
-            self.send(Chunk(request_id=req.request_id, seq=seq, **sealer.chunk_fields(seq, piece)))  # type: ignore[arg-type]
+            fields = (
+                sealer.chunk_fields(seq, piece) if isinstance(piece, str) else sealer.chunk_fields(seq, "", (piece,))
+            )
+            self.send(Chunk(request_id=req.request_id, seq=seq, **fields))  # type: ignore[arg-type]
 
 
 def post_in_thread(

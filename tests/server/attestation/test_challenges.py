@@ -108,7 +108,9 @@ def test_expired_bundle_is_refused_at_registration(coordinator: Coordinator, hoo
         with pytest.raises(WebSocketDisconnect) as info:
             ws.receive_bytes()
     assert info.value.code == 1008
-    assert 'darkbloom_attestation_failures_total{reason="bundle_expired"} 1.0' in coordinator.client.get("/metrics").text
+    assert (
+        'darkbloom_attestation_failures_total{reason="bundle_expired"} 1.0' in coordinator.client.get("/metrics").text
+    )
     resp = coordinator.client.post("/v1/chat/completions", json=BODY, headers=coordinator.auth)
     assert resp.status_code == 404
     assert [s[1:3] for s in hook.settled] == [("failed", None)]

@@ -16,8 +16,16 @@ from nacl import public
 from darkbloom.client.receipts import verify_receipt_doc
 from darkbloom.client.sealing import seal_chat, verify_provider_keys
 from darkbloom.node.identity import NodeKeys
-from darkbloom.protocol import Cancel, Complete, Usage
-from darkbloom.protocol.sealed import ReceiptPayload, VerifiableReceipt, b64d, b64e, open_chunk, sign_receipt
+from darkbloom.protocol import Cancel, Complete, ToolCall, Usage
+from darkbloom.protocol.sealed import (
+    ReceiptPayload,
+    VerifiableReceipt,
+    b64d,
+    b64e,
+    decode_piece,
+    open_chunk,
+    sign_receipt,
+)
 from tests.server.attestation.conftest import FakeNode, custom_coordinator, post_in_thread, provider_keys, sse_events
 from tests.server.conftest import Coordinator, RecordingHook
 
@@ -32,7 +40,7 @@ def _seal(coordinator: Coordinator, k: int = 3, body: dict | None = None):  # ty
 def _decrypt(call, out) -> tuple[str, dict]:  # type: ignore[no-untyped-def]
     events = sse_events(out["text"])
     key = call.chunk_key(out["headers"]["x-provider-id"])
-    text = "".join(open_chunk(key, e["seq"], e["sealed"]) for e in events if e["type"] == "chunk")
+    text = "".join(decode_piece(open_chunk(key, e["seq"], e["sealed"])).text for e in events if e["type"] == "chunk")
     return text, events[-1]
 
 
@@ -297,3 +305,33 @@ def test_require_attestation_refuses_nodes_without_a_bundle(tmp_path, hook: Reco
         assert isinstance(err, Error) and "only accepts attested nodes" in err.message
         with pytest.raises(WebSocketDisconnect):
             ws.receive_bytes()
+
+
+CALL = ToolCall(id="call_1", name="get_weather_secret", arguments='{"city": "Atlantis"}')
+
+
+def test_tool_calls_are_sealed_in_sealed_mode_and_opened_in_compatible_mode(coordinator: Coordinator) -> None:
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        node = FakeNode(ws)
+        node.join()
+        call = _seal(coordinator)
+        t, out = post_in_thread(coordinator, json.dumps(call.request).encode(), sealed=True)
+        node.serve(node.request(), ["calling ", CALL])
+        t.join(10)
+        assert out["status"] == 200, out["text"]
+        assert "get_weather_secret" not in out["text"] and "Atlantis" not in out["text"]
+        key = call.chunk_key(out["headers"]["x-provider-id"])
+        pieces = [
+            decode_piece(open_chunk(key, e["seq"], e["sealed"]))
+            for e in sse_events(out["text"])
+            if e["type"] == "chunk"
+        ]
+        assert [p.tool_calls for p in pieces] == [(), (CALL,)]
+
+        # Compatible mode: the coordinator opens the chunk and the SDK shape carries the call.
+        t, out = post_in_thread(coordinator, {**BODY, "stream": False})
+        node.serve(node.request(), ["", CALL])
+        t.join(10)
+    assert out["status"] == 200, out["text"]
+    [tool_call] = json.loads(out["text"])["choices"][0]["message"]["tool_calls"]
+    assert tool_call["function"] == {"name": "get_weather_secret", "arguments": '{"city": "Atlantis"}'}
