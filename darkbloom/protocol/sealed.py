@@ -299,6 +299,16 @@ class InternalBody(msgspec.Struct, frozen=True):
     params: SamplingParams
 
 
+def sealed_plaintext_bytes(env: SealedEnvelope) -> int:
+    """The exact size of the sealed body, from the ciphertext length alone (AEAD adds 16 bytes).
+
+    The coordinator can bound a sealed prompt's tokens by it (byte-level BPE
+    never makes more tokens than bytes) without the client's estimate.
+    """
+    size = len(env.ciphertext) * 3 // 4 - env.ciphertext[-2:].count("=")
+    return max(0, size - bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES)
+
+
 def sealed_request_hash(env: SealedEnvelope) -> str:
     """SHA-256 (hex) over the envelope's nonce and ciphertext: what a receipt names."""
     return hashlib.sha256(b64d(env.nonce, "nonce") + b64d(env.ciphertext, "ciphertext")).hexdigest()
@@ -455,6 +465,7 @@ __all__ = [
     "response_key",
     "seal_chunk",
     "seal_request",
+    "sealed_plaintext_bytes",
     "sealed_request_hash",
     "sign_attestation",
     "sign_challenge",

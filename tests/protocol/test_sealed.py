@@ -26,6 +26,7 @@ from darkbloom.protocol.sealed import (
     response_key,
     seal_chunk,
     seal_request,
+    sealed_plaintext_bytes,
     verify_attestation,
     verify_receipt,
 )
@@ -47,6 +48,13 @@ def test_every_recipient_opens_the_same_body_and_no_one_else_does() -> None:
         open_request(env, "m", stranger.node_id, stranger.encryption_key)
     with pytest.raises(SealedError, match="wrong recipient key"):
         open_request(env, "m", keys[0].node_id, stranger.encryption_key)
+
+
+def test_the_coordinator_knows_the_sealed_body_size_exactly() -> None:
+    [k] = _keys(1)
+    for body in (b"", b"x", b"xy", b"xyz", BODY):
+        env, _ = seal_request(body, "m", {k.node_id: bytes(k.encryption_key.public_key)})
+        assert sealed_plaintext_bytes(env) == len(body)
 
 
 def test_changing_the_model_hint_or_any_ciphertext_byte_breaks_the_seal() -> None:
