@@ -92,7 +92,7 @@ async def sealed_chat(request: Request, consumer: ApiKeyRecord, body: bytes, tim
         api="chat.completions",
         stream=True,
         sealed=req.envelope,
-        prompt_tokens_hint=req.prompt_tokens_estimate,
+        prompt_tokens=req.prompt_tokens_estimate or None,
     )
     relay = await dispatch(request, job, timing)
     receipts = request.app.state.receipts

@@ -116,12 +116,6 @@ class NodeState:
         """``none`` (no bundle), ``software`` or ``hardware``: what metrics and headers report."""
         return self.attestation.trust_level if self.attestation is not None else "none"
 
-
-    @property
-    def trust_level(self) -> str:
-        """``none`` (no bundle), ``software`` or ``hardware``; what metrics and headers report."""
-        return self.attestation.trust_level if self.attestation is not None else "none"
-
     def max_in_flight(self, model: str) -> int:
         slot = self.slots.get(model)
         return slot.budget.max_concurrency if slot else concurrency_cap_for_ram(self.hardware.memory_gb)

@@ -177,10 +177,15 @@ def route(req: RouteRequest, fleet: FleetState, now: float, *, from_queue: bool 
     reg = fleet.registry
     model = req.model
     if not reg.serving.get(model):
-        on_disk = any(model in n.models for n in reg.nodes.values()) if model in reg.known_models else False
+        # A fenced or untrusted node is no capacity to wait for (attestation decides, not load).
+        on_disk = any(model in n.models and n.trust == "trusted" for n in reg.nodes.values()) if model in reg.known_models else False
         if not on_disk:
             return NoNode(known=model in reg.known_models)
         # Known and on some node's disk, just not warm: queue while the warm pool loads it.
+    if req.only is not None and not any(
+        (n := reg.nodes.get(nid)) is not None and model in n.models and n.trust == "trusted" for nid in req.only
+    ):
+        return NoNode(known=True)  # none of a sealed request's recipients can take it: never queue for them
     depth = fleet.depth(model)
     if from_queue or depth == 0:
         picked = _PICKERS[fleet.config.policy](fleet, req, now)
