@@ -19,6 +19,7 @@ from pathlib import Path
 
 from darkbloom.protocol import Usage
 from darkbloom.protocol.openai import RequestError
+from darkbloom.protocol.sealed import sealed_plaintext_bytes
 from darkbloom.server.billing.ledger import InsufficientFunds
 from darkbloom.server.billing.pricing import Price, cost, prompt_token_bound, worst_case
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
@@ -209,5 +210,5 @@ def prompt_bytes_outside_messages(job: InferenceJob) -> int:
     extra = len((job.params.raw_prompt or "").encode()) + len((job.params.tools or "").encode())
     sealed = getattr(job, "sealed", None)
     if sealed is not None:
-        extra += len(getattr(sealed, "ciphertext", "") or "")  # base64 is longer than the plaintext it holds
+        extra += sealed_plaintext_bytes(sealed)  # the sealed body's exact size, known from the ciphertext
     return extra
