@@ -10,7 +10,6 @@ the request ends.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 import msgspec
 
 import darkbloom
-from darkbloom.node.identity import NodeKeys, write_private
+from darkbloom.node.identity import NodeKeys
 from darkbloom.protocol import (
     AttestationChallenge,
     AttestationResponse,
@@ -76,36 +75,6 @@ def package_hash(root: Path | None = None) -> str:
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes())
     return h.hexdigest()
-
-
-def weight_hash(model_dir: Path, cache_file: Path | None = None) -> str:
-    """SHA-256 over a model directory's ``*.safetensors`` files (sorted by name).
-
-    Hashing gigabytes takes seconds, so results are cached by (path, size,
-    mtime) in ``cache_file`` when one is given.
-    """
-    files = sorted(model_dir.glob("*.safetensors"))
-    stamp = json.dumps([[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
-    cache: dict[str, dict[str, str]] = {}
-    if cache_file is not None and cache_file.exists():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}
-    hit = cache.get(str(model_dir.resolve()))
-    if hit and hit.get("stamp") == stamp:
-        return hit["hash"]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    digest = h.hexdigest()
-    if cache_file is not None:
-        cache[str(model_dir.resolve())] = {"stamp": stamp, "hash": digest}
-        write_private(cache_file, json.dumps(cache))
-    return digest
 
 
 @dataclass
