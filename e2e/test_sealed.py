@@ -237,56 +237,60 @@ def test_plain_request_to_the_same_node_matches_the_sealed_answer(sealed_net: Se
 
 
 def test_proxy_seals_requests_from_the_openai_sdk(sealed_net: SealedNet, tmp_path: Path) -> None:
-    client = openai.OpenAI(base_url=f"{sealed_net.proxy_url}/v1", api_key="unused-by-the-proxy", max_retries=0)
-    assert [m.id for m in client.models.list()] == ["tiny-e2e"]
-    canary = f"canary-{secrets.token_hex(12)}"
-    messages = [{"role": "user", "content": f"say {canary}"}]
-    raw = client.chat.completions.with_raw_response.create(
-        model="tiny-e2e", messages=messages, max_tokens=10, temperature=0
-    )
-    assert raw.headers["x-darkbloom-privacy"] == "sealed"
-    completion = raw.parse()
-    assert completion.usage is not None and completion.usage.completion_tokens > 0
-    chunks = list(
-        client.chat.completions.create(
-            model="tiny-e2e",
-            messages=messages,
-            max_tokens=10,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
+    with openai.OpenAI(base_url=f"{sealed_net.proxy_url}/v1", api_key="unused-by-the-proxy", max_retries=0) as client:
+        assert [m.id for m in client.models.list()] == ["tiny-e2e"]
+        canary = f"canary-{secrets.token_hex(12)}"
+        messages = [{"role": "user", "content": f"say {canary}"}]
+        raw = client.chat.completions.with_raw_response.create(
+            model="tiny-e2e", messages=messages, max_tokens=10, temperature=0
         )
-    )
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert streamed == completion.choices[0].message.content
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == completion.usage.completion_tokens
-    assert not sealed_net.recorder.contains(canary.encode())
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="tiny-e2e", messages=[], max_tokens=10)
+        assert raw.headers["x-darkbloom-privacy"] == "sealed"
+        completion = raw.parse()
+        assert completion.usage is not None and completion.usage.completion_tokens > 0
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny-e2e",
+                messages=messages,
+                max_tokens=10,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == completion.choices[0].message.content
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == completion.usage.completion_tokens
+        assert not sealed_net.recorder.contains(canary.encode())
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="tiny-e2e", messages=[], max_tokens=10)
 
-    # The receipt verifies offline with `darkbloom verify`, and a doctored one does not.
-    header = raw.headers["x-darkbloom-receipt"]
-    payload = verify_receipt_doc(load_receipt(header), expect_request_id=completion.id)
-    assert payload.completion_tokens == completion.usage.completion_tokens
-    good = tmp_path / "receipt.txt"
-    good.write_text(header)
-    ok = subprocess.run(
-        darkbloom_cmd("verify", str(good), "--request-id", completion.id),
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert "receipt OK" in ok.stdout and f"completion_tokens: {payload.completion_tokens}" in ok.stdout
-    doc = load_receipt(header)
-    forged = doc.receipt.payload.replace(f'"completion_tokens":{payload.completion_tokens}', '"completion_tokens":1')
-    assert forged != doc.receipt.payload
-    bad = tmp_path / "forged.json"
-    bad.write_bytes(
-        msgspec.json.encode(msgspec.structs.replace(doc, receipt=msgspec.structs.replace(doc.receipt, payload=forged)))
-    )
-    rejected = subprocess.run(
-        darkbloom_cmd("verify", str(bad)), check=False, capture_output=True, text=True, timeout=60
-    )
-    assert rejected.returncode == 1 and "receipt signature does not verify" in rejected.stderr
+        # The receipt verifies offline with `darkbloom verify`, and a doctored one does not.
+        header = raw.headers["x-darkbloom-receipt"]
+        payload = verify_receipt_doc(load_receipt(header), expect_request_id=completion.id)
+        assert payload.completion_tokens == completion.usage.completion_tokens
+        good = tmp_path / "receipt.txt"
+        good.write_text(header)
+        ok = subprocess.run(
+            darkbloom_cmd("verify", str(good), "--request-id", completion.id),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert "receipt OK" in ok.stdout and f"completion_tokens: {payload.completion_tokens}" in ok.stdout
+        doc = load_receipt(header)
+        forged = doc.receipt.payload.replace(
+            f'"completion_tokens":{payload.completion_tokens}', '"completion_tokens":1'
+        )
+        assert forged != doc.receipt.payload
+        bad = tmp_path / "forged.json"
+        bad.write_bytes(
+            msgspec.json.encode(
+                msgspec.structs.replace(doc, receipt=msgspec.structs.replace(doc.receipt, payload=forged))
+            )
+        )
+        rejected = subprocess.run(
+            darkbloom_cmd("verify", str(bad)), check=False, capture_output=True, text=True, timeout=60
+        )
+        assert rejected.returncode == 1 and "receipt signature does not verify" in rejected.stderr

@@ -40,7 +40,7 @@ def proxy(
     home: HomeOption = None,
 ) -> None:
     """Serve http://127.0.0.1:PORT/v1 for any OpenAI client; every request is sealed before it leaves this machine."""
-    from darkbloom.client.proxy import run_proxy
+    from darkbloom.client.proxy import ProxyPortInUse, run_proxy
     from darkbloom.local import read_client_config
 
     setup_logging()
@@ -50,4 +50,7 @@ def proxy(
     if not url or not key:
         fail("pass --coordinator URL and --api-key KEY (or set DARKBLOOM_COORDINATOR / DARKBLOOM_API_KEY)")
         return
-    run_proxy(url, key, port=port, k=k, say=lambda m: typer.echo(m, err=True))
+    try:
+        run_proxy(url, key, port=port, k=k, say=lambda m: typer.echo(m, err=True))
+    except ProxyPortInUse as exc:
+        fail(str(exc))

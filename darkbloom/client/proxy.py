@@ -175,9 +175,30 @@ def create_proxy_app(coordinator: str, api_key: str, *, k: int = 3) -> Starlette
     return Starlette(routes=routes, lifespan=lifespan)
 
 
+class ProxyPortInUse(OSError):
+    """The proxy's port is taken (by default a local node's /metrics shares 8421)."""
+
+
 def run_proxy(coordinator: str, api_key: str, *, port: int = 8421, k: int = 3, say: Any = print) -> None:
-    """Serve the proxy on 127.0.0.1 until interrupted."""
+    """Serve the proxy on 127.0.0.1 until interrupted.
+
+    Raises:
+        ProxyPortInUse: something already listens on ``port``.
+    """
+    import socket
+
     import uvicorn
 
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise ProxyPortInUse(
+            f"port {port} on 127.0.0.1 is in use ({exc.strerror}); a darkbloom node on this machine serves /metrics "
+            f"there by default: pass --port, or set DARKBLOOM_NODE_METRICS_PORT for the node"
+        ) from None
     say(f"darkbloom proxy: sealing every request to {coordinator}; point OpenAI clients at http://127.0.0.1:{port}/v1")
-    uvicorn.run(create_proxy_app(coordinator, api_key, k=k), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_proxy_app(coordinator, api_key, k=k), log_level="warning"))
+    server.run(sockets=[sock])

@@ -37,3 +37,23 @@ def test_receipts_load_from_json_or_base64_and_garbage_is_refused() -> None:
     for junk in ("", "not base64 !", b64e(b"[1, 2]"), '{"receipt": 1}'):
         with pytest.raises(AttestationError):
             load_receipt(junk)
+
+
+def test_proxy_refuses_a_port_in_use_with_a_clear_message() -> None:
+    import socket
+    import subprocess
+
+    from darkbloom.testing import darkbloom_cmd
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            darkbloom_cmd("proxy", "--port", str(port), "--coordinator", "http://127.0.0.1:1", "--api-key", "k"),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in out.stderr
