@@ -84,7 +84,7 @@ def test_fleet_view_shows_nodes_slots_and_the_finished_request(coordinator: Coor
     ]
     assert node["max"] == 4 and node["active"] == 0 and node["served"] == 1
     assert node["free_for_load_gb"] == 20.5 and node["heartbeat_age_s"] < 30
-    assert node["trust_level"] is None  # until attestation gives nodes a trust level
+    assert node["trust_level"] == "none"  # it registered without an attestation bundle
     [rec] = view["recent"]
     assert rec["id"] == rid and rec["node"] == "node-secret-7" and rec["model"] == "m1"
     assert rec["status"] == 200 and rec["completion_tokens"] == 3 and rec["ttft_ms"] is not None
