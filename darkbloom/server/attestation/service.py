@@ -121,6 +121,7 @@ class AttestationService:
     def attach(self, node_state: Any, trust: NodeTrust | None) -> None:
         """Record the trust on the registry entry; an attested node is fenced until it passes."""
         node_state.attestation = trust
+        node_state.trust_level = trust.trust_level if trust is not None else "none"
         if trust is not None:
             self.trusts[trust.node_id] = trust
             self.fleet.set_trust(trust.node_id, "fenced")

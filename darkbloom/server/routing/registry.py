@@ -110,11 +110,13 @@ class NodeState:
     """Requests dispatched here and not yet released, all models together."""
     attestation: Any = None
     """The node's verified bundle and challenge record (server/attestation ``NodeTrust``); None: unattested."""
+    trust_level: str | None = None
+    """``none`` (registered without a bundle), ``software`` or ``hardware``; None before registration set it."""
 
     @property
-    def trust_level(self) -> str:
-        """``none`` (no bundle), ``software`` or ``hardware``: what metrics and headers report."""
-        return self.attestation.trust_level if self.attestation is not None else "none"
+    def last_challenge_passed(self) -> float | None:
+        """When (fleet clock) the node last passed a challenge; None if never or unattested."""
+        return self.attestation.last_pass if self.attestation is not None else None
 
     def max_in_flight(self, model: str) -> int:
         slot = self.slots.get(model)
