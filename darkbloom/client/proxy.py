@@ -176,7 +176,7 @@ def create_proxy_app(coordinator: str, api_key: str, *, k: int = 3) -> Starlette
 
 
 class ProxyPortInUse(OSError):
-    """The proxy's port is taken (by default a local node's /metrics shares 8421)."""
+    """The proxy's port is taken."""
 
 
 def run_proxy(coordinator: str, api_key: str, *, port: int = 8421, k: int = 3, say: Any = print) -> None:
@@ -196,8 +196,7 @@ def run_proxy(coordinator: str, api_key: str, *, port: int = 8421, k: int = 3, s
     except OSError as exc:
         sock.close()
         raise ProxyPortInUse(
-            f"port {port} on 127.0.0.1 is in use ({exc.strerror}); a darkbloom node on this machine serves /metrics "
-            f"there by default: pass --port, or set DARKBLOOM_NODE_METRICS_PORT for the node"
+            f"port {port} on 127.0.0.1 is in use ({exc.strerror}); pass --port to pick another"
         ) from None
     say(f"darkbloom proxy: sealing every request to {coordinator}; point OpenAI clients at http://127.0.0.1:{port}/v1")
     server = uvicorn.Server(uvicorn.Config(create_proxy_app(coordinator, api_key, k=k), log_level="warning"))

@@ -5,7 +5,7 @@ same numbers the node reports to its coordinator), so serving pays nothing
 for it. The exporter is prometheus-client's HTTP server on its own thread,
 bound to 127.0.0.1 by default: a node's numbers are for its operator.
 
-``$DARKBLOOM_NODE_METRICS_PORT`` picks the port (default 8421; ``0`` for any
+``$DARKBLOOM_NODE_METRICS_PORT`` picks the port (default 8425; ``0`` for any
 free port; ``off`` to disable); ``$DARKBLOOM_NODE_METRICS_ADDR`` the address.
 """
 
@@ -27,7 +27,7 @@ from darkbloom import __version__
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 8421
+DEFAULT_PORT = 8425  # 8420 coordinator, 8421 sealing proxy
 
 
 class NodeCollector(Collector):
