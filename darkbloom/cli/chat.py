@@ -37,6 +37,14 @@ def chat(
         Optional[int],
         typer.Option("--resume", help="Reopen a saved conversation by its number (see --list).", show_default=False),
     ] = None,
+    seal: Annotated[
+        bool,
+        typer.Option(
+            "--seal/--no-seal",
+            help="Seal prompts and answers end to end to attested nodes, so the coordinator relays ciphertext "
+            "(--no-seal lets the coordinator see them).",
+        ),
+    ] = True,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     light: LightOption = False,
@@ -57,7 +65,13 @@ def chat(
     if prompt is not None:
         try:
             launch.run_oneshot(
-                settings, prompt, model=model, system_prompt=system, max_tokens=max_tokens, temperature=temperature
+                settings,
+                prompt,
+                model=model,
+                system_prompt=system,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                sealed=seal,
             )
         except OneShotError as exc:
             fail(str(exc))
@@ -70,4 +84,5 @@ def chat(
         max_tokens=max_tokens,
         temperature=temperature,
         light=light,
+        sealed=seal,
     )

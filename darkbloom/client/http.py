@@ -150,10 +150,13 @@ class DarkbloomClient:
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        sealed: bool = False,
     ) -> None:
         self.url = api_base(url)
         self.api_key = api_key
         self.admin_key = admin_key
+        self.sealed = sealed
+        """Seal chat requests end to end to attested nodes (the coordinator relays ciphertext)."""
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> DarkbloomClient:
@@ -249,6 +252,10 @@ class DarkbloomClient:
             body["temperature"] = temperature
         if seed is not None:
             body["seed"] = seed
+        if self.sealed:
+            async for event in self._sealed_stream(body):
+                yield event
+            return
         headers = self._auth(admin=False)
         try:
             async with self._http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
@@ -278,5 +285,33 @@ class DarkbloomClient:
                             yield TextDelta(text)
                         finish = choice.get("finish_reason") or finish
                 raise ApiError("the stream ended without [DONE]", 502, "incomplete_stream")
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"lost the coordinator at {self.url}: {exc or type(exc).__name__}") from None
+
+    async def _sealed_stream(self, body: dict[str, Any]) -> AsyncIterator[ChatEvent]:
+        """``chat_stream`` sealed: the prompt and answer are encrypted between this process and the node."""
+        from darkbloom.client.sealing import SealedClient, SealedDone, SealedError, SealedRequestError, SealedStart
+
+        sealer = SealedClient(self.url, self._auth(admin=False)["Authorization"].removeprefix("Bearer "), http=self._http)
+        try:
+            async for event in sealer.chat(body):
+                if isinstance(event, SealedStart):
+                    yield StreamStart(
+                        request_id=event.request_id,
+                        privacy="sealed",
+                        provider=event.headers.get("x-provider-id"),
+                        trust_level=event.headers.get("x-provider-trust-level"),
+                    )
+                elif isinstance(event, SealedDone):
+                    yield StreamEnd(event.finish_reason, event.usage)
+                    return
+                elif event.text:
+                    yield TextDelta(event.text)
+        except SealedRequestError as exc:
+            if exc.status in (401, 403):
+                raise NotAuthorised(f"{self.url} refused the key: {exc}", exc.status) from None
+            raise ApiError(str(exc), exc.status, exc.body.get("error", {}).get("code")) from None
+        except SealedError as exc:
+            raise ApiError(f"sealed mode: {exc} (use --no-seal to let the coordinator see the request)", 503, "sealed") from None
         except httpx.HTTPError as exc:
             raise Unreachable(f"lost the coordinator at {self.url}: {exc or type(exc).__name__}") from None

@@ -29,12 +29,13 @@ def run_chat(
     max_tokens: int | None,
     temperature: float | None,
     light: bool = False,
+    sealed: bool = True,
 ) -> None:
     """Run the interactive chat app; conversations are saved under the home."""
     from darkbloom.tui.chat.app import ChatApp
 
     history = ChatHistory(history_path(settings.home))
-    client = DarkbloomClient(settings.url, api_key=settings.api_key)
+    client = DarkbloomClient(settings.url, api_key=settings.api_key, sealed=sealed)
     app = ChatApp(
         client,
         history=history,
@@ -77,6 +78,7 @@ def run_oneshot(
     system_prompt: str,
     max_tokens: int | None,
     temperature: float | None,
+    sealed: bool = True,
 ) -> None:
     """Answer one prompt on stdout.
 
@@ -86,7 +88,7 @@ def run_oneshot(
     from darkbloom.tui.chat.oneshot import ask
 
     async def go() -> None:
-        async with DarkbloomClient(settings.url, api_key=settings.api_key) as client:
+        async with DarkbloomClient(settings.url, api_key=settings.api_key, sealed=sealed) as client:
             await ask(
                 client, prompt, model=model, system_prompt=system_prompt, max_tokens=max_tokens, temperature=temperature
             )

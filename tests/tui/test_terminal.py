@@ -101,7 +101,7 @@ def test_interactive_chat_in_a_terminal_streams_the_answer_onto_the_screen(live:
         term.read_until(
             lambda s: all(w in s for w in answer_words), f"the answer's words {sorted(answer_words)} never all appeared"
         )
-        assert "coordinator-visible" in term.screen
+        assert "sealed" in term.screen and "coordinator-visible" not in term.screen  # sealed by default
         term.child.send("\x11")  # Ctrl+Q
         term.child.expect(pexpect.EOF, timeout=15)
     finally:
