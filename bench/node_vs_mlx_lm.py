@@ -40,16 +40,7 @@ from darkbloom.testing import Proc, create_key, free_port, start, wait_http, wai
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
 CHILD_ENV = {"DARKBLOOM_LOG_LEVEL": "WARNING"}
 
-TOPICS = [
-    "the sea",
-    "a lighthouse",
-    "a clockmaker",
-    "the first snow",
-    "a lost map",
-    "a night train",
-    "bees",
-    "a city garden",
-]
+from darkbloom.node.benchmark import TOPICS  # noqa: E402  (one prompt set for both benchmarks)
 
 
 @dataclass
