@@ -120,8 +120,10 @@ def main() -> None:
     port, direct_port = free_port(), free_port()
     db = f"sqlite:///{tmp / 'c.db'}"
     py = sys.executable
+    # Rate limiting stays on (its cost is part of the path) but must not refuse the benchmark's own traffic.
+    unlimited = {**os.environ, **{f"DARKBLOOM_{k}": "1000000000" for k in ("RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "INPUT_TOKENS_PER_MIN", "OUTPUT_TOKENS_PER_MIN")}}
     coord = subprocess.Popen([*_pin(0), py, "-m", "darkbloom.cli.main", "serve", "--port", str(port), "--db", db, "--home", str(tmp)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=unlimited)
     std = ["--rate", str(args.rate), "--tokens", str(args.tokens)]
     direct = subprocess.Popen([*_pin(0), py, "-m", "bench.relay_standin", "http", str(direct_port), *std], stdout=subprocess.DEVNULL)
     node = None
