@@ -167,7 +167,7 @@ class Relay:
         Failover: an error before any content from one node leaves the race
         to the other, or (once, when no hedge is running) to a fresh node.
         """
-        fleet, job = self.fleet, self.job
+        fleet = self.fleet
         deadline = time.perf_counter() + self.settings.first_token_timeout_s
         hedge_at = time.perf_counter() + fleet.hedge_delay_s(self.flight)
         flights = [self.flight]
