@@ -282,6 +282,11 @@ def test_openapi_document_lists_every_consumer_route(coordinator: Coordinator) -
         "/v1/models",
         "/v1/models/capacity",
         "/v1/models/{model}",
+        "/v1/balance",
+        "/v1/usage",
+        "/v1/pricing",
+        "/v1/providers/keys",
+        "/v1/receipts/{request_id}",
     }
     chat = doc["components"]["schemas"]["ChatCompletionRequest"]
     assert set(chat["required"]) == {"model", "messages"} and "presence_penalty" in chat["properties"]

@@ -85,6 +85,17 @@ def _error_schemas() -> dict[str, Any]:
             "required": ["id", "type", "content", "stop_reason", "usage"],
             "properties": {"type": {"const": "message"}},
         },
+        "Balance": {
+            "type": "object",
+            "required": ["account_id", "balance_micro_usd"],
+            "properties": {"account_id": {"type": "string"}, "balance_micro_usd": {"type": "integer"}},
+        },
+        "List": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array"}},
+        },
+        "Receipt": {"type": "object"},
         "Model": {
             "type": "object",
             "required": ["id", "object"],
@@ -235,6 +246,19 @@ def openapi_document() -> dict[str, Any]:
                 "Per model: nodes, free and busy slots, queued requests, estimated wait", "CapacityList"
             ),
             "/v1/models/{model}": _get("One served model", "Model", model_param),
+            "/v1/balance": _get("The caller's balance in integer micro-USD", "Balance"),
+            "/v1/usage": _get("One row per settled request: tokens, cost, node", "List"),
+            "/v1/pricing": _get("Price per model per million input and output tokens (unpriced = free)", "List"),
+            "/v1/providers/keys": _get(
+                "Attested nodes' X25519 keys with their signed bundles, for sealing to them",
+                "List",
+                [{"name": "model", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}}],
+            ),
+            "/v1/receipts/{request_id}": _get(
+                "The node-signed receipt of a finished request",
+                "Receipt",
+                [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            ),
         },
         "components": {
             "schemas": components,
