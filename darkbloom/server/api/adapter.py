@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -118,6 +119,33 @@ def check_fleet_limits(request: Request, model: str, max_tokens: int, param: str
             param=param,
             code="invalid_value",
         )
+
+
+def new_job(
+    consumer: ApiKeyRecord,
+    id_prefix: str,
+    api: str,
+    model: str,
+    messages: tuple[gateway.ChatMessage, ...],
+    params: gateway.SamplingParams,
+    stream: bool,
+    **extra: Any,
+) -> gateway.InferenceJob:
+    """The job every adapter hands the gateway: a fresh request id, and who is paying and rate-limited.
+
+    ``extra`` sets the job's optional fields (a sealed envelope, a prompt-token hint).
+    """
+    return gateway.InferenceJob(
+        request_id=f"{id_prefix}{uuid.uuid4().hex}",
+        model=model,
+        messages=messages,
+        params=params,
+        account_id=consumer.account_id,
+        key_id=consumer.key_id,
+        api=api,
+        stream=stream,
+        **extra,
+    )
 
 
 async def dispatch(request: Request, job: gateway.InferenceJob, timing: gateway.Timing) -> gateway.Relay:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -26,6 +25,7 @@ from darkbloom.server.api.adapter import (
     dispatch,
     handle,
     json_response,
+    new_job,
     sse,
     stream_response,
 )
@@ -64,16 +64,7 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
         request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     )
     timing.parsed = time.perf_counter()
-    job = gateway.InferenceJob(
-        request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        model=req.model,
-        messages=messages,
-        params=params,
-        account_id=consumer.account_id,
-        key_id=consumer.key_id,
-        api="chat.completions",
-        stream=req.stream,
-    )
+    job = new_job(consumer, "chatcmpl-", "chat.completions", req.model, messages, params, req.stream)
     relay = await dispatch(request, job, timing)
     created = int(time.time())
     if not req.stream:

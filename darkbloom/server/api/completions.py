@@ -7,7 +7,6 @@ template. ``echo`` puts the prompt in front of the completion.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -23,6 +22,7 @@ from darkbloom.server.api.adapter import (
     dispatch,
     handle,
     json_response,
+    new_job,
     sse,
     stream_response,
 )
@@ -39,16 +39,7 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
     params = completion_params(req, prompt)
     check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
     timing.parsed = time.perf_counter()
-    job = gateway.InferenceJob(
-        request_id=f"cmpl-{uuid.uuid4().hex}",
-        model=req.model,
-        messages=(),
-        params=params,
-        account_id=consumer.account_id,
-        key_id=consumer.key_id,
-        api="completions",
-        stream=req.stream,
-    )
+    job = new_job(consumer, "cmpl-", "completions", req.model, (), params, req.stream)
     relay = await dispatch(request, job, timing)
     created = int(time.time())
     echo = prompt if req.echo else ""

@@ -7,7 +7,6 @@ an error after the stream started is one ``error`` event.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -26,7 +25,15 @@ from darkbloom.protocol.anthropic import (
 )
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
-from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, stream_response
+from darkbloom.server.api.adapter import (
+    check_fleet_limits,
+    collect,
+    dispatch,
+    handle,
+    json_response,
+    new_job,
+    stream_response,
+)
 from darkbloom.server.store import ApiKeyRecord
 
 
@@ -42,16 +49,7 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
     req, chat, params = parse_messages_request(body)
     check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
     timing.parsed = time.perf_counter()
-    job = gateway.InferenceJob(
-        request_id=f"msg_{uuid.uuid4().hex}",
-        model=req.model,
-        messages=chat,
-        params=params,
-        account_id=consumer.account_id,
-        key_id=consumer.key_id,
-        api="messages",
-        stream=req.stream,
-    )
+    job = new_job(consumer, "msg_", "messages", req.model, chat, params, req.stream)
     relay = await dispatch(request, job, timing)
     if not req.stream:
         text, done = await collect(request, relay)

@@ -18,7 +18,15 @@ from starlette.responses import Response
 from darkbloom.protocol import Chunk, Complete, Error
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
 from darkbloom.server import gateway
-from darkbloom.server.api.adapter import check_fleet_limits, collect, dispatch, handle, json_response, stream_response
+from darkbloom.server.api.adapter import (
+    check_fleet_limits,
+    collect,
+    dispatch,
+    handle,
+    json_response,
+    new_job,
+    stream_response,
+)
 from darkbloom.server.api.errors import error_response
 from darkbloom.server.store import ApiKeyRecord
 
@@ -37,16 +45,7 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
     req, messages, params = parse_responses_request(body)
     check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")
     timing.parsed = time.perf_counter()
-    job = gateway.InferenceJob(
-        request_id=f"resp_{uuid.uuid4().hex}",
-        model=req.model,
-        messages=messages,
-        params=params,
-        account_id=consumer.account_id,
-        key_id=consumer.key_id,
-        api="responses",
-        stream=req.stream,
-    )
+    job = new_job(consumer, "resp_", "responses", req.model, messages, params, req.stream)
     relay = await dispatch(request, job, timing)
     state = ResponseState(job.request_id, f"msg_{uuid.uuid4().hex}", job.model, int(time.time()), req)
     if not req.stream:

@@ -15,7 +15,6 @@ event). See docs/sealed-envelope.md.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +26,7 @@ from darkbloom.protocol import Chunk, Complete, Error, SamplingParams, SealedEnv
 from darkbloom.protocol.openai import RequestError, usage_dict
 from darkbloom.protocol.sealed import SEALED_CONTENT_TYPE, SealedError, check_envelope
 from darkbloom.server import gateway
-from darkbloom.server.api.adapter import dispatch, stream_response
+from darkbloom.server.api.adapter import dispatch, new_job, stream_response
 from darkbloom.server.store import ApiKeyRecord
 
 _encode = msgspec.json.Encoder().encode  # ~10x json.dumps; runs once per streamed chunk
@@ -84,14 +83,14 @@ async def sealed_chat(request: Request, consumer: ApiKeyRecord, body: bytes, tim
     """Admit, route among the envelope's recipients, and relay ciphertext back (an adapter ``Run``)."""
     req = parse_sealed_request(body)
     timing.parsed = time.perf_counter()
-    job = gateway.InferenceJob(
-        request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        model=req.model,
-        messages=(),
-        params=SamplingParams(max_tokens=req.max_tokens),
-        account_id=consumer.account_id,
-        api="chat.completions",
-        stream=True,
+    job = new_job(
+        consumer,
+        "chatcmpl-",
+        "chat.completions",
+        req.model,
+        (),
+        SamplingParams(max_tokens=req.max_tokens),
+        True,
         sealed=req.envelope,
         prompt_tokens=req.prompt_tokens_estimate or None,
     )

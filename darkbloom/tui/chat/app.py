@@ -133,32 +133,31 @@ class ChatApp(App[None]):
 
     # ---- models ---------------------------------------------------------------------------
 
-    @work(exclusive=True, group="models")
-    async def choose_initial_model(self) -> None:
+    async def _served_models(self, none_served: str) -> list[str]:
+        """The served models, or ``[]`` after telling the user why there are none to pick."""
         try:
             models = await self.client.models()
         except ClientError as exc:
             await self.note(f"Cannot list models: {exc}")
-            return
+            return []
         if not models:
-            await self.note("No model is being served right now; try again in a moment (Ctrl+O).")
-        elif len(models) == 1:
+            await self.note(none_served)
+        return models
+
+    @work(exclusive=True, group="models")
+    async def choose_initial_model(self) -> None:
+        models = await self._served_models("No model is being served right now; try again in a moment (Ctrl+O).")
+        if len(models) == 1:
             self.model = models[0]
             self._update_titles()
-        else:
+        elif models:
             self.push_screen(ModelPicker(models, self.model), self._picked)
 
     @work(exclusive=True, group="models")
     async def action_pick_model(self) -> None:
-        try:
-            models = await self.client.models()
-        except ClientError as exc:
-            await self.note(f"Cannot list models: {exc}")
-            return
-        if not models:
-            await self.note("No model is being served right now.")
-            return
-        self.push_screen(ModelPicker(models, self.model), self._picked)
+        models = await self._served_models("No model is being served right now.")
+        if models:
+            self.push_screen(ModelPicker(models, self.model), self._picked)
 
     def _picked(self, model: str | None) -> None:
         if model and model != self.model:

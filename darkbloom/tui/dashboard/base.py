@@ -42,7 +42,8 @@ class DashboardScreen(Screen[None]):
         yield Footer()
 
     def body(self) -> ComposeResult:
-        raise NotImplementedError
+        """The screen's own widgets, between the banner and the footer (every screen defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define body()")
 
     @property
     def dashboard(self) -> DashboardApp:
@@ -63,4 +64,5 @@ class DashboardScreen(Screen[None]):
         self.render_data(data)
 
     def render_data(self, data: DashboardData) -> None:
-        raise NotImplementedError
+        """Fill the screen's widgets from new data (every screen defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define render_data()")
