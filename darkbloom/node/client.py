@@ -126,7 +126,7 @@ class NodeSession:
             await ws.send(data, text=True)
 
     async def _session(self) -> None:
-        async with websockets.connect(self.url, max_size=MAX_FRAME_BYTES, open_timeout=10, ping_interval=20) as ws:
+        async with websockets.connect(self.url, max_size=MAX_FRAME_BYTES, open_timeout=10, ping_interval=20, compression=None) as ws:
             reg = Register(
                 node_id=self.node_id,  # type: ignore[arg-type]
                 models=self.models,

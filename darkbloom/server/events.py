@@ -257,7 +257,7 @@ class DashboardHook:
             # The first token arrives with the first frame; the rest are decoded after it.
             tps = round((usage.completion_tokens - 1) / (now - first_at), 1)
         cost = None
-        if self.cost is not None:
+        if self.cost is not None and usage is not None:  # a request that failed is not charged
             try:
                 cost = self.cost(job, usage)
             except Exception:

@@ -27,6 +27,7 @@ from darkbloom.server.routing.scoring import ewma
 from darkbloom.server.routing.route import Dispatch, Enqueue, NoNode, Reject, drain, route
 from darkbloom.server.routing.state import FleetState, RouteRequest, RoutingConfig
 from darkbloom.server.routing.warmpool import load_finished, plan_warm_pool
+from darkbloom.server.wake import Wake
 from darkbloom.server.writer import NodeWriter, WriterClosed, WriterLimits
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class NodeLink:
 class InFlight:
     """A request dispatched to a node; its frames wait here, in arrival order, for the consumer."""
 
-    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "privacy", "_buf", "_limit", "_overflow", "_on_overflow")
+    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "privacy", "_buf", "_limit", "_overflow", "_on_overflow", "_deadline", "_timer", "_timed_out")
 
     def __init__(self, request_id: str, model: str, node_id: str, limit: int = BUFFER_FRAMES, on_overflow: Callable[[InFlight], None] | None = None) -> None:
         self.request_id = request_id
@@ -96,12 +97,16 @@ class InFlight:
         self.seen_first = False
         self.dispatched_at = time.perf_counter()
         self.done = False
-        self.wake = asyncio.Event()  # shared between a request and its hedge
+        self.wake = Wake()  # shared between a request and its hedge
         self.privacy: Any = None  # server/attestation FlightPrivacy: sealing mode, chunk key, sealed hash
         self._buf: deque[Frame] = deque()
         self._limit = limit
         self._overflow: asyncio.TimerHandle | None = None
         self._on_overflow = on_overflow
+        # ``next``'s timeout: one lazily re-armed timer per flight, not one per frame (see ``next``).
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
 
     def push(self, frame: Frame) -> None:
         self._buf.append(frame)
@@ -121,17 +126,51 @@ class InFlight:
         return self._buf.popleft() if self._buf else None
 
     async def next(self, timeout: float) -> Frame | None:
-        """The next frame, or None after ``timeout`` seconds without one."""
+        """The next frame, or None after ``timeout`` seconds without one.
+
+        Called once per relayed frame, so it arms no timer of its own: it
+        moves ``_deadline``, and the flight's one timer, when it fires,
+        either finds the deadline passed or re-arms for the new one.
+        """
         if self._buf:
             return self._buf.popleft()
+        loop = self.wake.running_loop()
+        self._deadline = loop.time() + timeout
+        self._timed_out = False
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
         try:
-            async with asyncio.timeout(timeout):
-                while not self._buf:
-                    self.wake.clear()
-                    await self.wake.wait()
-        except TimeoutError:
-            return None
+            while not self._buf:
+                if self._timed_out:
+                    self._timed_out = False
+                    return None
+                self.wake.clear()
+                await self.wake.wait()
+        finally:
+            self._deadline = None  # nobody is waiting: a timer that fires now just lapses
         return self._buf.popleft()
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        loop = self.wake.running_loop()
+        if loop.time() >= deadline:
+            self._deadline = None
+            self._timed_out = True
+            self.wake.set()
+        else:
+            self._timer = loop.call_at(deadline, self._check_deadline)
+
+    def stop_timers(self) -> None:
+        """The flight is over: drop timers nobody waits on, so nothing holds it until they would fire."""
+        if self._deadline is None and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._overflow is not None:
+            self._overflow.cancel()
+            self._overflow = None
 
     @property
     def frames(self) -> InFlight:  # the old queue attribute: tests put frames with put_nowait
@@ -409,6 +448,7 @@ class Fleet:
         if flight is None:
             return
         flight.done = True
+        flight.stop_timers()
         if flight.privacy is not None:
             flight.privacy.forget()
         link = self.links.get(flight.node_id)

@@ -21,6 +21,8 @@ def uvicorn_server(settings: Settings, *, sock: socket.socket | None = None, log
         access_log=False,  # darkbloom.server.access logs each request, with its request id
         ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=20,
+        # Chunk frames are tens of bytes (ciphertext when sealed): deflating each cost more CPU than it saved.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
         lifespan="on",
     )

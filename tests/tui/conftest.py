@@ -49,8 +49,12 @@ class LiveNetwork:
 
 
 @pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveNetwork]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNetwork]:
+    from darkbloom.node.models.tiny import build_tiny_model
+
     root = tmp_path_factory.mktemp("live")
+    # A long context, so an answer can run far longer than any test takes to press Esc (~1,000 tokens/s here).
+    tiny_model_dir = build_tiny_model(root / "models" / "tiny", name="tiny", context_length=65536)
     port = free_port()
     db = f"sqlite:///{root / 'coord.db'}"
     url = f"http://127.0.0.1:{port}"

@@ -83,7 +83,7 @@ async def test_send_messages_with_a_system_prompt_and_reopen_the_conversation(
 async def test_stop_generation_cancels_the_request_on_the_coordinator(live: LiveNetwork, tmp_path: Path) -> None:
     history = ChatHistory(tmp_path / "chats.db")
     app = ChatApp(
-        DarkbloomClient(live.url, api_key=live.key), history=history, model=live.model, max_tokens=1500, temperature=0
+        DarkbloomClient(live.url, api_key=live.key), history=history, model=live.model, max_tokens=60_000, temperature=0
     )
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+o")

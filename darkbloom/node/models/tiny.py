@@ -61,6 +61,7 @@ def build_tiny_model(
     num_layers: int = 2,
     vocab_size: int = 512,
     seed: int = 0,
+    context_length: int = 2048,
 ) -> Path:
     """Write a tiny random Llama model directory that ``mlx_lm.load`` accepts.
 
@@ -71,6 +72,7 @@ def build_tiny_model(
         num_layers: Number of transformer blocks.
         vocab_size: Size of the byte-level BPE vocabulary.
         seed: Seed for the random weights, so builds are reproducible.
+        context_length: The context the config declares (``max_position_embeddings``).
 
     Returns:
         The model directory.
@@ -94,7 +96,7 @@ def build_tiny_model(
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-5,
         "vocab_size": real_vocab,
-        "max_position_embeddings": 2048,
+        "max_position_embeddings": context_length,
         "rope_theta": 10000.0,
         "tie_word_embeddings": True,
         "eos_token_id": eos_id,

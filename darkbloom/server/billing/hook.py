@@ -79,6 +79,7 @@ class BillingHook:
         # Told the kind of each ledger posting made (``hold``, ``charge``, ``refund``): the metrics counter.
         self.on_posting = on_posting or (lambda kind: None)
         self._prices: dict[str, Price] = {}
+        self._releasing: set[asyncio.Task[bool]] = set()
 
     async def admit(self, job: InferenceJob) -> None:
         extra = prompt_bytes_outside_messages(job)
@@ -92,14 +93,24 @@ class BillingHook:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": retry_after_header(wait)},
             )
-        price = await money.get_price(self.store, job.model)
-        amount = worst_case(price, job.messages, job.params.max_tokens, self.min_charge, extra)
+        messages, max_tokens, min_charge = job.messages, job.params.max_tokens, self.min_charge
+
+        def amount_for(price: Price) -> int:
+            return worst_case(price, messages, max_tokens, min_charge, extra)
+
+        # Price and hold in one transaction: on SQLite one hop to the database thread, group-committed.
         try:
-            placed = await money.place_hold(
-                self.store, job.request_id, job.account_id, job.model, amount, self.owner, self.clock()
+            price, amount, placed = await money.hold_priced(
+                self.store, job.request_id, job.account_id, job.model, amount_for, self.owner, self.clock()
             )
         except InsufficientFunds as exc:
-            raise insufficient_funds(amount, exc.balance) from None
+            raise insufficient_funds(exc.needed, exc.balance) from None
+        except asyncio.CancelledError:
+            # The hold may still commit behind us: release it (queued after it) so it does not wait for the sweep.
+            task = asyncio.get_running_loop().create_task(money.release_hold(self.store, job.request_id, self.clock()))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            raise
         if placed and amount:
             self.on_posting("hold")
         self._prices[job.request_id] = price

@@ -8,9 +8,12 @@ start; a database newer than the code refuses to start.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -60,6 +63,16 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
+
+    async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``op(tx)`` as one transaction of its own and return what it returns.
+
+        The hot path's postings (holds, settlements) go through here. ``op``
+        may only await ``tx``'s methods and must not touch the event loop:
+        SQLite runs it on its database thread, in one hop, group-committed
+        with whatever other ops are waiting (each under its own savepoint,
+        so one op raising rolls back only its own writes).
+        """
 
     async def revoke_api_key(self, key_id: str) -> bool:
         """Revoke a key; ``False`` when no live key has that id."""

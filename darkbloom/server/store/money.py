@@ -9,6 +9,7 @@ never deadlock and never overdraw.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,10 +97,11 @@ async def set_price(store: Store, model: str, price: Price, now: float) -> None:
 
 async def get_price(store: Store, model: str) -> Price:
     """The model's price; ``FREE`` when none is set."""
-    async with store.transaction() as tx:
-        row = await tx.fetchone(
-            "SELECT input_micro_usd_per_m, output_micro_usd_per_m FROM prices WHERE model = ?", model
-        )
+    return await store.run(lambda tx: price_in(tx, model))
+
+
+async def price_in(tx: Tx, model: str) -> Price:
+    row = await tx.fetchone("SELECT input_micro_usd_per_m, output_micro_usd_per_m FROM prices WHERE model = ?", model)
     return Price(int(row[0]), int(row[1])) if row else FREE
 
 
@@ -125,26 +127,57 @@ async def place_hold(
     Raises:
         InsufficientFunds: the balance does not cover ``amount`` (nothing is written).
     """
-    async with store.transaction() as tx:
-        if await tx.fetchone("SELECT state FROM holds WHERE request_id = ?", request_id):
-            return False
-        if amount > 0:
-            await post(
-                tx,
-                [Leg(ledger.consumer(account_id), -amount, ledger.HOLD), Leg(ledger.HOLDS, amount, ledger.HOLD)],
-                request_id,
-                now,
-            )
-        await tx.execute(
-            "INSERT INTO holds (request_id, account_id, model, amount, "
-            "state, owner, created_at) VALUES (?, ?, ?, ?, 'held', ?, ?)",
+    return await store.run(lambda tx: _place_hold(tx, request_id, account_id, model, amount, owner, now))
+
+
+async def hold_priced(
+    store: Store,
+    request_id: str,
+    account_id: str,
+    model: str,
+    amount_for: Callable[[Price], int],
+    owner: str,
+    now: float,
+) -> tuple[Price, int, bool]:
+    """Read the model's price and hold ``amount_for(price)`` in one transaction (admission's one round trip).
+
+    ``amount_for`` must be pure: on SQLite it runs on the database thread.
+
+    Returns:
+        The price, the amount held, and whether a new hold was placed.
+
+    Raises:
+        InsufficientFunds: the balance does not cover the amount (nothing is written).
+    """
+
+    async def op(tx: Tx) -> tuple[Price, int, bool]:
+        price = await price_in(tx, model)
+        amount = amount_for(price)
+        return price, amount, await _place_hold(tx, request_id, account_id, model, amount, owner, now)
+
+    return await store.run(op)
+
+
+async def _place_hold(tx: Tx, request_id: str, account_id: str, model: str, amount: int, owner: str, now: float) -> bool:
+    if await tx.fetchone("SELECT state FROM holds WHERE request_id = ?", request_id):
+        return False
+    if amount > 0:
+        await post(
+            tx,
+            [Leg(ledger.consumer(account_id), -amount, ledger.HOLD), Leg(ledger.HOLDS, amount, ledger.HOLD)],
             request_id,
-            account_id,
-            model,
-            amount,
-            owner,
             now,
         )
+    await tx.execute(
+        "INSERT INTO holds (request_id, account_id, model, amount, "
+        "state, owner, created_at) VALUES (?, ?, ?, ?, 'held', ?, ?)",
+        request_id,
+        account_id,
+        model,
+        amount,
+        owner,
+        now,
+    )
     return True
 
 
@@ -177,7 +210,7 @@ async def settle_hold(
     """
     from darkbloom.server.billing.pricing import cost as request_cost
 
-    async with store.transaction() as tx:
+    async def op(tx: Tx) -> Settlement | None:
         row = await tx.fetchone(
             "SELECT account_id, model, amount, state FROM holds WHERE request_id = ?" + tx.lock, request_id
         )
@@ -214,12 +247,15 @@ async def settle_hold(
             provider_acct,
             now,
         )
-    return Settlement(request_id, account_id, hold, split, provider_acct)
+        return Settlement(request_id, account_id, hold, split, provider_acct)
+
+    return await store.run(op)
 
 
 async def release_hold(store: Store, request_id: str, now: float) -> bool:
     """Refund a hold in full (failure, cancel, crash); once per request. ``False`` if not open."""
-    async with store.transaction() as tx:
+
+    async def op(tx: Tx) -> bool:
         row = await tx.fetchone(
             "SELECT account_id, amount, state FROM holds WHERE request_id = ?" + tx.lock, request_id
         )
@@ -234,7 +270,9 @@ async def release_hold(store: Store, request_id: str, now: float) -> bool:
                 now,
             )
         await tx.execute("UPDATE holds SET state = 'released', finished_at = ? WHERE request_id = ?", now, request_id)
-    return True
+        return True
+
+    return await store.run(op)
 
 
 async def stale_holds(store: Store, *, owner: str | None = None, created_before: float | None = None) -> list[str]:

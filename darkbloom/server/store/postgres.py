@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -14,6 +14,7 @@ from darkbloom.server.store.migrations import POSTGRES, newer_schema_message
 
 _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked, last_used_at"
 _PLACEHOLDER = re.compile(r"\?")
+T = TypeVar("T")
 
 
 def _key_record(row: Any) -> ApiKeyRecord:
@@ -102,6 +103,11 @@ class PostgresStore:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 yield PostgresTx(conn)
+
+    async def run(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """``op(tx)`` in a transaction of its own (see ``base.Store.run``)."""
+        async with self.transaction() as tx:
+            return await op(tx)
 
     async def create_account(self, account_id: str, now: float) -> None:
         await self.pool.execute("INSERT INTO accounts (id, created_at) VALUES ($1, $2)", account_id, now)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -14,6 +15,8 @@ from darkbloom.server.store.base import ApiKeyRecord, StoreError
 from darkbloom.server.store.migrations import SQLITE, newer_schema_message
 
 _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked, last_used_at"
+T = TypeVar("T")
+Op = Callable[[Any], Awaitable[Any]]
 
 
 def _key_record(row: Any) -> ApiKeyRecord:
@@ -43,6 +46,66 @@ class SQLiteTx:
             return cur.rowcount
 
 
+class ThreadTx:
+    """A transaction driven on the database thread itself: plain ``sqlite3`` calls, no hops.
+
+    Its methods are coroutines only so that the same ``op(tx)`` code runs on
+    both backends; they never suspend, so ``_drive`` runs an op to the end
+    with one ``send``.
+    """
+
+    dialect = "sqlite"
+    lock = ""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def fetchone(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        row = self._conn.execute(sql, args).fetchone()
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self._conn.execute(sql, args).rowcount
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its result (see ``ThreadTx``)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a store op awaited something other than its transaction")
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
+    """On the database thread: every op in one ``BEGIN IMMEDIATE`` .. ``COMMIT``, each under a savepoint.
+
+    One commit (one fsync) for the whole batch is the point: concurrent
+    requests' holds and settlements share it.
+    """
+    results: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                results.append((True, _drive(op(ThreadTx(conn)))))
+            except Exception as exc:  # the op's own failure (insufficient funds, a constraint): its writes only
+                conn.execute("ROLLBACK TO op")
+                results.append((False, exc))
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
 class SQLiteStore:
     """A ``Store`` in one SQLite file (WAL mode, so readers never block the writer).
 
@@ -59,6 +122,8 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._tx_db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -109,6 +174,45 @@ class SQLiteStore:
                 await db.execute("ROLLBACK")
                 raise
             await db.execute("COMMIT")
+
+    async def run(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """``op(tx)`` in a transaction on the database thread, group-committed (see ``base.Store.run``)."""
+        if self._tx_db is None:
+            raise StoreError("store is not open; call migrate() first")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await fut  # type: ignore[no-any-return]
+
+    async def _flush(self) -> None:
+        """Ship whatever ops are waiting to the database thread, one batch per hop, until none are."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self._lock:  # never inside someone's ``transaction()``
+                        db = self._tx_db
+                        if db is None:
+                            raise StoreError("store is closed")
+                        # aiosqlite's own queue to its thread: the whole batch is one hop, not one per statement.
+                        results = await db._execute(_run_batch, db._conn, [op for op, _ in batch])
+                except BaseException as exc:  # the batch could not commit: every op in it fails
+                    results = [(False, exc)] * len(batch)
+                    if not isinstance(exc, Exception):
+                        for _, fut in batch:
+                            if not fut.done():
+                                fut.cancel()
+                        raise
+                for (_, fut), (ok, value) in zip(batch, results):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+        finally:
+            self._flusher = None
 
     async def create_account(self, account_id: str, now: float) -> None:
         async with self.transaction() as tx:

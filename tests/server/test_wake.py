@@ -1,0 +1,31 @@
+"""``Wake`` behaves as ``asyncio.Event`` where the relay relies on it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from darkbloom.server.wake import Wake
+
+
+def test_wake_releases_every_waiter_and_a_cancelled_one_leaves_the_rest_waiting() -> None:
+    async def scenario() -> None:
+        wake = Wake()
+        a = asyncio.create_task(wake.wait())
+        b = asyncio.create_task(wake.wait())
+        c = asyncio.create_task(wake.wait())
+        await asyncio.sleep(0)
+        assert not any(t.done() for t in (a, b, c))
+        c.cancel()
+        await asyncio.sleep(0)
+        assert c.cancelled() and not a.done()
+        wake.set()
+        assert await asyncio.wait_for(asyncio.gather(a, b), 1) == [True, True]
+        assert wake.is_set() and await wake.wait()  # set: returns at once
+        wake.clear()
+        late = asyncio.create_task(wake.wait())
+        await asyncio.sleep(0.01)
+        assert not late.done()
+        wake.set()
+        assert await asyncio.wait_for(late, 1)
+
+    asyncio.run(scenario())
