@@ -104,7 +104,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=100)
     a = ap.parse_args()
     if a.mode == "node":
-        asyncio.run(run_node(a.target, a.rate, a.tokens))
+        import uvloop  # as the coordinator and the direct baseline (uvicorn) run on
+
+        uvloop.run(run_node(a.target, a.rate, a.tokens))
     else:
         run_http(int(a.target), a.rate, a.tokens)
 

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import IO, Any
 
+import msgspec
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("darkbloom_request_id", default=None)
 """The id of the request the current task is working on (``None`` outside a request)."""
 
@@ -67,11 +69,16 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+# msgspec writes the same compact JSON as ``json.dumps(separators=(",", ":"))``, several times faster
+# (two lines per request on the coordinator); anything it cannot encode is logged as ``str(value)``.
+_json_line = msgspec.json.Encoder(enc_hook=str).encode
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, for machines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(record_fields(record), default=str, separators=(",", ":"))
+        return _json_line(record_fields(record)).decode()
 
 
 def _kv(value: Any) -> str:
@@ -110,6 +117,8 @@ def setup_logging(verbose: bool = False, *, stream: IO[str] | None = None, json_
         if verbose
         else getattr(logging, os.environ.get("DARKBLOOM_LOG_LEVEL", "INFO").upper(), logging.INFO)
     )
+    # No formatter here prints the pid: skip the getpid() system call logging makes for every record.
+    logging.logProcesses = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JSONFormatter() if json_lines else KeyValueFormatter())
     root = logging.getLogger()

@@ -1,10 +1,12 @@
-"""Every HTTP request gets an id, one access-log line, and a count in the metrics.
+"""Every HTTP request gets an id, an ``X-Timing`` header, one access-log line, and a count in the metrics.
 
 A pure ASGI middleware (it never buffers a body, so streaming responses pass
 straight through). It gives the request a fresh id in the logging context; an
 inference route replaces it with the job's own id when the gateway admits the
 job, and whatever id is current when the response starts goes back to the
-consumer in ``X-Request-Id``, on errors too.
+consumer in ``X-Request-Id``, on errors too. A response that carries no
+``X-Timing`` of its own (inference adapters write the full one) gets
+``{"total": µs}``, the time from receipt to its headers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from darkbloom.logging_setup import request_id_var
@@ -57,9 +58,14 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                if "x-request-id" not in headers:
-                    headers["X-Request-Id"] = request_id_var.get() or ""
+                headers = list(message.get("headers", ()))
+                names = {k.lower() for k, _ in headers}
+                if b"x-request-id" not in names:
+                    headers.append((b"x-request-id", (request_id_var.get() or "").encode("latin-1")))
+                if b"x-timing" not in names:
+                    total = max(0, round((time.perf_counter() - started) * 1e6))
+                    headers.append((b"x-timing", b'{"total":%d}' % total))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

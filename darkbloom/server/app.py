@@ -15,7 +15,6 @@ from darkbloom.server.access import RequestContextMiddleware
 from darkbloom.server.api import accounts, chat, completions, consumer, dashboard, device, messages, models, openapi, provider_ws, responses
 from darkbloom.server.api import billing as billing_api
 from darkbloom.server.api import metrics as metrics_api, releases as releases_api, stats as stats_api
-from darkbloom.server.api.adapter import TimingHeader
 from darkbloom.server.auth.cache import KeyCache
 from darkbloom.server.api import providers
 from darkbloom.server.attestation import AttestationService, PrivacyRelay, ReceiptBook, TrustPolicy
@@ -137,7 +136,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/v1/receipts/{request_id}", providers.get_receipt, methods=["GET"]),
         Route("/v1/{rest:path}", consumer.not_implemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
-    middleware = [Middleware(RequestContextMiddleware, metrics=metrics), Middleware(TimingHeader)]
+    middleware = [Middleware(RequestContextMiddleware, metrics=metrics)]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     app.state.store = store

@@ -86,7 +86,7 @@ class NodeLink:
 class InFlight:
     """A request dispatched to a node; its frames wait here, in arrival order, for the consumer."""
 
-    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "privacy", "_buf", "_limit", "_overflow", "_on_overflow", "_deadline", "_timer", "_timed_out")
+    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "privacy", "_buf", "_limit", "_overflow", "_on_overflow", "_deadline", "_timer", "_timed_out", "abandoned")
 
     def __init__(self, request_id: str, model: str, node_id: str, limit: int = BUFFER_FRAMES, on_overflow: Callable[[InFlight], None] | None = None) -> None:
         self.request_id = request_id
@@ -107,6 +107,7 @@ class InFlight:
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out = False
+        self.abandoned = False  # the consumer hung up: ``next`` stops waiting
 
     def push(self, frame: Frame) -> None:
         self._buf.append(frame)
@@ -126,7 +127,7 @@ class InFlight:
         return self._buf.popleft() if self._buf else None
 
     async def next(self, timeout: float) -> Frame | None:
-        """The next frame, or None after ``timeout`` seconds without one.
+        """The next frame, or None after ``timeout`` seconds without one (or once ``abandoned``).
 
         Called once per relayed frame, so it arms no timer of its own: it
         moves ``_deadline``, and the flight's one timer, when it fires,
@@ -141,7 +142,7 @@ class InFlight:
             self._timer = loop.call_at(self._deadline, self._check_deadline)
         try:
             while not self._buf:
-                if self._timed_out:
+                if self._timed_out or self.abandoned:
                     self._timed_out = False
                     return None
                 self.wake.clear()

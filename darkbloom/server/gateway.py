@@ -136,7 +136,8 @@ class Relay:
         self.hedged = False
         self._others: list[InFlight] = []
         self._closed = False
-        self._taps = [h for h in hooks if isinstance(h, StreamTap)]
+        self.abandoned = False
+        self._taps = _taps(hooks)
 
     @property
     def node_id(self) -> str:
@@ -261,12 +262,21 @@ class Relay:
             yield frame
             nxt = self.flight.pop()
             frame = nxt if nxt is not None else await self._next(timeout)
+            if self.abandoned:
+                return  # no terminal frame: ``close`` cancels on the node and settles as cancelled
             if self._taps and isinstance(frame, Chunk):
                 now = time.perf_counter()
                 nbytes = len(frame.text) + len(frame.sealed or "")
                 for tap in self._taps:
                     tap.chunk(self.job, now - last, nbytes)
                 last = now
+
+    def abandon(self) -> None:
+        """The consumer hung up: stop waiting for frames now (``frames`` ends; ``close`` cancels)."""
+        self.abandoned = True
+        for flight in (self.flight, *self._others):
+            flight.abandoned = True
+            flight.wake.set()
 
     async def close(self) -> None:
         """End the request exactly once: release, or cancel it on the node, then settle.
@@ -294,6 +304,21 @@ class Relay:
                     await self.fleet.cancel(rid, "consumer too slow")
                 self.fleet.finish(rid, ok=False if term.status >= 500 and term.code != "timeout" else None)
                 await _settle(self.hooks, self.job, "failed", None, self.node_id)
+
+
+# Keyed by the hooks' ids; each entry keeps its hooks alive, so no id in a key can be reused by another object.
+_TAPS: dict[tuple[int, ...], tuple[list[RequestHook], list[StreamTap]]] = {}
+
+
+def _taps(hooks: list[RequestHook]) -> list[StreamTap]:
+    """The hooks that are also stream taps, worked out once per set of hooks (a Protocol isinstance is slow)."""
+    key = tuple(map(id, hooks))
+    entry = _TAPS.get(key)
+    if entry is None:
+        if len(_TAPS) > 64:  # tests build many apps; a long-lived coordinator has one hook list
+            _TAPS.clear()
+        entry = _TAPS[key] = (list(hooks), [h for h in hooks if isinstance(h, StreamTap)])
+    return entry[1]
 
 
 async def _settle(hooks: list[RequestHook], job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None:

@@ -239,6 +239,7 @@ class CoordinatorMetrics:
         self.clock = clock
         self.fleet: Fleet | None = None
         self.window = TrafficWindow()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -311,10 +312,19 @@ class CoordinatorMetrics:
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP response (called by the access middleware)."""
-        self.http.labels(route, method, str(status)).inc()
-        self.http_latency.labels(route).observe(seconds)
+        self._child(self.http, route, method, str(status)).inc()
+        self._child(self.http_latency, route).observe(seconds)
         if status == 429:
-            self.rate_limited.labels(route).inc()
+            self._child(self.rate_limited, route).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus-client's lookup takes a lock and
+        builds a key each call, and these run several times per request (label values are bounded)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def exposition(self) -> bytes:
         """Everything, in the Prometheus text format."""
@@ -332,7 +342,7 @@ class CoordinatorMetrics:
 
     async def settle(self, job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None:
         model = self._model(job.model)
-        self.requests.labels(job.api, model, outcome).inc()
+        self._child(self.requests, job.api, model, outcome).inc()
         fields: dict[str, object] = {
             "request_id": job.request_id,
             "api": job.api,
@@ -341,8 +351,8 @@ class CoordinatorMetrics:
             "node_id": node_id,
         }
         if usage is not None:
-            self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(model, "completion").inc(usage.completion_tokens)
+            self._child(self.tokens, model, "prompt").inc(usage.prompt_tokens)
+            self._child(self.tokens, model, "completion").inc(usage.completion_tokens)
             self.window.add_tokens(usage.prompt_tokens + usage.completion_tokens, self.clock())
             fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
         # One line per request: ids and counts only, never content.
@@ -353,10 +363,10 @@ class CoordinatorMetrics:
             return
         model = self._model(job.model)
         ttft = timing.first_frame - timing.received
-        self.ttft.labels(model).observe(ttft)
+        self._child(self.ttft, model).observe(ttft)
         self.window.add_ttft(ttft, self.clock())
         if timing.dispatched and timing.admitted:
-            self.queue_wait.labels(model).observe(max(0.0, timing.dispatched - timing.admitted))
+            self._child(self.queue_wait, model).observe(max(0.0, timing.dispatched - timing.admitted))
         if isinstance(frame, Chunk):
             self.relay_bytes += len(frame.text) + len(frame.sealed or "")
 

@@ -15,12 +15,13 @@ guaranteed ``Relay.close``.
 
 A stage the request never reached (it was refused earlier) is left out;
 ``total`` is always there. Routes that are not inference adapters (model
-list, health, the 404 catch-all) carry just ``total``, added by
-``TimingHeader``.
+list, health, the 404 catch-all) carry just ``total``, added by the access
+middleware (``darkbloom.server.access``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -30,10 +31,9 @@ from typing import Any
 
 import anyio
 import msgspec
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from darkbloom.protocol import ToolCall
 from darkbloom.protocol.openai import RequestError
@@ -221,10 +221,6 @@ def stream_response(
 
     A bug while streaming ends the stream with one ``error_event`` in the
     route's own shape rather than a cut connection.
-
-    The ``finally`` covers an ending or a cancel while waiting for a frame; the
-    background task covers a disconnect that lands while the generator is
-    suspended at a ``yield`` (``close`` is idempotent).
     """
 
     async def body() -> AsyncIterator[bytes]:
@@ -234,36 +230,42 @@ def stream_response(
         except Exception:
             log.exception("stream of %s failed", relay.job.request_id)
             yield error_event(internal_error())
-        finally:
-            await relay.close()
 
-    return StreamingResponse(
+    return RelayStream(
+        relay,
         body(),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Request-Id": relay.job.request_id, **relay_headers(relay)},
-        background=BackgroundTask(relay.close),
     )
 
 
-class TimingHeader:
-    """ASGI middleware: every HTTP response without an ``X-Timing`` header gets one with ``total``."""
+class RelayStream(StreamingResponse):
+    """A relay's event stream, watching for the client to hang up with one plain task.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    Starlette's ``StreamingResponse`` runs an anyio task group per response
+    for that; this one starts a single asyncio task that waits for
+    ``http.disconnect`` and tells the relay (``Relay.abandon``), which ends
+    the stream at once, even between tokens. Either way ``Relay.close``
+    runs exactly once when the response is over: the node hears ``cancel``
+    and the request is settled.
+    """
+
+    def __init__(self, relay: gateway.Relay, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        received = time.perf_counter()
+        relay = self.relay
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, relay))
+        try:
+            await self.stream_response(send)
+        except OSError:  # servers speaking ASGI 2.4 raise on a send after the client left
+            relay.abandon()
+        finally:
+            watcher.cancel()
+            await relay.close()
 
-        async def send_with_timing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-timing" for k, _ in headers):
-                    total = max(0, round((time.perf_counter() - received) * 1e6))
-                    headers.append((b"x-timing", b'{"total":%d}' % total))
-                    message = {**message, "headers": headers}
-            await send(message)
 
-        await self.app(scope, receive, send_with_timing)
+async def _watch_disconnect(receive: Receive, relay: gateway.Relay) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    relay.abandon()

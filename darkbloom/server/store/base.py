@@ -64,7 +64,7 @@ class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
 
-    async def run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+    async def run(self, op: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
         """Run ``op(tx)`` as one transaction of its own and return what it returns.
 
         The hot path's postings (holds, settlements) go through here. ``op``
@@ -72,6 +72,11 @@ class Store(Protocol):
         SQLite runs it on its database thread, in one hop, group-committed
         with whatever other ops are waiting (each under its own savepoint,
         so one op raising rolls back only its own writes).
+
+        ``durable=False`` lets a backend answer before the commit is on disk
+        (SQLite does; PostgreSQL always commits first). Only for writes a
+        crash may lose: a hold is one (a restart releases every hold of its
+        coordinator, and a request outlives no crash); a settlement is not.
         """
 
     async def revoke_api_key(self, key_id: str) -> bool:

@@ -155,7 +155,9 @@ async def hold_priced(
         amount = amount_for(price)
         return price, amount, await _place_hold(tx, request_id, account_id, model, amount, owner, now)
 
-    return await store.run(op)
+    # Admission waits for the balance check, not for the fsync: a hold is a reservation that a crash
+    # releases anyway, and the settlement that closes it is queued behind it and is durable.
+    return await store.run(op, durable=False)
 
 
 async def _place_hold(tx: Tx, request_id: str, account_id: str, model: str, amount: int, owner: str, now: float) -> bool:

@@ -104,8 +104,8 @@ class PostgresStore:
             async with conn.transaction():
                 yield PostgresTx(conn)
 
-    async def run(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """``op(tx)`` in a transaction of its own (see ``base.Store.run``)."""
+    async def run(self, op: Callable[[Any], Awaitable[T]], *, durable: bool = True) -> T:
+        """``op(tx)`` in a transaction of its own (see ``base.Store.run``); always answered after the commit."""
         async with self.transaction() as tx:
             return await op(tx)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -16,6 +17,7 @@ from darkbloom.server.store.migrations import SQLITE, newer_schema_message
 
 _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked, last_used_at"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Op = Callable[[Any], Awaitable[Any]]
 
 
@@ -81,27 +83,43 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a store op awaited something other than its transaction")
 
 
-def _run_batch(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[Op], early: list[Callable[[bool, Any], None] | None]) -> list[tuple[bool, Any]]:
     """On the database thread: every op in one ``BEGIN IMMEDIATE`` .. ``COMMIT``, each under a savepoint.
 
     One commit (one fsync) for the whole batch is the point: concurrent
-    requests' holds and settlements share it.
+    requests' holds and settlements share it. An op with an ``early``
+    callback hears its outcome as soon as it has run, before the commit
+    (``run(op, durable=False)``).
     """
     results: list[tuple[bool, Any]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for op in ops:
+        for op, tell in zip(ops, early):
             conn.execute("SAVEPOINT op")
             try:
-                results.append((True, _drive(op(ThreadTx(conn)))))
+                result: tuple[bool, Any] = (True, _drive(op(ThreadTx(conn))))
             except Exception as exc:  # the op's own failure (insufficient funds, a constraint): its writes only
                 conn.execute("ROLLBACK TO op")
-                results.append((False, exc))
+                result = (False, exc)
             conn.execute("RELEASE op")
+            results.append(result)
+            if tell is not None:
+                tell(*result)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        if any(early):
+            log.error("a ledger batch failed to commit after %d of its ops were answered early", sum(map(bool, early)))
         raise
     return results
 
@@ -122,7 +140,7 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._tx_db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Op, asyncio.Future[Any], Callable[[bool, Any], object] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -175,14 +193,20 @@ class SQLiteStore:
                 raise
             await db.execute("COMMIT")
 
-    async def run(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """``op(tx)`` in a transaction on the database thread, group-committed (see ``base.Store.run``)."""
+    async def run(self, op: Callable[[Any], Awaitable[T]], *, durable: bool = True) -> T:
+        """``op(tx)`` in a transaction on the database thread, group-committed (see ``base.Store.run``).
+
+        ``durable=False`` answers as soon as the op has run inside the batch,
+        without waiting for the commit's fsync.
+        """
         if self._tx_db is None:
             raise StoreError("store is not open; call migrate() first")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, fut))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        tell = None if durable else (lambda ok, value: loop.call_soon_threadsafe(_resolve, fut, ok, value))
+        self._pending.append((op, fut, tell))
         if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = loop.create_task(self._flush())
         return await fut  # type: ignore[no-any-return]
 
     async def _flush(self) -> None:
@@ -196,21 +220,18 @@ class SQLiteStore:
                         if db is None:
                             raise StoreError("store is closed")
                         # aiosqlite's own queue to its thread: the whole batch is one hop, not one per statement.
-                        results = await db._execute(_run_batch, db._conn, [op for op, _ in batch])
+                        results = await db._execute(
+                            _run_batch, db._conn, [op for op, _, _ in batch], [tell for _, _, tell in batch]
+                        )
                 except BaseException as exc:  # the batch could not commit: every op in it fails
                     results = [(False, exc)] * len(batch)
                     if not isinstance(exc, Exception):
-                        for _, fut in batch:
+                        for _, fut, _ in batch:
                             if not fut.done():
                                 fut.cancel()
                         raise
-                for (_, fut), (ok, value) in zip(batch, results):
-                    if fut.done():
-                        continue
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(value)
+                for (_, fut, _), (ok, value) in zip(batch, results):
+                    _resolve(fut, ok, value)  # a no-op for those answered early
         finally:
             self._flusher = None
 
