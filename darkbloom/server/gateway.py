@@ -77,6 +77,9 @@ class RequestHook(Protocol):
 
     async def admit(self, job: InferenceJob) -> None: ...
 
+    # Optional: ``async def admit_early(job) -> Future | None`` admits like ``admit`` but may return a
+    # future still finishing admission; the gateway dispatches meanwhile and awaits it before relaying.
+
     async def settle(self, job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None: ...
 
 
@@ -137,6 +140,7 @@ class Relay:
         self._others: list[InFlight] = []
         self._closed = False
         self.abandoned = False
+        self.refused = False
         self._taps = _taps(hooks)
 
     @property
@@ -271,6 +275,11 @@ class Relay:
                     tap.chunk(self.job, now - last, nbytes)
                 last = now
 
+    def refuse(self) -> None:
+        """Admission failed after dispatch: end as failed (settled as such) and cancel the node's work in ``close``."""
+        self.refused = True
+        self.terminal = None
+
     def abandon(self) -> None:
         """The consumer hung up: stop waiting for frames now (``frames`` ends; ``close`` cancels)."""
         self.abandoned = True
@@ -294,8 +303,8 @@ class Relay:
             term = self.terminal
             rid = self.flight.request_id
             if term is None:
-                await self.fleet.cancel(rid, "client disconnected")
-                await _settle(self.hooks, self.job, "cancelled", None, self.node_id)
+                await self.fleet.cancel(rid, "refused at admission" if self.refused else "client disconnected")
+                await _settle(self.hooks, self.job, "failed" if self.refused else "cancelled", None, self.node_id)
             elif isinstance(term, Complete):
                 self.fleet.finish(rid, ok=True)
                 await _settle(self.hooks, self.job, "completed", term.usage, self.node_id)
@@ -342,9 +351,14 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     timing = timing or Timing()
     set_request_id(job.request_id)  # every log line from here on (and the X-Request-Id header) carries it
     admitted: list[RequestHook] = []
+    pending: list[asyncio.Future[None]] = []  # admissions finishing in the background (see BillingHook.admit_early)
     try:
         for hook in hooks:
-            await hook.admit(job)
+            early = getattr(hook, "admit_early", None)
+            if early is None:
+                await hook.admit(job)
+            elif (later := await early(job)) is not None:
+                pending.append(later)
             admitted.append(hook)
     except BaseException:
         await _settle(admitted, job, "failed", None, None)
@@ -368,6 +382,14 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     timing.dispatched = time.perf_counter()
     timing.routed = flight.dispatched_at
     relay = Relay(job, flight, fleet, hooks, settings, timing)
+    try:
+        # Admission still finishing runs beside the node's prefill: frames that arrive meanwhile wait in the flight.
+        for later in pending:
+            await later
+    except BaseException:  # refused after all (a price changed under us): the node stops, nothing is relayed
+        relay.refuse()
+        await relay.close()
+        raise
     try:
         first = await relay.wait_first()
     except BaseException:

@@ -80,8 +80,27 @@ class BillingHook:
         self.on_posting = on_posting or (lambda kind: None)
         self._prices: dict[str, Price] = {}
         self._releasing: set[asyncio.Task[bool]] = set()
+        # Each model's price as the last hold read it: a free model's hold overlaps dispatch (``admit_early``).
+        self._known_prices: dict[str, Price] = {}
 
     async def admit(self, job: InferenceJob) -> None:
+        later = await self.admit_early(job)
+        if later is not None:
+            await later
+
+    async def admit_early(self, job: InferenceJob) -> asyncio.Future[None] | None:
+        """Admit ``job``, or start to: the rate limit here and now, then the hold.
+
+        The hold is a database round trip. When it cannot be refused (the
+        model is free, so nothing is reserved) it runs in the background and
+        its future is returned: the gateway dispatches meanwhile and awaits
+        it before the consumer sees anything. A hold that moves money is
+        awaited here and ``None`` returned, so no node ever works on a
+        request that may be refused for funds.
+
+        Raises:
+            RequestError: 429 over the rate limit, 402 without the money.
+        """
         extra = prompt_bytes_outside_messages(job)
         prompt_bound = prompt_token_bound(job.messages, extra)
         wait = self.limiter.check(job.key_id or job.account_id, self.monotonic(), prompt_bound, job.params.max_tokens)
@@ -98,12 +117,25 @@ class BillingHook:
         def amount_for(price: Price) -> int:
             return worst_case(price, messages, max_tokens, min_charge, extra)
 
-        # Price and hold in one transaction: on SQLite one hop to the database thread, group-committed.
+        # The price as the last hold read it. Should it have changed since, the hold uses the new one,
+        # and one that then needs money the consumer lacks still refuses (after dispatch, once).
+        cached = self._known_prices.get(job.model)
+        if cached is None or amount_for(cached) != 0:
+            await self._hold(job, amount_for)
+            return None
+        task = asyncio.get_running_loop().create_task(self._hold(job, amount_for))
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def _hold(self, job: InferenceJob, amount_for: Callable[[Price], int]) -> None:
+        """Price and hold in one transaction: on SQLite one hop to the database thread, group-committed."""
         try:
             price, amount, placed = await money.hold_priced(
                 self.store, job.request_id, job.account_id, job.model, amount_for, self.owner, self.clock()
             )
         except InsufficientFunds as exc:
+            if exc.needed:  # the model is not free (any more): holds for it are awaited from now on
+                self._known_prices.pop(job.model, None)
             raise insufficient_funds(exc.needed, exc.balance) from None
         except asyncio.CancelledError:
             # The hold may still commit behind us: release it (queued after it) so it does not wait for the sweep.
@@ -111,6 +143,7 @@ class BillingHook:
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
             raise
+        self._known_prices[job.model] = price
         if placed and amount:
             self.on_posting("hold")
         self._prices[job.request_id] = price
@@ -164,6 +197,12 @@ class BillingHook:
         if released:
             log.warning("released %d stale hold(s) left by an earlier run or a lost request", released)
         return released
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background hold's failure as seen: the gateway reports it, or has already failed the request."""
+    if not task.cancelled():
+        task.exception()
 
 
 def coordinator_id(home: Path) -> str:
