@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from darkbloom.server.access import RequestContextMiddleware
 from darkbloom.server.api import accounts, chat, completions, consumer, dashboard, device, messages, models, openapi, provider_ws, responses
@@ -60,6 +63,42 @@ def attestation_service(fleet: Fleet, settings: Settings, on_failure: Callable[[
         require_attestation=settings.require_attestation,
         on_failure=on_failure,
     )
+
+
+class Coordinator(Starlette):
+    """The coordinator's ASGI app: Starlette, with a short way in for the inference routes.
+
+    Every awaited frame between the server and a streaming endpoint is
+    resumed on every relayed chunk, and Starlette puts six (error and
+    exception middleware, router, route, exception wrapper) between them.
+    ``POST`` to an inference route goes from the access middleware straight
+    to its endpoint instead; those endpoints answer every error themselves,
+    in their API's shape (``api.adapter.handle``), so nothing is lost.
+    Everything else takes the full Starlette path.
+    """
+
+    FAST = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
+
+    def fast_routes(self, middleware: type, **options: Any) -> None:
+        self._fast: dict[str, Route] = {
+            r.path: r for r in self.routes if isinstance(r, Route) and r.path in self.FAST and r.methods and "POST" in r.methods
+        }
+        self._fast_stack = middleware(self._fast_endpoint, **options)
+
+    async def _fast_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scope["route"]
+        response = await route.endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._fast.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        scope["route"] = route
+        scope.setdefault("path_params", {})
+        await self._fast_stack(scope, receive, send)
 
 
 def create_app(settings: Settings, store: Store | None = None, hooks: list[RequestHook] | None = None) -> Starlette:
@@ -137,7 +176,8 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/v1/{rest:path}", consumer.not_implemented, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     middleware = [Middleware(RequestContextMiddleware, metrics=metrics)]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app = Coordinator(routes=routes, lifespan=lifespan, middleware=middleware)
+    app.fast_routes(RequestContextMiddleware, metrics=metrics)
     app.state.settings = settings
     app.state.store = store
     app.state.key_cache = KeyCache()

@@ -30,6 +30,8 @@ from darkbloom.protocol import (
     encode,
 )
 
+from darkbloom.server.wake import Wake
+
 log = logging.getLogger(__name__)
 
 CONTROL_FRAMES = (Cancel, AttestationChallenge, TrustStatus, LoadModel, UnloadModel, Registered, Error)
@@ -73,8 +75,8 @@ class NodeWriter:
         self.limits = limits
         self._control: deque[bytes] = deque()
         self._data: deque[bytes] = deque()
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
+        self._ready = Wake()
+        self._room = Wake()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self.closed = False
