@@ -105,11 +105,15 @@ class MLXEngine:
         kv_bytes_per_token: int = 0,
         prompt_cache_size: int = 16,
         prompt_cache_bytes: int = 512 * 2**20,
+        gather_s: float = 0.004,
     ) -> None:
         self.model_id = model_id
         self.model_path = Path(model_path)
         self.max_concurrency = max_concurrency
         self._prefill_step = prefill_step_size
+        # An idle engine that gets a request waits this long for others before its first step, so
+        # requests that arrive together are prefilled together rather than one behind the other.
+        self._gather_s = gather_s
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._active: dict[int, _Active] = {}
         self._by_request: dict[str, int] = {}
@@ -242,10 +246,13 @@ class MLXEngine:
                 self._shutdown()
                 return
             self._handle(cmd, arg)
-            # Drain every command that is already queued before the next step.
+            # Drain every command that is already queued before the next step; coming out of idle,
+            # also those that arrive within the gather window (a burst is prefilled as one batch).
+            gather_until = time.perf_counter() + self._gather_s if block and self._gather_s > 0 else 0.0
             while True:
                 try:
-                    cmd, arg = self._commands.get_nowait()
+                    wait = gather_until - time.perf_counter()
+                    cmd, arg = self._commands.get(timeout=wait) if wait > 0 else self._commands.get_nowait()
                 except queue.Empty:
                     break
                 if cmd == "close":
