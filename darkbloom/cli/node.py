@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from darkbloom import aio
 from darkbloom.cli import node_update
 from darkbloom.cli.common import HomeOption, fail, setup_logging
 from darkbloom.server.settings import darkbloom_home
@@ -78,7 +79,7 @@ def node(
     # `darkbloom node stop` sends SIGTERM: unwind like Ctrl-C so engines close and the socket says goodbye.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        asyncio.run(run_node(cfg, say=lambda m: typer.echo(m, err=True)))
+        aio.run(run_node(cfg, say=lambda m: typer.echo(m, err=True)))
     except NodeStartError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

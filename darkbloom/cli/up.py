@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from darkbloom import aio
 from darkbloom.cli.common import HomeOption, setup_logging
 
 
@@ -25,6 +25,6 @@ def up(
 
     setup_logging(verbose)
     try:
-        asyncio.run(run_local(darkbloom_home(home), port=port, models=tuple(model or ()), say=lambda m: typer.echo(m, err=True)))
+        aio.run(run_local(darkbloom_home(home), port=port, models=tuple(model or ()), say=lambda m: typer.echo(m, err=True)))
     except KeyboardInterrupt:
         pass
