@@ -11,6 +11,7 @@ consumer in ``X-Request-Id``, on errors too. A response that carries no
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from darkbloom.server.metrics import CoordinatorMetrics
 
 log = logging.getLogger("darkbloom.access")
+
+# Ids for requests that get no job id of their own (an inference route replaces it with the job's,
+# a uuid4): unique per process start and cheap, with no system call per request.
+_BOOT = uuid.uuid4().hex[:12]
+_SEQ = itertools.count(1)
 
 # A consumer's own correlation id is logged beside ours when it is this well-behaved.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -50,7 +56,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = request_id_var.set("req-" + uuid.uuid4().hex[:20])
+        token = request_id_var.set(f"req-{_BOOT}{next(_SEQ):08x}")
         started = time.perf_counter()
         status = 500
 
@@ -59,10 +65,15 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
-                names = {k.lower() for k, _ in headers}
-                if b"x-request-id" not in names:
+                has_id = has_timing = False
+                for k, _ in headers:  # Starlette writes header names in lower case
+                    if k == b"x-request-id":
+                        has_id = True
+                    elif k == b"x-timing":
+                        has_timing = True
+                if not has_id:
                     headers.append((b"x-request-id", (request_id_var.get() or "").encode("latin-1")))
-                if b"x-timing" not in names:
+                if not has_timing:
                     total = max(0, round((time.perf_counter() - started) * 1e6))
                     headers.append((b"x-timing", b'{"total":%d}' % total))
                 message = {**message, "headers": headers}

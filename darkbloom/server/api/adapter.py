@@ -253,6 +253,23 @@ class RelayStream(StreamingResponse):
         super().__init__(content, media_type="text/event-stream", headers=headers)
         self.relay = relay
 
+    async def stream_response(self, send: Send) -> None:
+        """Every event as it comes; what follows the terminal frame goes out in one last write.
+
+        Once the node's terminal frame is in, the route's closing events
+        (a finish chunk, usage, ``[DONE]``...) follow without waiting, so they
+        are joined with the end of the body: one system call, not four.
+        """
+        relay = self.relay
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        tail: list[bytes] = []
+        async for event in self.body_iterator:
+            if relay.terminal is not None:
+                tail.append(event)  # type: ignore[arg-type]
+            else:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self.relay
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, relay))
