@@ -222,18 +222,10 @@ def stream_response(
     A bug while streaming ends the stream with one ``error_event`` in the
     route's own shape rather than a cut connection.
     """
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for event in events:
-                yield event
-        except Exception:
-            log.exception("stream of %s failed", relay.job.request_id)
-            yield error_event(internal_error())
-
     return RelayStream(
         relay,
-        body(),
+        events,
+        error_event,
         headers={"Cache-Control": "no-cache", "X-Request-Id": relay.job.request_id, **relay_headers(relay)},
     )
 
@@ -249,9 +241,16 @@ class RelayStream(StreamingResponse):
     and the request is settled.
     """
 
-    def __init__(self, relay: gateway.Relay, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        relay: gateway.Relay,
+        content: AsyncIterator[bytes],
+        error_event: Callable[[RequestError], bytes],
+        headers: dict[str, str],
+    ) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
         self.relay = relay
+        self.error_event = error_event
 
     async def stream_response(self, send: Send) -> None:
         """Every event as it comes; what follows the terminal frame goes out in one last write.
@@ -263,7 +262,16 @@ class RelayStream(StreamingResponse):
         relay = self.relay
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         tail: list[bytes] = []
-        async for event in self.body_iterator:
+        events = self.body_iterator.__aiter__()
+        while True:
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception:  # a bug in the route's events (not a failed send): end in the route's shape
+                log.exception("stream of %s failed", relay.job.request_id)
+                tail.append(self.error_event(internal_error()))
+                break
             if relay.terminal is not None:
                 tail.append(event)  # type: ignore[arg-type]
             else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +34,26 @@ from darkbloom.server.api.adapter import (
 from darkbloom.server.api.errors import error_response
 from darkbloom.server.api.sealed import is_sealed, sealed_chat
 from darkbloom.server.store import ApiKeyRecord
+
+_json = msgspec.json.Encoder().encode
+
+
+def content_sse(completion_id: str, model: str, created: int) -> Callable[[str], bytes]:
+    """The event for a plain content delta, byte for byte ``sse(chat_chunk(..., content=text))``.
+
+    Every streamed token is one of these: only the text is encoded per
+    chunk, the rest of the object is built once per stream.
+    """
+    head = (
+        b'data: {"id":' + _json(completion_id) + b',"object":"chat.completion.chunk","created":'
+        + _json(created) + b',"model":' + _json(model) + b',"choices":[{"index":0,"delta":{"content":'
+    )
+    tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def event(text: str) -> bytes:
+        return head + _json(text) + tail
+
+    return event
 
 
 def check_tool_support(request: Request, model: str) -> None:
@@ -78,12 +100,16 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    content_event = content_sse(job.request_id, job.model, created)
+
     async def events() -> AsyncIterator[bytes]:
         role_sent = False
         n_calls = 0
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
-                if frame.text or not frame.tool_calls or not role_sent:
+                if role_sent and frame.text and not frame.tool_calls:
+                    yield content_event(frame.text)  # the common chunk, from a template
+                elif frame.text or not frame.tool_calls or not role_sent:
                     yield sse(
                         chat_chunk(
                             job.request_id,
