@@ -2,7 +2,8 @@
 
 Control frames (cancel, attestation challenge, trust status, load/unload
 model, connection-level errors) go out before any queued data frame
-(inference requests); within a lane, frames keep their order. A write in
+(inference requests); within a lane, frames keep their order. A cancel for a
+request still queued removes it instead (neither goes out). A write in
 progress is never pre-empted. A write that takes too long (control 5 s; data
 ``bytes / 2 MiB/s`` clamped to 5-30 s, the original's numbers) means the
 socket is stuck: the writer stops, and ``on_stuck`` drops the connection so
@@ -75,6 +76,7 @@ class NodeWriter:
         self.limits = limits
         self._control: deque[bytes] = deque()
         self._data: deque[bytes] = deque()
+        self._data_ids: deque[str] = deque()  # the request id of each data frame, beside it
         self._ready = Wake()
         self._room = Wake()
         self._room.set()
@@ -92,6 +94,8 @@ class NodeWriter:
         Raises:
             WriterClosed: the writer has stopped.
         """
+        if isinstance(frame, Cancel) and frame.request_id and self._drop_queued(frame.request_id):
+            return  # its request never left: the node need hear of neither
         data = encode(frame)
         control = isinstance(frame, CONTROL_FRAMES)
         lane, cap = (self._control, self.limits.control_queue) if control else (self._data, self.limits.data_queue)
@@ -101,9 +105,27 @@ class NodeWriter:
         if self.closed:
             raise WriterClosed(self.reason or "writer closed")
         lane.append(data)
+        if not control:
+            self._data_ids.append(getattr(frame, "request_id", None) or "")
         self._ready.set()
         if self._task is None:
             self.start()
+
+    def _drop_queued(self, request_id: str) -> bool:
+        """Take a request still waiting in the data lane out of it; False if it is not there.
+
+        Without this a cancel, on the control lane, would overtake the very
+        request it cancels and reach the node first; the node would then run
+        a request nobody is waiting for.
+        """
+        try:
+            i = self._data_ids.index(request_id)
+        except ValueError:
+            return False
+        del self._data[i]
+        del self._data_ids[i]
+        self._room.set()
+        return True
 
     def pending(self) -> tuple[int, int]:
         """Frames waiting in (control, data)."""
@@ -120,6 +142,7 @@ class NodeWriter:
                     data, timeout = self._control.popleft(), lim.control_timeout_s
                 else:
                     data = self._data.popleft()
+                    self._data_ids.popleft()
                     timeout = lim.data_timeout(len(data))
                 self._room.set()
                 try:
@@ -142,6 +165,7 @@ class NodeWriter:
         self.reason = reason
         self._control.clear()
         self._data.clear()
+        self._data_ids.clear()
         self._room.set()
         if reason != "writer closed":
             log.warning("node writer stopped: %s", reason)

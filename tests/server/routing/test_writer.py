@@ -27,7 +27,7 @@ def test_control_frames_overtake_queued_data_frames() -> None:
         for i in range(4):
             await w.send(_req(i))
         await asyncio.sleep(0.01)  # r0 is now being written
-        await w.send(Cancel(request_id="r2"))  # type: ignore[arg-type]
+        await w.send(Cancel(request_id="r0"))  # type: ignore[arg-type]
         await w.send(TrustStatus(trust_level="hardware", status="fenced"))
         await w.send(LoadModel(model="big"))
         assert w.pending() == (3, 3)
@@ -41,13 +41,41 @@ def test_control_frames_overtake_queued_data_frames() -> None:
     # r0 was in progress (never pre-empted); then every control frame in order; then the data in order.
     assert sent == [
         "InferenceRequest:r0",
-        "Cancel:r2",
+        "Cancel:r0",
         "TrustStatus:fenced",
         "LoadModel:big",
         "InferenceRequest:r1",
         "InferenceRequest:r2",
         "InferenceRequest:r3",
     ]
+
+
+def test_a_cancel_for_a_queued_request_takes_it_out_and_neither_is_sent() -> None:
+    async def run() -> list[str]:
+        sent: list[str] = []
+        gate = asyncio.Event()
+
+        async def send_bytes(data: bytes) -> None:
+            await gate.wait()
+            f = decode(data)
+            sent.append(f"{type(f).__name__}:{getattr(f, 'request_id', '')}")
+
+        w = NodeWriter(send_bytes)
+        w.start()
+        for i in range(4):
+            await w.send(_req(i))
+        await asyncio.sleep(0.01)  # r0 is being written; r1..r3 wait
+        await w.send(Cancel(request_id="r2"))  # type: ignore[arg-type]
+        assert w.pending() == (0, 2)
+        gate.set()
+        while len(sent) < 3:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        await w.close()
+        return sent
+
+    # Had the cancel gone out, it would have reached the node before r2 itself.
+    assert asyncio.run(run()) == ["InferenceRequest:r0", "InferenceRequest:r1", "InferenceRequest:r3"]
 
 
 def test_a_stuck_write_stops_the_writer_and_reports_it() -> None:
