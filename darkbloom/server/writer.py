@@ -81,6 +81,9 @@ class NodeWriter:
         self._room = Wake()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
+        self._deadline: float | None = None  # when the write in progress is overdue
+        self._write_timeout = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
         self.reason = ""
 
@@ -133,6 +136,7 @@ class NodeWriter:
 
     async def _run(self) -> None:
         lim = self.limits
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 while not self._control and not self._data:
@@ -145,18 +149,35 @@ class NodeWriter:
                     self._data_ids.popleft()
                     timeout = lim.data_timeout(len(data))
                 self._room.set()
+                # The watchdog: one timer, re-armed lazily, instead of a timeout context per write.
+                self._write_timeout = timeout
+                self._deadline = loop.time() + timeout
+                if self._watchdog is None:
+                    self._watchdog = loop.call_at(self._deadline, self._check_write)
                 try:
-                    async with asyncio.timeout(timeout):
-                        await self._send_bytes(data)
-                except TimeoutError:
-                    self._stop(f"write stuck for over {timeout:.0f} s")
-                    return
+                    await self._send_bytes(data)
                 except Exception as exc:  # the socket went away under us
                     self._stop(f"write failed: {exc.__class__.__name__}")
                     return
+                finally:
+                    self._deadline = None
         except asyncio.CancelledError:
             self._stop("writer closed")
             raise
+
+    def _check_write(self) -> None:
+        """The write in progress is past its deadline: stop, and take the stuck write away from the task."""
+        self._watchdog = None
+        deadline = self._deadline
+        if deadline is None or self.closed:
+            return  # no write in progress: the next one arms the watchdog again
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._watchdog = loop.call_at(deadline, self._check_write)
+            return
+        self._stop(f"write stuck for over {self._write_timeout:.0f} s")
+        if self._task is not None:
+            self._task.cancel()
 
     def _stop(self, reason: str) -> None:
         if self.closed:
@@ -175,6 +196,9 @@ class NodeWriter:
     async def close(self) -> None:
         """Stop the writer task (queued frames are dropped: the socket is closing)."""
         task, self._task = self._task, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
