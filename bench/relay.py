@@ -7,7 +7,9 @@ routing on) pinned to CPU 0 and a stand-in node (``bench.relay_standin``:
 the real protocol, fixed-rate tokens, no MLX) on CPU 1, and drives streams
 from this process (pinned to CPU 1) with a minimal HTTP/1.1 client, so the
 load generator's own cost is small and the same for both paths. The direct
-baseline is the stand-in serving the same SSE stream itself on CPU 0.
+baseline is the stand-in serving the same SSE stream itself on CPU 0. Each
+level runs at least 3 rounds (and 32 streams), direct and coordinator
+alternating which goes first.
 Prints markdown tables: TTFT and inter-token gap p50/p99 per path, what the
 coordinator adds, CPU time per chunk of the direct server and of the
 coordinator (at one stream both are mostly the cost of waking up for each
@@ -139,13 +141,24 @@ def main() -> None:
         asyncio.run(run_level(direct_port, key, 4))
         rows = []
         for n in levels:
-            rounds = max(1, -(-32 // n))
-            dcpu0 = _cpu_seconds(direct.pid)
-            d = summarize("direct", n, asyncio.run(run_level(direct_port, key, n, rounds)))
-            dcpu = _cpu_seconds(direct.pid) - dcpu0
-            cpu0 = _cpu_seconds(coord.pid)
-            c = summarize("coordinator", n, asyncio.run(run_level(port, key, n, rounds)))
-            cpu = _cpu_seconds(coord.pid) - cpu0
+            # At least 32 streams and 3 rounds per level, the paths alternating which goes first:
+            # the machine's own swings then fall on both instead of on whichever ran in a bad second.
+            rounds = max(3, -(-32 // n))
+            d_res: list[dict] = []  # type: ignore[type-arg]
+            c_res: list[dict] = []  # type: ignore[type-arg]
+            dcpu = cpu = 0.0
+            for r in range(rounds):
+                for which in (("direct", "via") if r % 2 == 0 else ("via", "direct")):
+                    pid, target, res = (direct.pid, direct_port, d_res) if which == "direct" else (coord.pid, port, c_res)
+                    t0 = _cpu_seconds(pid)
+                    res += asyncio.run(run_level(target, key, n))
+                    spent = _cpu_seconds(pid) - t0
+                    if which == "direct":
+                        dcpu += spent
+                    else:
+                        cpu += spent
+            d = summarize("direct", n, d_res)
+            c = summarize("coordinator", n, c_res)
             rows.append({
                 "streams": str(n),
                 "TTFT p50 direct / via ms": f"{d['ttft50']:.2f} / {c['ttft50']:.2f}",
