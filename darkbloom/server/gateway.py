@@ -386,8 +386,11 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
         # Admission still finishing runs beside the node's prefill: frames that arrive meanwhile wait in the flight.
         for later in pending:
             await later
-    except BaseException:  # refused after all (a price changed under us): the node stops, nothing is relayed
+    except Exception:  # refused after all (a price changed under us), or the hold failed: the node stops, nothing is relayed
         relay.refuse()
+        await relay.close()
+        raise
+    except BaseException:
         await relay.close()
         raise
     try:
