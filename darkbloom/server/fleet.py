@@ -27,7 +27,7 @@ from darkbloom.server.routing.scoring import ewma
 from darkbloom.server.routing.route import Dispatch, Enqueue, NoNode, Reject, drain, route
 from darkbloom.server.routing.state import FleetState, RouteRequest, RoutingConfig
 from darkbloom.server.routing.warmpool import load_finished, plan_warm_pool
-from darkbloom.server.wake import Wake
+from darkbloom.server.wake import Deadline, Wake
 from darkbloom.server.writer import NodeWriter, WriterClosed, WriterLimits
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class NodeLink:
 class InFlight:
     """A request dispatched to a node; its frames wait here, in arrival order, for the consumer."""
 
-    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "privacy", "_buf", "_limit", "_overflow", "_on_overflow", "_deadline", "_timer", "_timed_out", "abandoned")
+    __slots__ = ("request_id", "model", "node_id", "expected_ttft_s", "prompt_tokens", "seen_first", "dispatched_at", "done", "wake", "privacy", "_buf", "_limit", "_overflow", "_on_overflow", "_deadline", "_timed_out", "abandoned")
 
     def __init__(self, request_id: str, model: str, node_id: str, limit: int = BUFFER_FRAMES, on_overflow: Callable[[InFlight], None] | None = None) -> None:
         self.request_id = request_id
@@ -103,9 +103,8 @@ class InFlight:
         self._limit = limit
         self._overflow: asyncio.TimerHandle | None = None
         self._on_overflow = on_overflow
-        # ``next``'s timeout: one lazily re-armed timer per flight, not one per frame (see ``next``).
-        self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # ``next``'s timeout: one lazily re-armed timer per flight, not one per frame.
+        self._deadline = Deadline(self._expired)
         self._timed_out = False
         self.abandoned = False  # the consumer hung up: ``next`` stops waiting
 
@@ -127,19 +126,11 @@ class InFlight:
         return self._buf.popleft() if self._buf else None
 
     async def next(self, timeout: float) -> Frame | None:
-        """The next frame, or None after ``timeout`` seconds without one (or once ``abandoned``).
-
-        Called once per relayed frame, so it arms no timer of its own: it
-        moves ``_deadline``, and the flight's one timer, when it fires,
-        either finds the deadline passed or re-arms for the new one.
-        """
+        """The next frame, or None after ``timeout`` seconds without one (or once ``abandoned``)."""
         if self._buf:
             return self._buf.popleft()
-        loop = self.wake.running_loop()
-        self._deadline = loop.time() + timeout
         self._timed_out = False
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._check_deadline)
+        self._deadline.set(self.wake.running_loop(), timeout)
         try:
             while not self._buf:
                 if self._timed_out or self.abandoned:
@@ -148,27 +139,17 @@ class InFlight:
                 self.wake.clear()
                 await self.wake.wait()
         finally:
-            self._deadline = None  # nobody is waiting: a timer that fires now just lapses
+            self._deadline.clear()  # nobody is waiting: a timer that fires now just lapses
         return self._buf.popleft()
 
-    def _check_deadline(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None:
-            return
-        loop = self.wake.running_loop()
-        if loop.time() >= deadline:
-            self._deadline = None
-            self._timed_out = True
-            self.wake.set()
-        else:
-            self._timer = loop.call_at(deadline, self._check_deadline)
+    def _expired(self) -> None:
+        self._timed_out = True
+        self.wake.set()
 
     def stop_timers(self) -> None:
         """The flight is over: drop timers nobody waits on, so nothing holds it until they would fire."""
-        if self._deadline is None and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if not self._deadline.armed:
+            self._deadline.cancel()
         if self._overflow is not None:
             self._overflow.cancel()
             self._overflow = None

@@ -31,7 +31,7 @@ from darkbloom.protocol import (
     encode,
 )
 
-from darkbloom.server.wake import Wake
+from darkbloom.server.wake import Deadline, Wake
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,8 @@ class NodeWriter:
         self._room = Wake()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
-        self._deadline: float | None = None  # when the write in progress is overdue
+        self._watchdog = Deadline(self._write_stuck)  # armed while a write is in progress
         self._write_timeout = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
         self.reason = ""
 
@@ -151,29 +150,21 @@ class NodeWriter:
                 self._room.set()
                 # The watchdog: one timer, re-armed lazily, instead of a timeout context per write.
                 self._write_timeout = timeout
-                self._deadline = loop.time() + timeout
-                if self._watchdog is None:
-                    self._watchdog = loop.call_at(self._deadline, self._check_write)
+                self._watchdog.set(loop, timeout)
                 try:
                     await self._send_bytes(data)
                 except Exception as exc:  # the socket went away under us
                     self._stop(f"write failed: {exc.__class__.__name__}")
                     return
                 finally:
-                    self._deadline = None
+                    self._watchdog.clear()
         except asyncio.CancelledError:
             self._stop("writer closed")
             raise
 
-    def _check_write(self) -> None:
+    def _write_stuck(self) -> None:
         """The write in progress is past its deadline: stop, and take the stuck write away from the task."""
-        self._watchdog = None
-        deadline = self._deadline
-        if deadline is None or self.closed:
-            return  # no write in progress: the next one arms the watchdog again
-        loop = asyncio.get_running_loop()
-        if loop.time() < deadline:
-            self._watchdog = loop.call_at(deadline, self._check_write)
+        if self.closed:
             return
         self._stop(f"write stuck for over {self._write_timeout:.0f} s")
         if self._task is not None:
@@ -196,9 +187,7 @@ class NodeWriter:
     async def close(self) -> None:
         """Stop the writer task (queued frames are dropped: the socket is closing)."""
         task, self._task = self._task, None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.cancel()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -117,3 +117,34 @@ def test_error_before_first_chunk_is_a_clean_json_error(coordinator: Coordinator
         t.join(10)
     assert out["status"] == 400
     assert json.loads(out["text"])["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_node_silent_mid_stream_ends_the_stream_with_a_timeout_after_request_timeout_s(tmp_path, hook) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import time
+
+    from starlette.testclient import TestClient
+
+    from darkbloom.server.app import create_app
+    from darkbloom.server.auth.keys import create_key_in
+    from darkbloom.server.settings import Settings
+
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", request_timeout_s=0.5)
+    key, _ = asyncio.run(create_key_in(settings.db_url))
+    with TestClient(create_app(settings, hooks=[hook])) as client:
+        coordinator = Coordinator(client, key, settings)
+        with client.websocket_connect("/v1/provider/ws") as ws:
+            register(ws)
+            t, out = _stream_in_thread(coordinator, GOOD)
+            req = decode(ws.receive_bytes())
+            started = time.monotonic()
+            for i in range(3):  # chunks keep coming faster than the timeout: no timeout fires
+                ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=i, text=f"p{i}")))
+                time.sleep(0.3)
+            t.join(10)  # then silence
+            waited = time.monotonic() - started
+    events = _events(out["text"])
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:3]] == ["p0", "p1", "p2"]
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == "timeout" and "[DONE]" not in events
+    assert 0.6 + 0.5 - 0.05 <= waited < 5  # the last chunk at 0.6 s, then 0.5 s of silence

@@ -29,3 +29,26 @@ def test_wake_releases_every_waiter_and_a_cancelled_one_leaves_the_rest_waiting(
         assert await asyncio.wait_for(late, 1)
 
     asyncio.run(scenario())
+
+
+def test_deadline_fires_once_after_its_last_move_and_never_once_cleared() -> None:
+    from darkbloom.server.wake import Deadline
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        deadline = Deadline(lambda: fired.append(loop.time()))
+        start = loop.time()
+        deadline.set(loop, 0.05)
+        await asyncio.sleep(0.03)
+        deadline.set(loop, 0.05)  # moved: the first timer must re-arm, not fire
+        await asyncio.sleep(0.04)
+        assert fired == [] and deadline.armed
+        await asyncio.sleep(0.05)
+        assert len(fired) == 1 and fired[0] - start >= 0.08 and not deadline.armed
+        deadline.set(loop, 0.02)
+        deadline.clear()
+        await asyncio.sleep(0.05)
+        assert len(fired) == 1  # cleared: the pending timer lapsed
+
+    asyncio.run(scenario())
