@@ -29,9 +29,9 @@ from darkbloom.protocol import (
     Register,
     SlotCapacity,
     Usage,
-    decode,
-    encode,
+    decode_many,
 )
+from darkbloom.node.sender import FrameSender
 
 
 async def run_node(url: str, rate: float, tokens: int) -> None:
@@ -41,32 +41,31 @@ async def run_node(url: str, rate: float, tokens: int) -> None:
     cancelled: set[str] = set()
     async with websockets.connect(ws_url, max_size=16 * 1024 * 1024) as ws:
         cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model="bench", max_concurrency=2000),))
-        await ws.send(encode(Register(node_id="standin", models=(ModelInfo(id="bench"),), capacity=cap)), text=True)  # type: ignore[arg-type]
+        # As ``darkbloom node`` does: frames sent in one turn leave as one message.
+        sender = FrameSender(lambda data: ws.send(data, text=True))
+        await sender.send(Register(node_id="standin", models=(ModelInfo(id="bench"),), capacity=cap, frame_batches=True))  # type: ignore[arg-type]
         await ws.recv()
         print("registered", flush=True)
-        lock = asyncio.Lock()
 
         async def stream(req: InferenceRequest) -> None:
             rid = req.request_id
             for seq in range(tokens):
                 if rid in cancelled:
                     return
-                async with lock:
-                    await ws.send(encode(Chunk(request_id=rid, seq=seq, text=" tok")), text=True)
+                await sender.send(Chunk(request_id=rid, seq=seq, text=" tok"))
                 await asyncio.sleep(1 / rate)
-            async with lock:
-                await ws.send(encode(Complete(request_id=rid, usage=Usage(prompt_tokens=8, completion_tokens=tokens))), text=True)
+            await sender.send(Complete(request_id=rid, usage=Usage(prompt_tokens=8, completion_tokens=tokens)))
 
         tasks: set[asyncio.Task[None]] = set()
         async for data in ws:
-            frame = decode(data)
-            if isinstance(frame, InferenceRequest):
-                t = asyncio.create_task(stream(frame))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-            elif isinstance(frame, Cancel):
-                cancelled.add(frame.request_id)
-                print(f"cancel {frame.request_id} {time.monotonic():.6f}", flush=True)
+            for frame in decode_many(data):
+                if isinstance(frame, InferenceRequest):
+                    t = asyncio.create_task(stream(frame))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                elif isinstance(frame, Cancel):
+                    cancelled.add(frame.request_id)
+                    print(f"cancel {frame.request_id} {time.monotonic():.6f}", flush=True)
 
 
 def run_http(port: int, rate: float, tokens: int) -> None:

@@ -21,6 +21,7 @@ from darkbloom import __version__
 from darkbloom.logging_setup import set_request_id
 from darkbloom.node.attestation import NodeAttestor, ResponseSealer, complete_frame, open_sealed
 from darkbloom.node.backoff import backoff
+from darkbloom.node.sender import FrameSender
 from darkbloom.node.engine.base import Engine, EngineEvent, Failed, Finished, TextDelta
 from darkbloom.node.slots import SlotManager
 from darkbloom.protocol.sealed import SealedError
@@ -45,7 +46,7 @@ from darkbloom.protocol import (
     Usage,
     TrustStatus,
     decode,
-    encode,
+    decode_many,
 )
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class NodeSession:
         self.on_status = on_status or (lambda msg: log.info("%s", msg))
         self.auth_token = auth_token  # provider token from `darkbloom node login`: links earnings to an account
         self._seq = 0
-        self._send_lock = asyncio.Lock()
+        self._sender: FrameSender | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         self.connected = asyncio.Event()
@@ -121,12 +122,14 @@ class NodeSession:
             await asyncio.sleep(delay)
 
     async def _send(self, ws: websockets.ClientConnection, frame: Frame) -> None:
-        data = encode(frame)
-        async with self._send_lock:
-            await ws.send(data, text=True)
+        """Send one frame; frames sent in the same turn (one decode step's tokens) share a message."""
+        if self._sender is None:
+            self._sender = FrameSender(lambda data: ws.send(data, text=True))
+        await self._sender.send(frame)
 
     async def _session(self) -> None:
         async with websockets.connect(self.url, max_size=MAX_FRAME_BYTES, open_timeout=10, ping_interval=20, compression=None) as ws:
+            self._sender = FrameSender(lambda data: ws.send(data, text=True))
             reg = Register(
                 node_id=self.node_id,  # type: ignore[arg-type]
                 models=self.models,
@@ -136,6 +139,7 @@ class NodeSession:
                 auth_token=self.auth_token,
                 public_key=self.attestor.keys.encryption_public if self.attestor else None,
                 attestation=self.attestor.bundle() if self.attestor else None,
+                frame_batches=True,
             )
             await self._send(ws, reg)
             reply = decode(await asyncio.wait_for(ws.recv(), 30))
@@ -168,31 +172,36 @@ class NodeSession:
     async def _read(self, ws: websockets.ClientConnection) -> None:
         async for data in ws:
             try:
-                frame = decode(data)
+                frames = decode_many(data)
             except ProtocolError as exc:
                 log.warning("malformed frame from coordinator ignored: %s", exc)
                 continue
-            if isinstance(frame, InferenceRequest):
-                task = asyncio.create_task(self._serve(ws, frame))
-                self._tasks[frame.request_id] = task
-                task.add_done_callback(lambda _t, rid=frame.request_id: self._tasks.pop(rid, None))
-            elif isinstance(frame, (LoadModel, UnloadModel)):
-                task = asyncio.create_task(self._load_command(ws, frame))
-                self._tasks[f"load:{id(task)}"] = task
-                task.add_done_callback(lambda t: self._tasks.pop(f"load:{id(t)}", None))
-            elif isinstance(frame, Cancel):
-                if frame.request_id in self._tasks:
-                    self._cancelled.add(frame.request_id)  # it may still be waiting for its model to load
-                self.slots.cancel(frame.request_id)
-                log.info("request %s cancelled by coordinator: %s", frame.request_id, frame.reason)
-            elif isinstance(frame, AttestationChallenge) and self.attestor is not None:
-                await self._send(ws, self.attestor.answer(frame, list(self.slots.slots), self._active()))
-            elif isinstance(frame, TrustStatus):
-                if self.trust is None or (frame.status, frame.trust_level) != (self.trust.status, self.trust.trust_level):
-                    self.on_status(f"coordinator trust: {frame.status} ({frame.trust_level}){': ' + frame.reason if frame.reason else ''}")
-                self.trust = frame
-            elif isinstance(frame, Error):
-                log.warning("coordinator reports: %s", frame.message)
+            for frame in frames:
+                await self._on_frame(ws, frame)
+
+    async def _on_frame(self, ws: websockets.ClientConnection, frame: Frame) -> None:
+        """One frame from the coordinator (a batch is handled frame by frame, in order)."""
+        if isinstance(frame, InferenceRequest):
+            task = asyncio.create_task(self._serve(ws, frame))
+            self._tasks[frame.request_id] = task
+            task.add_done_callback(lambda _t, rid=frame.request_id: self._tasks.pop(rid, None))
+        elif isinstance(frame, (LoadModel, UnloadModel)):
+            task = asyncio.create_task(self._load_command(ws, frame))
+            self._tasks[f"load:{id(task)}"] = task
+            task.add_done_callback(lambda t: self._tasks.pop(f"load:{id(t)}", None))
+        elif isinstance(frame, Cancel):
+            if frame.request_id in self._tasks:
+                self._cancelled.add(frame.request_id)  # it may still be waiting for its model to load
+            self.slots.cancel(frame.request_id)
+            log.info("request %s cancelled by coordinator: %s", frame.request_id, frame.reason)
+        elif isinstance(frame, AttestationChallenge) and self.attestor is not None:
+            await self._send(ws, self.attestor.answer(frame, list(self.slots.slots), self._active()))
+        elif isinstance(frame, TrustStatus):
+            if self.trust is None or (frame.status, frame.trust_level) != (self.trust.status, self.trust.trust_level):
+                self.on_status(f"coordinator trust: {frame.status} ({frame.trust_level}){': ' + frame.reason if frame.reason else ''}")
+            self.trust = frame
+        elif isinstance(frame, Error):
+            log.warning("coordinator reports: %s", frame.message)
 
     async def _load_command(self, ws: websockets.ClientConnection, frame: LoadModel | UnloadModel) -> None:
         if isinstance(frame, UnloadModel):

@@ -14,6 +14,7 @@ from darkbloom.protocol.frames import (
     TrustStatus,
     UnloadModel,
     FRAME_TYPES,
+    MAX_BATCH_BYTES,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Cancel,
@@ -37,7 +38,9 @@ from darkbloom.protocol.frames import (
     ToolCall,
     Usage,
     decode,
+    decode_many,
     encode,
+    join,
 )
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "TrustStatus",
     "UnloadModel",
     "FRAME_TYPES",
+    "MAX_BATCH_BYTES",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "Cancel",
@@ -73,5 +77,7 @@ __all__ = [
     "ToolCall",
     "Usage",
     "decode",
+    "decode_many",
     "encode",
+    "join",
 ]

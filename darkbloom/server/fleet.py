@@ -68,11 +68,13 @@ class NodeLink:
     send_bytes: SendBytes
     close: Callable[[], Awaitable[None]] | None = None
     limits: WriterLimits = field(default_factory=WriterLimits)
+    batch: bool = False
+    """The node reads frame batches (``Register.frame_batches``)."""
     requests: set[str] = field(default_factory=set)
     writer: NodeWriter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.writer = NodeWriter(self.send_bytes, limits=self.limits)
+        self.writer = NodeWriter(self.send_bytes, limits=self.limits, batch=self.batch)
 
     async def send(self, frame: Frame) -> None:
         await self.writer.send(frame)

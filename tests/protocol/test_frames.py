@@ -46,7 +46,9 @@ from darkbloom.protocol import (
     SlotCapacity,
     Usage,
     decode,
+    decode_many,
     encode,
+    join,
 )
 
 TAGS = {cls.__struct_config__.tag: cls for cls in FRAME_TYPES}
@@ -370,3 +372,58 @@ def test_oversize_frame_raises_protocol_error_before_parsing(as_text: bool) -> N
         decode(data.decode() if as_text else data)
     with pytest.raises(ProtocolError, match="exceeds"):
         decode(b"\x00" * (MAX_FRAME_BYTES + 1))  # not even JSON: the size check comes first
+
+
+# ---- batches: several frames in one message ------------------------------------------------
+
+ALL_REALISTIC = [f for cls in FRAME_TYPES for f in REALISTIC[cls]]
+
+
+@given(st.lists(st.sampled_from(ALL_REALISTIC), min_size=1, max_size=20))
+def test_a_batch_decodes_to_its_frames_in_order(frames: list[Any]) -> None:
+    data = join([encode(f) for f in frames])
+    assert decode_many(data) == frames
+    assert decode_many(data.decode()) == frames
+
+
+def test_one_frame_is_sent_as_itself_and_reads_as_a_batch_of_one() -> None:
+    chunk = Chunk(request_id=RequestId("r1"), seq=0, text="hi")
+    assert join([encode(chunk)]) == encode(chunk)  # a peer that never batches sees nothing new
+    assert decode_many(encode(chunk)) == [chunk]
+
+
+def test_a_batch_is_a_json_array_of_ordinary_frames() -> None:
+    a, b = Chunk(request_id=RequestId("r1"), seq=0, text="a"), Cancel(request_id=RequestId("r2"))
+    assert json.loads(join([encode(a), encode(b)])) == [json.loads(encode(a)), json.loads(encode(b))]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[1]",
+        b'[{"type": "cancel"}]',  # a frame missing a required field
+        b'[{"type": "cancel", "request_id": "r"}, {"type": "warp_drive"}]',  # one bad frame spoils the batch
+        b'[[{"type": "cancel", "request_id": "r"}]]',  # batches do not nest
+        b'[{"type": "cancel", "request_id": "r"}',
+        b"[" * 100_000,
+        b'{"type": "cancel"}',
+    ],
+)
+def test_malformed_batches_raise_protocol_error(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_many(data)
+
+
+def test_an_oversize_batch_raises_before_parsing() -> None:
+    one = encode(Chunk(request_id=RequestId("r"), seq=0, text="x" * 1000))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode_many(join([one] * (MAX_FRAME_BYTES // len(one) + 1)))
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_decode_as_a_batch_or_raise_protocol_error(data: bytes) -> None:
+    try:
+        frames = decode_many(data)
+    except ProtocolError:
+        return
+    assert all(isinstance(f, FRAME_TYPES) for f in frames)

@@ -8,7 +8,7 @@ import threading
 from starlette.websockets import WebSocketDisconnect
 import pytest
 
-from darkbloom.protocol import Chunk, Complete, Error, Heartbeat, InferenceRequest, Usage, decode, encode
+from darkbloom.protocol import Chunk, Complete, Error, Heartbeat, InferenceRequest, ModelInfo, Register, Usage, decode, decode_many, encode, join
 from tests.server.conftest import Coordinator, register
 
 GOOD = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -148,3 +148,44 @@ def test_a_node_silent_mid_stream_ends_the_stream_with_a_timeout_after_request_t
     last = json.loads(events[-1])
     assert last["error"]["code"] == "timeout" and "[DONE]" not in events
     assert 0.6 + 0.5 - 0.05 <= waited < 5  # the last chunk at 0.6 s, then 0.5 s of silence
+
+
+def _requests_from(ws, n: int, *, batches: bool) -> list[InferenceRequest]:  # type: ignore[no-untyped-def]
+    reqs: list[InferenceRequest] = []
+    while len(reqs) < n:
+        data = ws.receive_bytes()
+        if not batches:
+            assert not data.startswith(b"[")  # a node that never said it reads batches never gets one
+        reqs += [f for f in decode_many(data) if isinstance(f, InferenceRequest)]
+    return reqs
+
+
+@pytest.mark.parametrize("batches", [True, False], ids=["batching-node", "plain-node"])
+def test_a_burst_is_relayed_whether_or_not_the_node_batches_frames(coordinator: Coordinator, batches: bool) -> None:
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        ws.send_bytes(encode(Register(node_id="n", models=(ModelInfo(id="m1"),), frame_batches=batches)))  # type: ignore[arg-type]
+        assert type(decode(ws.receive_bytes())).__name__ == "Registered"
+        runs = [_stream_in_thread(coordinator, GOOD) for _ in range(8)]
+        reqs = _requests_from(ws, 8, batches=batches)
+        # The node answers every request's token and end in one message, as one decode step would.
+        frames = [encode(Chunk(request_id=r.request_id, seq=0, text=f"answer-{i}")) for i, r in enumerate(reqs)]
+        frames += [encode(Complete(request_id=r.request_id, usage=Usage(3, 1))) for r in reqs]
+        ws.send_bytes(join(frames))
+        for t, _ in runs:
+            t.join(10)
+    texts = sorted("".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in _events(out["text"])[:-1]) for _, out in runs)
+    assert all(out["status"] == 200 for _, out in runs)
+    assert texts == sorted(f"answer-{i}" for i in range(8))
+
+
+def test_a_malformed_batch_is_refused_whole_and_the_socket_stays_usable(coordinator: Coordinator) -> None:
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register(ws)
+        ws.send_bytes(b'[{"type": "heartbeat"}, {"type": "warp_drive"}]')
+        err = decode(ws.receive_bytes())
+        assert isinstance(err, Error) and err.code == "bad_frame"
+        t, out = _stream_in_thread(coordinator, GOOD)
+        req = decode(ws.receive_bytes())
+        ws.send_bytes(join([encode(Chunk(request_id=req.request_id, seq=0, text="ok")), encode(Complete(request_id=req.request_id, usage=Usage(1, 1)))]))
+        t.join(10)
+    assert out["status"] == 200 and "ok" in out["text"]

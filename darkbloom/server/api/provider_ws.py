@@ -19,12 +19,14 @@ from darkbloom.protocol import (
     Chunk,
     Complete,
     Error,
+    Frame,
     Heartbeat,
     LoadModelStatus,
     ProtocolError,
     Register,
     Registered,
     decode,
+    decode_many,
     encode,
 )
 from darkbloom.protocol.sealed import AttestationError
@@ -90,7 +92,7 @@ async def provider_socket(ws: WebSocket) -> None:
     now = fleet.clock()
     state = fleet.registry.add(node_id, frame.models, frame.hardware, now, version=frame.version, capacity=frame.capacity)
     attestation.attach(state, trust)
-    link = NodeLink(node_id=node_id, send_bytes=ws.send_bytes, close=ws.close)
+    link = NodeLink(node_id=node_id, send_bytes=ws.send_bytes, close=ws.close, batch=frame.frame_batches)
     fleet.attach(link)
     if frame.auth_token:
         await _link_provider(ws, link, frame.auth_token)
@@ -141,24 +143,32 @@ async def _serve(ws: WebSocket, fleet: Fleet, link: NodeLink) -> None:
         if data is None:
             return
         try:
-            frame = decode(data)
+            frames = decode_many(data)
         except ProtocolError as exc:
             log.warning("node %s sent a malformed frame: %s", node_id, exc)
             await link.send(Error(message=f"malformed frame ignored: {exc}", code="bad_frame", status=400))
             continue
-        if isinstance(frame, (Chunk, Complete)):
-            fleet.deliver(node_id, frame.request_id, frame)
-        elif isinstance(frame, Error):
-            if frame.request_id is not None:
+        for frame in frames:  # a batch (every token of one decode step, say) in the order it was sent
+            if isinstance(frame, (Chunk, Complete)):
                 fleet.deliver(node_id, frame.request_id, frame)
             else:
-                log.warning("node %s reports: %s", node_id, frame.message)
-        elif isinstance(frame, AttestationResponse):
-            await ws.app.state.attestation.on_answer(node_id, frame, link)
-        elif isinstance(frame, Heartbeat):
-            fleet.heartbeat(node_id, frame.capacity)
-            _publish(ws, "heartbeat", node_id)
-        elif isinstance(frame, LoadModelStatus):
-            fleet.load_status(node_id, frame.model, frame.status)
+                await _on_frame(ws, fleet, link, frame)
+
+
+async def _on_frame(ws: WebSocket, fleet: Fleet, link: NodeLink, frame: Frame) -> None:
+    """Any frame from a node but the per-request stream (chunks and completions)."""
+    node_id = link.node_id
+    if isinstance(frame, Error):
+        if frame.request_id is not None:
+            fleet.deliver(node_id, frame.request_id, frame)
         else:
-            await link.send(Error(message=f"unexpected {type(frame).__name__} frame from a node", code="bad_frame", status=400))
+            log.warning("node %s reports: %s", node_id, frame.message)
+    elif isinstance(frame, AttestationResponse):
+        await ws.app.state.attestation.on_answer(node_id, frame, link)
+    elif isinstance(frame, Heartbeat):
+        fleet.heartbeat(node_id, frame.capacity)
+        _publish(ws, "heartbeat", node_id)
+    elif isinstance(frame, LoadModelStatus):
+        fleet.load_status(node_id, frame.model, frame.status)
+    else:
+        await link.send(Error(message=f"unexpected {type(frame).__name__} frame from a node", code="bad_frame", status=400))
