@@ -6,6 +6,7 @@ import socket
 
 import uvicorn
 
+from darkbloom.aio import tune_gc
 from darkbloom.server.app import create_app
 from darkbloom.server.settings import Settings
 
@@ -31,4 +32,6 @@ def uvicorn_server(settings: Settings, *, sock: socket.socket | None = None, log
 
 def serve(settings: Settings) -> None:
     """Run the coordinator in the foreground until interrupted."""
-    uvicorn_server(settings).run()
+    server = uvicorn_server(settings)
+    tune_gc()
+    server.run()
