@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from darkbloom.sim.report import percentile, table
-from darkbloom.testing import create_key, free_port, wait_http
+from darkbloom.testing import create_key, darkbloom_cmd, free_port, wait_http
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 10_000}
 
@@ -134,16 +134,19 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
         wait_http(f"http://127.0.0.1:{direct_port}/")
-        key = create_key(db, tmp)
+        # A priced model and a funded key: every request reserves money, holds it in the ledger and settles.
+        subprocess.run(darkbloom_cmd("admin", "price", "set", "bench", "--input", "0.5", "--output", "1.5", "--db", db, "--home", str(tmp)),
+                       check=True, capture_output=True, timeout=60)
+        key = create_key(db, tmp, credit_usd="1000")
         node = subprocess.Popen([*_pin(1), py, "-m", "bench.relay_standin", "node", f"http://127.0.0.1:{port}", *std], stdout=subprocess.PIPE, text=True)
         assert node.stdout is not None and node.stdout.readline().strip() == "registered"
         asyncio.run(run_level(port, key, 4))  # warm up both paths
         asyncio.run(run_level(direct_port, key, 4))
         rows = []
         for n in levels:
-            # At least 32 streams and 3 rounds per level, the paths alternating which goes first:
-            # the machine's own swings then fall on both instead of on whichever ran in a bad second.
-            rounds = max(3, -(-32 // n))
+            # At least 3 rounds and 320 streams per level (32 rounds at most), the paths alternating which
+            # goes first: the machine's own swings then fall on both instead of on whichever ran in a bad second.
+            rounds = min(32, max(3, -(-320 // n)))
             d_res: list[dict] = []  # type: ignore[type-arg]
             c_res: list[dict] = []  # type: ignore[type-arg]
             dcpu = cpu = 0.0

@@ -91,9 +91,11 @@ def wait_model(base_url: str, key: str, model: str, timeout: float = 120.0, pres
     raise TimeoutError(f"model {model} {'never appeared' if present else 'never left'} at {base_url}")
 
 
-def create_key(db_url: str, home: Path) -> str:
+def create_key(db_url: str, home: Path, *, credit_usd: str | None = None) -> str:
+    """A fresh consumer key (on a fresh account, funded with ``credit_usd`` when given), from the CLI."""
+    extra = ("--credit", credit_usd) if credit_usd else ()
     out = subprocess.run(
-        darkbloom_cmd("keys", "create", "--db", db_url, "--home", str(home)),
+        darkbloom_cmd("keys", "create", "--db", db_url, "--home", str(home), *extra),
         capture_output=True,
         text=True,
         check=True,

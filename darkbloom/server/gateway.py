@@ -114,6 +114,8 @@ def frame_error(frame: Error) -> RequestError:
     if _refusal(frame):
         retry = retry_after_s(0, feasible_after_ms=frame.feasible_after_ms)
         return RequestError(429, frame.message, type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(retry)})
+    if frame.code == "insufficient_funds":  # the same shape as a 402 at admission
+        return RequestError(frame.status, frame.message, type="insufficient_funds", code=frame.code)
     kind = "invalid_request_error" if 400 <= frame.status < 500 else "server_error"
     return RequestError(frame.status, frame.message, type=kind, code=frame.code)
 
@@ -142,6 +144,8 @@ class Relay:
         self.abandoned = False
         self.refused = False
         self._taps = _taps(hooks)
+        self.admission: list[asyncio.Future[None]] = []
+        """Admission still finishing behind the request (a hold being written; see ``BillingHook.admit_early``)."""
 
     @property
     def node_id(self) -> str:
@@ -199,6 +203,8 @@ class Relay:
                     break
                 return await self._won(f, frame, flights)
             else:
+                if self.admission and (refused := self.refusal()) is not None:
+                    return await self._won(flights[0], self._refused_frame(refused), flights)
                 now = time.perf_counter()
                 if now >= deadline:
                     return await self._won(flights[0], self._timeout_error(self.settings.first_token_timeout_s), flights)
@@ -253,12 +259,62 @@ class Relay:
             tap.first_frame(self.job, self.timing, frame)
         return frame
 
+    def watch_admission(self, pending: list[asyncio.Future[None]]) -> None:
+        """Admission still finishing behind the request: should it refuse, the relay stops waiting for the node."""
+        self.admission = pending
+        for fut in pending:
+            fut.add_done_callback(self._admission_answered)
+
+    def _admission_answered(self, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            for flight in (self.flight, *self._others):
+                flight.abandoned = True  # ``next`` returns at once; ``frames`` then ends with the refusal
+                flight.wake.set()
+
+    def refusal(self) -> BaseException | None:
+        """Why admission, still finishing behind the request, refused it; ``None`` while it has not (yet)."""
+        if not self.admission:
+            return None
+        still: list[asyncio.Future[None]] = []
+        for fut in self.admission:
+            if not fut.done():
+                still.append(fut)
+            elif fut.cancelled():
+                return asyncio.CancelledError()
+            elif (exc := fut.exception()) is not None:
+                return exc
+        self.admission = still
+        return None
+
+    async def admitted(self) -> BaseException | None:
+        """Wait for admission to finish; why it refused the request, or ``None``."""
+        for fut in self.admission:
+            if not fut.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(fut)
+        return self.refusal()
+
+    def _refused_frame(self, exc: BaseException) -> Error:
+        """Admission refused a request already answering: it ends with that error (the node is cancelled in ``close``)."""
+        self.refused = True
+        if isinstance(exc, RequestError):
+            return Error(message=exc.message, code=exc.code or "refused", status=exc.status, request_id=self.job.request_id)  # type: ignore[arg-type]
+        log.error("admission of %s failed after dispatch: %r", self.job.request_id, exc)
+        return Error(message="internal error in the coordinator; it has been logged", code="internal_error", status=500, request_id=self.job.request_id)  # type: ignore[arg-type]
+
     async def frames(self) -> AsyncIterator[Frame]:
-        """Every frame from the first to the terminal one (``complete`` or ``error``)."""
+        """Every frame from the first to the terminal one (``complete`` or ``error``).
+
+        A refusal from admission still finishing (see ``admission``) ends
+        the stream with that error instead; ``complete`` waits for admission
+        to finish, so a request is never answered whole without its hold.
+        """
         frame = self.first if self.first is not None else await self.wait_first()
         last = self.timing.first_frame
         timeout = self.settings.request_timeout_s
         while True:
+            if self.admission and (refused := (await self.admitted() if isinstance(frame, Complete) else self.refusal())):
+                frame = self._refused_frame(refused)
             if isinstance(frame, (Complete, Error)):
                 self.terminal = frame
                 yield frame
@@ -300,9 +356,16 @@ class Relay:
         with anyio.CancelScope(shield=True):
             for other in self._others:
                 await self.fleet.cancel(other.request_id, "client disconnected")
+            # The hold is written before it is settled or released (PostgreSQL runs ops side by side).
+            if self.admission:
+                await self.admitted()
             term = self.terminal
             rid = self.flight.request_id
-            if term is None:
+            if self.refused and term is not None:  # refused mid-answer: the node stops; nothing is charged
+                await self.fleet.cancel(rid, "refused at admission")
+                self.fleet.finish(rid, ok=None)
+                await _settle(self.hooks, self.job, "failed", None, self.node_id)
+            elif term is None:
                 await self.fleet.cancel(rid, "refused at admission" if self.refused else "client disconnected")
                 await _settle(self.hooks, self.job, "failed" if self.refused else "cancelled", None, self.node_id)
             elif isinstance(term, Complete):
@@ -382,17 +445,9 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     timing.dispatched = time.perf_counter()
     timing.routed = flight.dispatched_at
     relay = Relay(job, flight, fleet, hooks, settings, timing)
-    try:
-        # Admission still finishing runs beside the node's prefill: frames that arrive meanwhile wait in the flight.
-        for later in pending:
-            await later
-    except Exception:  # refused after all (a price changed under us), or the hold failed: the node stops, nothing is relayed
-        relay.refuse()
-        await relay.close()
-        raise
-    except BaseException:
-        await relay.close()
-        raise
+    # Admission still finishing (the hold being written) runs beside the node's prefill; the relay
+    # checks it as frames pass and waits for it before the answer ends.
+    relay.watch_admission(pending)
     try:
         first = await relay.wait_first()
     except BaseException:
@@ -402,6 +457,11 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
         relay.terminal = first
         await relay.close()
         raise frame_error(first)
+    refused = relay.refusal()
+    if refused is not None:  # known before anything was relayed: a plain error answer, nothing of the node's
+        relay.refuse()
+        await relay.close()
+        raise refused
     return relay
 
 

@@ -1,10 +1,12 @@
 """Billing as a gateway ``RequestHook``: rate limit and hold at admission, settle after.
 
 ``admit`` runs before any node sees a request: the per-consumer rate limit
-(429 + Retry-After), then a hold for the worst-case cost (402 when the
-balance cannot cover it). ``settle`` turns the hold into a charge for the
-tokens the node reported, or releases it on failure or cancel; both are
-idempotent by request id in the store, so a repeat is harmless.
+(429 + Retry-After), then a reservation of the worst-case cost from the
+reservation book (402 when the balance cannot cover it; see ``book.py``),
+and the hold that records it in the ledger, written behind. ``settle`` turns
+the hold into a charge for the tokens the node reported, or releases it on
+failure or cancel; both are idempotent by request id in the store, so a
+repeat is harmless.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from darkbloom.protocol import Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.protocol.sealed import sealed_plaintext_bytes
+from darkbloom.server.billing.book import ReservationBook
 from darkbloom.server.billing.ledger import InsufficientFunds
+from darkbloom.server.billing.ledger import consumer as ledger_consumer
 from darkbloom.server.billing.pricing import Price, cost, prompt_token_bound, worst_case
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
 from darkbloom.server.gateway import InferenceJob
@@ -64,6 +69,7 @@ class BillingHook:
         clock: Callable[[], float] = time.time,
         on_posting: Callable[[str], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        hold_write_delay_s: float = 0.01,
     ) -> None:
         for name, bps in (("provider share", provider_share_bps), ("referral share", referral_share_bps)):
             if not 0 <= bps <= 10_000:
@@ -78,10 +84,15 @@ class BillingHook:
         self.monotonic = monotonic
         # Told the kind of each ledger posting made (``hold``, ``charge``, ``refund``): the metrics counter.
         self.on_posting = on_posting or (lambda kind: None)
-        self._prices: dict[str, Price] = {}
-        self._releasing: set[asyncio.Task[bool]] = set()
-        # Each model's price as the last hold read it: a free model's hold overlaps dispatch (``admit_early``).
+        self._prices: dict[str, Price] = {}  # per admitted request: the price its hold was taken at
+        self._held: dict[str, tuple[str, int]] = {}  # per admitted request: (account, amount reserved in the book)
+        # Each model's price as the store last showed it; a hold re-reads it in its own transaction.
         self._known_prices: dict[str, Price] = {}
+        self.book = ReservationBook()
+        self._loading: dict[str, asyncio.Future[None]] = {}  # accounts being (re)loaded into the book
+        self._inflight: dict[str, set[asyncio.Future[Any]]] = {}  # per account: holds submitted, not yet answered
+        # Holds nobody waits for share a commit with what follows for up to this long (``Store.submit``).
+        self.hold_write_delay_s = hold_write_delay_s
 
     async def admit(self, job: InferenceJob) -> None:
         later = await self.admit_early(job)
@@ -89,17 +100,19 @@ class BillingHook:
             await later
 
     async def admit_early(self, job: InferenceJob) -> asyncio.Future[None] | None:
-        """Admit ``job``, or start to: the rate limit here and now, then the hold.
+        """Admit ``job`` now, and return the future of its hold being written to the ledger.
 
-        The hold is a database round trip. When it cannot be refused (the
-        model is free, so nothing is reserved) it runs in the background and
-        its future is returned: the gateway dispatches meanwhile and awaits
-        it before the consumer sees anything. A hold that moves money is
-        awaited here and ``None`` returned, so no node ever works on a
-        request that may be refused for funds.
+        The rate limit, then a reservation of the worst-case cost from the
+        reservation book: in memory, so the common case costs no database
+        round trip before dispatch. The gateway dispatches meanwhile and
+        checks the returned future before the consumer's answer ends (see
+        ``gateway.Relay``): should the ledger refuse the hold after all (a
+        price raised from another process, money spent through another
+        coordinator), the request ends with that 402.
 
         Raises:
-            RequestError: 429 over the rate limit, 402 without the money.
+            RequestError: 429 over the rate limit, 402 without the money
+                (refused before any node sees the request).
         """
         extra = prompt_bytes_outside_messages(job)
         prompt_bound = prompt_token_bound(job.messages, extra)
@@ -117,39 +130,109 @@ class BillingHook:
         def amount_for(price: Price) -> int:
             return worst_case(price, messages, max_tokens, min_charge, extra)
 
-        # The price as the last hold read it. Should it have changed since, the hold uses the new one,
-        # and one that then needs money the consumer lacks still refuses (after dispatch, once).
-        cached = self._known_prices.get(job.model)
-        if cached is None or amount_for(cached) != 0:
-            await self._hold(job, amount_for)
-            return None
-        task = asyncio.get_running_loop().create_task(self._hold(job, amount_for))
-        task.add_done_callback(_retrieve)
-        return task
-
-    async def _hold(self, job: InferenceJob, amount_for: Callable[[Price], int]) -> None:
-        """Price and hold in one transaction: on SQLite one hop to the database thread, group-committed."""
-        try:
-            price, amount, placed = await money.hold_priced(
-                self.store, job.request_id, job.account_id, job.model, amount_for, self.owner, self.clock()
-            )
-        except InsufficientFunds as exc:
-            if exc.needed:  # the model is not free (any more): holds for it are awaited from now on
-                self._known_prices.pop(job.model, None)
-            raise insufficient_funds(exc.needed, exc.balance) from None
-        except asyncio.CancelledError:
-            # The hold may still commit behind us: release it (queued after it) so it does not wait for the sweep.
-            task = asyncio.get_running_loop().create_task(money.release_hold(self.store, job.request_id, self.clock()))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
-            raise
-        self._known_prices[job.model] = price
-        if placed and amount:
-            self.on_posting("hold")
+        price = self._known_prices.get(job.model)
+        if price is None:
+            price = self._known_prices[job.model] = await money.get_price(self.store, job.model)
+        amount = amount_for(price)
+        account = job.account_id
+        if amount:
+            await self._reserve(account, amount)
         self._prices[job.request_id] = price
+        self._held[job.request_id] = (account, amount)
+        hold = self.store.submit(self._hold_op(job, amount_for), durable=False, defer_s=self.hold_write_delay_s)
+        if amount:
+            inflight = self._inflight.setdefault(account, set())
+            inflight.add(hold)
+            hold.add_done_callback(lambda f: self._hold_answered(account, f))
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        hold.add_done_callback(lambda f: self._confirm(job, amount, f, admitted))
+        return admitted
+
+    def _hold_answered(self, account: str, hold: asyncio.Future[Any]) -> None:
+        inflight = self._inflight.get(account)
+        if inflight is not None:
+            inflight.discard(hold)
+            if not inflight:
+                del self._inflight[account]
+
+    async def _reserve(self, account: str, amount: int) -> None:
+        """Take ``amount`` from the account's spendable balance in the book, loading it first if need be.
+
+        Raises:
+            RequestError: 402 when even the database's balance cannot cover it.
+        """
+        fresh = False
+        while (loading := self._loading.get(account)) is not None:
+            await asyncio.shield(loading)
+            fresh = True
+        if self.book.reserve(account, amount):
+            return
+        spendable = self.book.spendable(account)
+        if fresh and spendable is not None:  # just loaded from the database: its answer stands
+            raise insufficient_funds(amount, spendable)
+        # Not in the book yet, or the book says no: ask the database (credit may have come from elsewhere).
+        balance = await self._load(account)
+        if not self.book.reserve(account, amount):
+            raise insufficient_funds(amount, balance)
+
+    async def _load(self, account: str) -> int:
+        """The account's balance, read once every hold already submitted for it is in; the book starts from it.
+
+        Requests for the account wait meanwhile: a reservation made while the
+        balance is being read would be lost when the book takes it.
+        """
+        loop = asyncio.get_running_loop()
+        done = self._loading[account] = loop.create_future()
+        try:
+            inflight = self._inflight.get(account)
+            if inflight:  # PostgreSQL runs ops side by side: the read must come after these holds
+                await asyncio.wait(list(inflight))
+            balance = await self.store.submit(money.balance_op(ledger_consumer(account)))
+            self.book.load(account, balance)
+            return balance
+        finally:
+            del self._loading[account]
+            done.set_result(None)
+
+    def _hold_op(self, job: InferenceJob, amount_for: Callable[[Price], int]) -> Callable[[Any], Any]:
+        rid, account, model, owner, now = job.request_id, job.account_id, job.model, self.owner, self.clock()
+        return money.hold_priced_op(rid, account, model, amount_for, owner, now)
+
+    def _confirm(self, job: InferenceJob, reserved: int, hold: asyncio.Future[tuple[Price, int, bool]], admitted: asyncio.Future[None]) -> None:
+        """The ledger's answer to a hold the book admitted: square the book with it, or refuse the request."""
+        account = job.account_id
+        if hold.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+        else:
+            exc = hold.exception()
+        if exc is None:
+            price, amount, placed = hold.result()
+            self._known_prices[job.model] = price
+            self._prices[job.request_id] = price
+            if amount != reserved:  # the price changed under the book: it holds what the ledger holds
+                self.book.adjust(account, reserved - amount)
+                self._held[job.request_id] = (account, amount)
+            if placed and amount:
+                self.on_posting("hold")
+            if not admitted.done():
+                admitted.set_result(None)
+            return
+        self.book.drop(account)  # the book was wrong about this account (or the hold failed): load it afresh
+        self._held.pop(job.request_id, None)
+        if isinstance(exc, InsufficientFunds):
+            self._known_prices.pop(job.model, None)
+            exc = insufficient_funds(exc.needed, exc.balance)
+        if admitted.done():
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            admitted.cancel()
+        else:
+            admitted.set_exception(exc)
+            admitted.exception()  # retrieved here: the gateway looks at it only while the request lasts
 
     async def settle(self, job: InferenceJob, outcome: str, usage: Usage | None, node_id: str | None) -> None:
         price = self._prices.pop(job.request_id, None)
+        account, reserved = self._held.pop(job.request_id, (job.account_id, 0))
         now = self.clock()
         if outcome == "completed" and usage is not None:
             if price is None:
@@ -166,10 +249,14 @@ class BillingHook:
                 min_charge=self.min_charge,
                 now=now,
             )
-            if settled is not None and settled.hold:
-                self.on_posting("charge")
-        elif await money.release_hold(self.store, job.request_id, now) and not (price is None or price.free):
-            self.on_posting("refund")
+            if settled is not None:
+                self.book.adjust(account, settled.hold - settled.split.cost)  # the unused part comes back
+                if settled.hold:
+                    self.on_posting("charge")
+        elif await money.release_hold(self.store, job.request_id, now):
+            self.book.adjust(account, reserved)
+            if not (price is None or price.free):
+                self.on_posting("refund")
 
     def cost_of(self, job: InferenceJob, usage: Usage) -> int | None:
         """What a completed job is charged, for the dashboard; ``None`` if its price is not known here.

@@ -8,6 +8,7 @@ start; a database newer than the code refuses to start.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -77,6 +78,16 @@ class Store(Protocol):
         (SQLite does; PostgreSQL always commits first). Only for writes a
         crash may lose: a hold is one (a restart releases every hold of its
         coordinator, and a request outlives no crash); a settlement is not.
+        """
+
+    def submit(self, op: Callable[[Tx], Awaitable[T]], *, durable: bool = True, defer_s: float = 0.0) -> asyncio.Future[T]:
+        """``run(op)``, queued now: the future of its result, for a caller that need not wait for it.
+
+        On SQLite ops run in the order submitted (a later op sees an earlier
+        one's writes), and ``defer_s`` lets a write that nobody waits for
+        (a hold admitted from the reservation book) wait up to that long to
+        share a commit, so it stays off the busy moments of a burst.
+        PostgreSQL runs each op on its own connection, side by side.
         """
 
     async def revoke_api_key(self, key_id: str) -> bool:

@@ -9,7 +9,7 @@ never deadlock and never overdraw.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,15 +149,32 @@ async def hold_priced(
     Raises:
         InsufficientFunds: the balance does not cover the amount (nothing is written).
     """
+    # Admission waits for the balance check, not for the fsync: a hold is a reservation that a crash
+    # releases anyway, and the settlement that closes it is queued behind it and is durable.
+    return await store.run(hold_priced_op(request_id, account_id, model, amount_for, owner, now), durable=False)
+
+
+def hold_priced_op(
+    request_id: str, account_id: str, model: str, amount_for: Callable[[Price], int], owner: str, now: float
+) -> Callable[[Tx], Awaitable[tuple[Price, int, bool]]]:
+    """``hold_priced`` as an op for ``Store.run`` / ``Store.submit``."""
 
     async def op(tx: Tx) -> tuple[Price, int, bool]:
         price = await price_in(tx, model)
         amount = amount_for(price)
         return price, amount, await _place_hold(tx, request_id, account_id, model, amount, owner, now)
 
-    # Admission waits for the balance check, not for the fsync: a hold is a reservation that a crash
-    # releases anyway, and the settlement that closes it is queued behind it and is durable.
-    return await store.run(op, durable=False)
+    return op
+
+
+def balance_op(account: str) -> Callable[[Tx], Awaitable[int]]:
+    """A ledger account's balance, as an op (on SQLite it then runs in order with the ops before it)."""
+
+    async def op(tx: Tx) -> int:
+        row = await tx.fetchone("SELECT balance FROM ledger_balances WHERE account = ?", account)
+        return int(row[0]) if row else 0
+
+    return op
 
 
 async def _place_hold(tx: Tx, request_id: str, account_id: str, model: str, amount: int, owner: str, now: float) -> bool:

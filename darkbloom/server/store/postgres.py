@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -108,6 +109,14 @@ class PostgresStore:
         """``op(tx)`` in a transaction of its own (see ``base.Store.run``); always answered after the commit."""
         async with self.transaction() as tx:
             return await op(tx)
+
+    def submit(self, op: Callable[[Any], Awaitable[T]], *, durable: bool = True, defer_s: float = 0.0) -> asyncio.Future[T]:
+        """``run(op)`` started now, on its own pooled connection (see ``base.Store.submit``).
+
+        Each op is its own transaction here, so ops submitted together run
+        side by side, not in order; ``defer_s`` is ignored (nothing to batch).
+        """
+        return asyncio.ensure_future(self.run(op, durable=durable))
 
     async def create_account(self, account_id: str, now: float) -> None:
         await self.pool.execute("INSERT INTO accounts (id, created_at) VALUES ($1, $2)", account_id, now)

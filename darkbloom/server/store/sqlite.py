@@ -142,6 +142,7 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._pending: list[tuple[Op, asyncio.Future[Any], Callable[[bool, Any], object] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._urgent = asyncio.Event()  # an op that must not wait is queued: ship now
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -174,6 +175,11 @@ class SQLiteStore:
         return len(SQLITE)
 
     async def close(self) -> None:
+        flusher = self._flusher
+        if flusher is not None:  # deferred writes still queued go out first
+            self._urgent.set()
+            with contextlib.suppress(Exception):
+                await flusher
         for conn in (self._tx_db, self._db):
             if conn is not None:
                 await conn.close()
@@ -199,20 +205,38 @@ class SQLiteStore:
         ``durable=False`` answers as soon as the op has run inside the batch,
         without waiting for the commit's fsync.
         """
+        return await self.submit(op, durable=durable)  # type: ignore[no-any-return]
+
+    def submit(self, op: Callable[[Any], Awaitable[T]], *, durable: bool = True, defer_s: float = 0.0) -> asyncio.Future[T]:
+        """Queue ``op`` now and return the future of its result (see ``base.Store.submit``).
+
+        Ops run in the order submitted. A deferred op waits up to
+        ``defer_s`` for company; any op submitted without deferral ships
+        at once, taking every op queued before it along.
+        """
         if self._tx_db is None:
             raise StoreError("store is not open; call migrate() first")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[T] = loop.create_future()
         tell = None if durable else (lambda ok, value: loop.call_soon_threadsafe(_resolve, fut, ok, value))
         self._pending.append((op, fut, tell))
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await fut  # type: ignore[no-any-return]
+            self._urgent = asyncio.Event()  # one per flusher: a store may outlive an event loop (tests, the CLI)
+            self._flusher = loop.create_task(self._flush(defer_s))
+        if defer_s <= 0:
+            self._urgent.set()
+        return fut
 
-    async def _flush(self) -> None:
+    async def _flush(self, defer_s: float) -> None:
         """Ship whatever ops are waiting to the database thread, one batch per hop, until none are."""
         try:
+            if not self._urgent.is_set():
+                # Deferred writes (holds) wait for company, or for an urgent op, whichever comes first.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(defer_s):
+                        await self._urgent.wait()
             while self._pending:
+                self._urgent.clear()
                 batch, self._pending = self._pending, []
                 try:
                     async with self._lock:  # never inside someone's ``transaction()``
