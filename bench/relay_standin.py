@@ -4,7 +4,8 @@
     python -m bench.relay_standin http PORT [--rate 50] [--tokens 100]
 
 ``node`` dials the coordinator's provider socket like ``darkbloom node``,
-registers a model ``bench`` with room for 2,000 streams, answers every
+registers a model ``bench`` with room for 2,000 streams, heartbeats as a
+real node does (a silent node is evicted), answers every
 ``inference_request`` with one chunk at once and then one every ``1/rate``
 seconds, ``tokens`` in all, then ``complete``; a ``cancel`` stops the stream
 and prints ``cancel <request_id> <time.monotonic()>`` on stdout. ``http``
@@ -24,6 +25,7 @@ from darkbloom.protocol import (
     Capacity,
     Chunk,
     Complete,
+    Heartbeat,
     InferenceRequest,
     ModelInfo,
     Register,
@@ -44,8 +46,15 @@ async def run_node(url: str, rate: float, tokens: int) -> None:
         # As ``darkbloom node`` does: frames sent in one turn leave as one message.
         sender = FrameSender(lambda data: ws.send(data, text=True))
         await sender.send(Register(node_id="standin", models=(ModelInfo(id="bench"),), capacity=cap, frame_batches=True))  # type: ignore[arg-type]
-        await ws.recv()
+        registered = decode_many(await ws.recv())[0]
         print("registered", flush=True)
+
+        async def heartbeat() -> None:  # as a real node does: a silent node is evicted
+            while True:
+                await asyncio.sleep(getattr(registered, "heartbeat_interval_s", 5.0))
+                await sender.send(Heartbeat(status="serving", capacity=cap))
+
+        tasks: set[asyncio.Task[None]] = {asyncio.create_task(heartbeat())}
 
         async def stream(req: InferenceRequest) -> None:
             rid = req.request_id
@@ -56,7 +65,6 @@ async def run_node(url: str, rate: float, tokens: int) -> None:
                 await asyncio.sleep(1 / rate)
             await sender.send(Complete(request_id=rid, usage=Usage(prompt_tokens=8, completion_tokens=tokens)))
 
-        tasks: set[asyncio.Task[None]] = set()
         async for data in ws:
             for frame in decode_many(data):
                 if isinstance(frame, InferenceRequest):
