@@ -22,35 +22,41 @@ from darkbloom.server.store.base import Store, Tx
 async def post(tx: Tx, legs: list[Leg], reference: str, now: float) -> str:
     """Write one balanced posting inside ``tx``; return its transaction id.
 
+    One upsert per account (in account order, so concurrent postings lock
+    rows in the same order) moves each balance by its net amount and returns
+    the new balance; the legs are then checked in order against the
+    balances before, and all entries go in with one multi-row insert. On the
+    hot path (a hold, a settlement) that is 3-6 statements, not 8-20.
+
     Raises:
-        InsufficientFunds: a non-external balance would go below zero (roll the transaction back).
+        InsufficientFunds: a non-external balance would go below zero. The
+            balances are already moved by then: the caller's transaction (or
+            ``Store.run``'s savepoint) must roll back, as every caller's does.
     """
     ledger.check_balanced(legs)
-    accounts = sorted({leg.account for leg in legs})
-    balances: dict[str, int] = {}
-    for account in accounts:
-        await tx.execute(
-            "INSERT INTO ledger_balances (account, balance) VALUES (?, 0) ON CONFLICT (account) DO NOTHING", account
+    net: dict[str, int] = {}
+    for leg in legs:
+        net[leg.account] = net.get(leg.account, 0) + leg.amount
+    before: dict[str, int] = {}
+    for account in sorted(net):
+        row = await tx.fetchone(
+            "INSERT INTO ledger_balances (account, balance) VALUES (?, ?) ON CONFLICT (account) "
+            "DO UPDATE SET balance = ledger_balances.balance + excluded.balance RETURNING balance",
+            account,
+            net[account],
         )
-        row = await tx.fetchone("SELECT balance FROM ledger_balances WHERE account = ?" + tx.lock, account)
         assert row is not None
-        balances[account] = int(row[0])
-    after = ledger.apply(balances, legs)
+        before[account] = int(row[0]) - net[account]
+    after = ledger.apply(before, legs)
     txn_id = f"txn_{uuid.uuid4().hex[:20]}"
+    args: list[object] = []
     for leg, balance_after in zip(legs, after):
-        await tx.execute(
-            "INSERT INTO ledger_entries (txn_id, account, type, amount, "
-            "balance_after, reference, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            txn_id,
-            leg.account,
-            leg.type,
-            leg.amount,
-            balance_after,
-            reference,
-            now,
-        )
-    for account in accounts:
-        await tx.execute("UPDATE ledger_balances SET balance = ? WHERE account = ?", balances[account], account)
+        args += (txn_id, leg.account, leg.type, leg.amount, balance_after, reference, now)
+    await tx.execute(
+        "INSERT INTO ledger_entries (txn_id, account, type, amount, balance_after, reference, created_at) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(legs)),
+        *args,
+    )
     return txn_id
 
 
