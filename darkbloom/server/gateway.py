@@ -78,7 +78,8 @@ class RequestHook(Protocol):
     async def admit(self, job: InferenceJob) -> None: ...
 
     # Optional: ``async def admit_early(job) -> Future | None`` admits like ``admit`` but may return a
-    # future still finishing admission; the gateway dispatches meanwhile and awaits it before relaying.
+    # future still finishing admission (a hold being written); the gateway dispatches meanwhile, ends the
+    # request with its error should it fail (``Relay.refusal``), and awaits it before the answer ends.
 
     async def settle(self, job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None: ...
 
@@ -290,6 +291,9 @@ class Relay:
         """Wait for admission to finish; why it refused the request, or ``None``."""
         for fut in self.admission:
             if not fut.done():
+                expedite = getattr(fut, "expedite", None)  # a hold waiting to share a commit: write it now
+                if expedite is not None:
+                    expedite()
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(fut)
         return self.refusal()
@@ -356,24 +360,29 @@ class Relay:
         with anyio.CancelScope(shield=True):
             for other in self._others:
                 await self.fleet.cancel(other.request_id, "client disconnected")
+            term = self.terminal
+            rid = self.flight.request_id
+            stop = None  # why the node must stop now, if it must
+            if self.refused:
+                stop = "refused at admission"
+            elif term is None:
+                stop = "client disconnected"
+            elif isinstance(term, Error) and term.status == 499:
+                stop = "consumer too slow"
+            if stop is not None:
+                await self.fleet.cancel(rid, stop)
             # The hold is written before it is settled or released (PostgreSQL runs ops side by side).
             if self.admission:
                 await self.admitted()
-            term = self.terminal
-            rid = self.flight.request_id
-            if self.refused and term is not None:  # refused mid-answer: the node stops; nothing is charged
-                await self.fleet.cancel(rid, "refused at admission")
+            if self.refused and term is not None:  # refused mid-answer: nothing is charged
                 self.fleet.finish(rid, ok=None)
                 await _settle(self.hooks, self.job, "failed", None, self.node_id)
             elif term is None:
-                await self.fleet.cancel(rid, "refused at admission" if self.refused else "client disconnected")
                 await _settle(self.hooks, self.job, "failed" if self.refused else "cancelled", None, self.node_id)
             elif isinstance(term, Complete):
                 self.fleet.finish(rid, ok=True)
                 await _settle(self.hooks, self.job, "completed", term.usage, self.node_id)
             else:
-                if term.status == 499:
-                    await self.fleet.cancel(rid, "consumer too slow")
                 self.fleet.finish(rid, ok=False if term.status >= 500 and term.code != "timeout" else None)
                 await _settle(self.hooks, self.job, "failed", None, self.node_id)
 

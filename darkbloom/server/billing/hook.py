@@ -45,6 +45,14 @@ def insufficient_funds(needed: int, balance: int) -> RequestError:
     )
 
 
+class Admission(asyncio.Future[None]):
+    """A hold still being written; ``expedite`` asks the store to write it now (someone waits for it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expedite: Callable[[], None]) -> None:
+        super().__init__(loop=loop)
+        self.expedite = expedite
+
+
 class BillingHook:
     """The request hook that charges consumers and pays providers.
 
@@ -144,7 +152,7 @@ class BillingHook:
             inflight = self._inflight.setdefault(account, set())
             inflight.add(hold)
             hold.add_done_callback(lambda f: self._hold_answered(account, f))
-        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        admitted = Admission(asyncio.get_running_loop(), self.store.flush)
         hold.add_done_callback(lambda f: self._confirm(job, amount, f, admitted))
         return admitted
 

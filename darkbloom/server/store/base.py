@@ -90,6 +90,9 @@ class Store(Protocol):
         PostgreSQL runs each op on its own connection, side by side.
         """
 
+    def flush(self) -> None:
+        """Start every deferred op now (someone waits for one of them); a no-op where nothing is deferred."""
+
     async def revoke_api_key(self, key_id: str) -> bool:
         """Revoke a key; ``False`` when no live key has that id."""
 

@@ -118,6 +118,9 @@ class PostgresStore:
         """
         return asyncio.ensure_future(self.run(op, durable=durable))
 
+    def flush(self) -> None:
+        """Nothing waits here: every op is started when submitted."""
+
     async def create_account(self, account_id: str, now: float) -> None:
         await self.pool.execute("INSERT INTO accounts (id, created_at) VALUES ($1, $2)", account_id, now)
 

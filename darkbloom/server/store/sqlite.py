@@ -227,6 +227,11 @@ class SQLiteStore:
             self._urgent.set()
         return fut
 
+    def flush(self) -> None:
+        """Ship deferred ops now: someone is waiting for one of them."""
+        if self._flusher is not None:
+            self._urgent.set()
+
     async def _flush(self, defer_s: float) -> None:
         """Ship whatever ops are waiting to the database thread, one batch per hop, until none are."""
         try:

@@ -1,11 +1,12 @@
-"""A free model's hold runs beside dispatch; if it is refused after all, the node stops and the consumer gets 402.
+"""A hold runs beside dispatch; if the ledger refuses it after all, the node stops and the consumer gets 402.
 
-The coordinator learns a model's price from each hold. A request for a
-model it last saw free is dispatched while its (zero) hold is written. If
-the price changed meanwhile (set from another process) and the consumer
-cannot pay, the hold refuses: the node is told to cancel, the consumer gets
-the 402 and nothing of the answer, and no hold is left open. The next
-request knows the price and is refused before any node sees it.
+The coordinator learns a model's price from the store and from each hold.
+A request for a model it last saw free is admitted from the reservation
+book and dispatched while its hold is written. If the price changed
+meanwhile (set from another process) and the consumer cannot pay, the hold
+refuses: the node is told to cancel, the consumer of this non-streamed
+request gets the 402 and nothing of the answer, and no hold is left open.
+The next request knows the price and is refused before any node sees it.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ PER_REQUEST = worst_case(PRICE, tuple(ChatMessage(**m) for m in MESSAGES), 20)
 
 
 @asynccontextmanager
-async def _coordinator(store_factory: Any, tmp_path: Path, credit: int) -> AsyncIterator[tuple[int, str, str]]:
+async def _coordinator(store_factory: Any, tmp_path: Path, credit: int, hold_write_delay_s: float | None = None) -> AsyncIterator[tuple[int, str, str]]:
     setup = store_factory()
     await setup.migrate()
     key, record = await create_api_key(setup)
@@ -48,7 +48,10 @@ async def _coordinator(store_factory: Any, tmp_path: Path, credit: int) -> Async
     await money.credit(setup, record.account_id, credit, ledger.ADMIN_CREDIT, "grant", 0.0)
     await setup.close()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(home=tmp_path, port=port), store=store_factory()), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(Settings(home=tmp_path, port=port), store=store_factory())
+    if hold_write_delay_s is not None:
+        app.state.billing.hold_write_delay_s = hold_write_delay_s
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
@@ -154,5 +157,65 @@ def test_money_added_from_another_process_is_found_before_a_402(store_factory, t
                 await other.close()
                 assert await _answer(ws, http) == 200
             await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_consumer_hanging_up_cancels_the_node_at_once_even_before_its_hold_is_written(store_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        async with _coordinator(store_factory, tmp_path, credit=3 * PER_REQUEST) as (port, key, account):
+            ws = await _node(port)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+                assert await _answer(ws, http) == 200
+                other = store_factory()
+                await other.migrate()
+                try:
+                    async with other.transaction() as tx:  # the database is locked: no hold can be written now
+                        await tx.fetchone("SELECT balance FROM ledger_balances WHERE account = ?" + tx.lock, ledger.consumer(account))
+                        await tx.execute("UPDATE ledger_balances SET balance = balance WHERE account = ?", ledger.consumer(account))
+                        body = json.dumps(_body(False)).encode()
+                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                        writer.write(
+                            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+                        )
+                        req = await _next(ws)
+                        assert isinstance(req, InferenceRequest)
+                        await ws.send(encode(Chunk(request_id=req.request_id, seq=0, text="partial")))
+                        await asyncio.sleep(0.2)  # the coordinator has the first token and is collecting the rest
+                        writer.transport.abort()  # the consumer hangs up
+                        cancel = await _next(ws)  # heard while the hold still waits for the database
+                        assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
+                finally:
+                    await other.close()
+            await ws.close()
+
+        check = store_factory()
+        await check.migrate()
+        try:
+            await assert_books_balance(check)
+            assert await money.stale_holds(check, created_before=time.time() + 1) == []  # released once written
+        finally:
+            await check.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_that_ends_before_its_hold_is_written_has_it_written_at_once(store_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        # Holds may wait a minute for company here; an answer that is already complete must not.
+        async with _coordinator(store_factory, tmp_path, credit=3 * PER_REQUEST, hold_write_delay_s=60) as (port, key, account):
+            ws = await _node(port)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+                assert await asyncio.wait_for(_answer(ws, http), 10) == 200
+                assert await asyncio.wait_for(_answer(ws, http), 10) == 200
+            await ws.close()
+        check = store_factory()
+        await check.migrate()
+        try:
+            await assert_books_balance(check)
+            assert len(await money.usage_rows(check, account)) == 2
+        finally:
+            await check.close()
 
     asyncio.run(scenario())
