@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 
@@ -145,6 +145,8 @@ class Relay:
         self.abandoned = False
         self.refused = False
         self._taps = _taps(hooks)
+        self.hangup: Any = None
+        """The watcher for the consumer going away (``api.adapter.Hangup``), when the adapter started one."""
         self.admission: list[asyncio.Future[None]] = []
         """Admission still finishing behind the request (a hold being written; see ``BillingHook.admit_early``)."""
 
@@ -432,8 +434,8 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
             elif (later := await early(job)) is not None:
                 pending.append(later)
             admitted.append(hook)
-    except BaseException:
-        await _settle(admitted, job, "failed", None, None)
+    except BaseException as exc:
+        await _settle(admitted, job, "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed", None, None)
         raise
     timing.admitted = time.perf_counter()
     try:
@@ -448,8 +450,8 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     except Refused as exc:
         await _settle(hooks, job, "failed", None, None)
         raise refused_error(exc) from None
-    except BaseException:
-        await _settle(hooks, job, "failed", None, None)
+    except BaseException as exc:  # cancelled: the consumer hung up while queued (``api.adapter.dispatch``)
+        await _settle(hooks, job, "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed", None, None)
         raise
     timing.dispatched = time.perf_counter()
     timing.routed = flight.dispatched_at

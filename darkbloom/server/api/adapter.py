@@ -148,10 +148,60 @@ def new_job(
     )
 
 
+class Hangup:
+    """Watches, for the whole of a request, for its consumer going away; then calls ``then``.
+
+    Started before admission, so a consumer who gives up while its request
+    waits in the queue or for its first token frees the node at once
+    (``dispatch``); the response that follows takes it over (``RelayStream``,
+    ``collect``) instead of starting a watcher of its own.
+    """
+
+    __slots__ = ("then", "_task")
+
+    def __init__(self, receive: Receive, then: Callable[[], object]) -> None:
+        self.then = then
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.then()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 async def dispatch(request: Request, job: gateway.InferenceJob, timing: gateway.Timing) -> gateway.Relay:
-    """Admit, route and dispatch ``job``; returns once the node's first frame is in."""
+    """Admit, route and dispatch ``job``; returns once the node's first frame is in.
+
+    Raises:
+        RequestError: as ``gateway.start`` does, or 499 when the consumer hung
+            up first (the request is then cancelled on the node and settled).
+    """
     state = request.app.state
-    return await gateway.start(job, state.fleet, state.hooks, state.settings, timing)
+    current = asyncio.current_task()
+    assert current is not None
+    gone: list[bool] = []
+
+    def hung_up() -> None:
+        gone.append(True)
+        current.cancel()
+
+    hangup = Hangup(request.receive, hung_up)
+    try:
+        relay = await gateway.start(job, state.fleet, state.hooks, state.settings, timing)
+    except asyncio.CancelledError:
+        hangup.stop()
+        if gone and current.uncancel() == 0:
+            raise RequestError(499, "client closed the request", code="client_closed_request") from None
+        raise
+    except BaseException:
+        hangup.stop()
+        raise
+    hangup.then = relay.abandon
+    relay.hangup = hangup
+    return relay
 
 
 async def collect(
@@ -179,13 +229,20 @@ async def collect(
             finally:
                 tg.cancel_scope.cancel()
 
-        async def watch_disconnect() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
+        hangup = relay.hangup
+        if hangup is not None:  # watching since dispatch
+            hangup.then = tg.cancel_scope.cancel
+        else:
 
+            async def watch_disconnect() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_disconnect)
         tg.start_soon(gather)
-        tg.start_soon(watch_disconnect)
+    if hangup is not None:
+        hangup.stop()
     if "answer" in outcome:
         return outcome["answer"]  # type: ignore[no-any-return]
     raise outcome.get("error") or RequestError(499, "client closed the request", code="client_closed_request")
@@ -280,13 +337,17 @@ class RelayStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self.relay
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, relay))
+        # Watching since dispatch (``Hangup``, which already calls ``relay.abandon``), or from now.
+        watcher = None if relay.hangup is not None else asyncio.get_running_loop().create_task(_watch_disconnect(receive, relay))
         try:
             await self.stream_response(send)
         except OSError:  # servers speaking ASGI 2.4 raise on a send after the client left
             relay.abandon()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif relay.hangup is not None:
+                relay.hangup.stop()
             await relay.close()
 
 

@@ -7,7 +7,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from darkbloom.protocol import Cancel, Chunk, InferenceRequest
+from darkbloom.protocol import Cancel, Chunk, Complete, InferenceRequest, Usage
 from tests.server.routing.conftest import Live, StandIn, in_thread
 
 
@@ -43,4 +43,43 @@ def test_closing_the_stream_cancels_on_the_node_without_waiting_for_another_toke
     while not live.hook.settled and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [(s[1], s[3]) for s in live.hook.settled] == [("cancelled", "solo")]
+    node.close()
+
+
+def test_hanging_up_before_the_first_token_cancels_on_the_node(live: Live) -> None:
+    node = StandIn(live, "solo")
+    t, out = in_thread(lambda: _open_stream(live))
+    req = node.recv()
+    assert isinstance(req, InferenceRequest)
+    t.join(10)
+    out["result"].close()  # gone while the node is still prefilling: no token has been sent
+    cancel = node.recv(5)
+    assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
+    deadline = time.monotonic() + 5
+    while not live.hook.settled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(s[1], s[3]) for s in live.hook.settled] == [("cancelled", "solo")]
+    node.close()
+
+
+def test_hanging_up_while_queued_leaves_the_queue_and_the_node_never_sees_it(live: Live) -> None:
+    node = StandIn(live, "solo", max_concurrency=1)
+    t_a, out_a = in_thread(lambda: _open_stream(live))
+    req_a = node.recv()
+    assert isinstance(req_a, InferenceRequest)
+    t_b, out_b = in_thread(lambda: _open_stream(live))
+    t_a.join(10)
+    t_b.join(10)
+    deadline = time.monotonic() + 5
+    while live.fleet.state.depth("m1") < 1:
+        assert time.monotonic() < deadline, "the second request never queued"
+        time.sleep(0.01)
+    out_b["result"].close()  # gives up while waiting for a slot
+    while live.fleet.state.depth("m1") > 0:
+        assert time.monotonic() < deadline + 5, "the abandoned request stayed queued"
+        time.sleep(0.01)
+    node.send(Chunk(request_id=req_a.request_id, seq=0, text="done"))
+    node.send(Complete(request_id=req_a.request_id, usage=Usage(1, 1)))
+    assert node.try_recv(0.5) is None  # the slot freed, and nobody was waiting for it any more
+    out_a["result"].close()
     node.close()
