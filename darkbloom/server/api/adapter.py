@@ -229,20 +229,11 @@ async def collect(
             finally:
                 tg.cancel_scope.cancel()
 
-        hangup = relay.hangup
-        if hangup is not None:  # watching since dispatch
-            hangup.then = tg.cancel_scope.cancel
-        else:
-
-            async def watch_disconnect() -> None:
-                while (await request.receive())["type"] != "http.disconnect":
-                    pass
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch_disconnect)
+        # Watching since dispatch; from here a hang-up stops the collecting.
+        hangup = relay.hangup or Hangup(request.receive, relay.abandon)
+        hangup.then = tg.cancel_scope.cancel
         tg.start_soon(gather)
-    if hangup is not None:
-        hangup.stop()
+    hangup.stop()
     if "answer" in outcome:
         return outcome["answer"]  # type: ignore[no-any-return]
     raise outcome.get("error") or RequestError(499, "client closed the request", code="client_closed_request")
@@ -291,9 +282,9 @@ class RelayStream(StreamingResponse):
     """A relay's event stream, watching for the client to hang up with one plain task.
 
     Starlette's ``StreamingResponse`` runs an anyio task group per response
-    for that; this one starts a single asyncio task that waits for
-    ``http.disconnect`` and tells the relay (``Relay.abandon``), which ends
-    the stream at once, even between tokens. Either way ``Relay.close``
+    for that; this one keeps the plain watcher started at dispatch
+    (``Hangup``), which on ``http.disconnect`` tells the relay
+    (``Relay.abandon``), ending the stream at once, even between tokens. Either way ``Relay.close``
     runs exactly once when the response is over: the node hears ``cancel``
     and the request is settled.
     """
@@ -337,21 +328,11 @@ class RelayStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self.relay
-        # Watching since dispatch (``Hangup``, which already calls ``relay.abandon``), or from now.
-        watcher = None if relay.hangup is not None else asyncio.get_running_loop().create_task(_watch_disconnect(receive, relay))
+        hangup = relay.hangup or Hangup(receive, relay.abandon)  # watching since dispatch (it calls relay.abandon)
         try:
             await self.stream_response(send)
         except OSError:  # servers speaking ASGI 2.4 raise on a send after the client left
             relay.abandon()
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            elif relay.hangup is not None:
-                relay.hangup.stop()
+            hangup.stop()
             await relay.close()
-
-
-async def _watch_disconnect(receive: Receive, relay: gateway.Relay) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    relay.abandon()

@@ -93,7 +93,7 @@ class BillingHook:
         # Told the kind of each ledger posting made (``hold``, ``charge``, ``refund``): the metrics counter.
         self.on_posting = on_posting or (lambda kind: None)
         self._prices: dict[str, Price] = {}  # per admitted request: the price its hold was taken at
-        self._held: dict[str, tuple[str, int]] = {}  # per admitted request: (account, amount reserved in the book)
+        self._held: dict[str, int] = {}  # per admitted request: the amount reserved for it in the book
         # Each model's price as the store last showed it; a hold re-reads it in its own transaction.
         self._known_prices: dict[str, Price] = {}
         self.book = ReservationBook()
@@ -146,7 +146,7 @@ class BillingHook:
         if amount:
             await self._reserve(account, amount)
         self._prices[job.request_id] = price
-        self._held[job.request_id] = (account, amount)
+        self._held[job.request_id] = amount
         hold = self.store.submit(self._hold_op(job, amount_for), durable=False, defer_s=self.hold_write_delay_s)
         if amount:
             inflight = self._inflight.setdefault(account, set())
@@ -219,7 +219,7 @@ class BillingHook:
             self._prices[job.request_id] = price
             if amount != reserved:  # the price changed under the book: it holds what the ledger holds
                 self.book.adjust(account, reserved - amount)
-                self._held[job.request_id] = (account, amount)
+                self._held[job.request_id] = amount
             if placed and amount:
                 self.on_posting("hold")
             if not admitted.done():
@@ -240,7 +240,7 @@ class BillingHook:
 
     async def settle(self, job: InferenceJob, outcome: str, usage: Usage | None, node_id: str | None) -> None:
         price = self._prices.pop(job.request_id, None)
-        account, reserved = self._held.pop(job.request_id, (job.account_id, 0))
+        account, reserved = job.account_id, self._held.pop(job.request_id, 0)
         now = self.clock()
         if outcome == "completed" and usage is not None:
             if price is None:
