@@ -47,6 +47,7 @@ async def run_node(url: str, rate: float, tokens: int) -> None:
         sender = FrameSender(lambda data: ws.send(data, text=True))
         await sender.send(Register(node_id="standin", models=(ModelInfo(id="bench"),), capacity=cap, frame_batches=True))  # type: ignore[arg-type]
         registered = decode_many(await ws.recv())[0]
+        sender.batch = getattr(registered, "frame_batches", False)
         print("registered", flush=True)
 
         async def heartbeat() -> None:  # as a real node does: a silent node is evicted

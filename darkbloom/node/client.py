@@ -147,6 +147,7 @@ class NodeSession:
                 raise ProtocolError(f"registration refused: {reply.message}")
             if not isinstance(reply, Registered):
                 raise ProtocolError(f"expected registered, got {reply!r}")
+            self._sender.batch = reply.frame_batches  # batches only to a coordinator that reads them
             self.connected.set()
             serving = ", ".join(s.model_id for s in self.slots.loaded()) or "nothing loaded yet"
             self.on_status(f"registered with {self.url} as {self.node_id}, serving {serving}")

@@ -7,7 +7,8 @@ frames and writes them from one task that runs once the turn's other tasks
 have had their go: what they sent meanwhile leaves together as one message
 (``protocol.join``: a JSON array of frames, at most ``MAX_BATCH_BYTES``),
 in the order sent. A frame sent alone goes as itself, so registration and a
-quiet node's traffic look exactly as before.
+quiet node's traffic look exactly as before; until the coordinator says it
+reads batches (``Registered.frame_batches``) every frame goes alone.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ class FrameSender:
 
     Args:
         write: Sends one WebSocket message (text).
+        batch: The peer reads batches; otherwise each frame is its own message.
     """
 
-    def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[bytes], Awaitable[None]], *, batch: bool = False) -> None:
         self._write = write
+        self.batch = batch
         self._queue: list[bytes] = []
         self._written: asyncio.Future[None] | None = None  # resolved when the frames queued now are out
         self._task: asyncio.Task[None] | None = None
@@ -55,7 +58,7 @@ class FrameSender:
                 written, self._written = self._written, None
                 assert written is not None
                 try:
-                    for part in _split(queued):
+                    for part in _split(queued) if self.batch else ([f] for f in queued):
                         await self._write(join(part))
                 except BaseException as exc:
                     written.set_exception(exc if isinstance(exc, Exception) else ConnectionError("sender stopped"))

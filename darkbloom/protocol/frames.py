@@ -169,7 +169,7 @@ class Register(_Frame, frozen=True, tag="register"):
     attestation: SignedAttestation | None = None
     frame_batches: bool = False
     """The node reads a message holding a JSON array of frames (see ``decode_many``); the
-    coordinator then joins frames queued together into one message. Nodes may always send batches."""
+    coordinator then joins frames queued together into one message."""
 
 
 class Heartbeat(_Frame, frozen=True, tag="heartbeat"):
@@ -247,6 +247,9 @@ class Registered(_Frame, frozen=True, tag="registered"):
     node_id: NodeId
     protocol_version: int = PROTOCOL_VERSION
     heartbeat_interval_s: float = 5.0
+    frame_batches: bool = False
+    """The coordinator reads batches of frames (see ``decode_many``): the node may send them.
+    A coordinator that predates batches leaves it false, and the node sends frames one by one."""
 
 
 class SealedEnvelope(msgspec.Struct, frozen=True):

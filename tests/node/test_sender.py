@@ -21,7 +21,7 @@ def test_frames_sent_in_one_turn_leave_as_one_message_in_order() -> None:
         async def write(data: bytes) -> None:
             messages.append(data)
 
-        sender = FrameSender(write)
+        sender = FrameSender(write, batch=True)
         # Like one decode step waking every running request: each sends its token in the same turn.
         await asyncio.gather(*(sender.send(_chunk(f"r{i}")) for i in range(5)))
         await sender.send(Heartbeat())  # later, alone
@@ -41,7 +41,7 @@ def test_frames_sent_during_a_slow_write_go_together_in_the_next_message() -> No
             await gate.wait()
             messages.append([f.request_id for f in decode_many(data)])  # type: ignore[union-attr]
 
-        sender = FrameSender(write)
+        sender = FrameSender(write, batch=True)
         first = asyncio.ensure_future(sender.send(_chunk("a")))
         await asyncio.sleep(0.01)  # "a" is being written
         rest = [asyncio.ensure_future(sender.send(_chunk(r))) for r in ("b", "c")]
@@ -63,7 +63,7 @@ def test_a_failed_write_fails_every_frame_in_it_and_the_next_send_tries_again() 
                 raise ConnectionError("socket gone")
             written.append(data)
 
-        sender = FrameSender(write)
+        sender = FrameSender(write, batch=True)
         results = await asyncio.gather(*(sender.send(_chunk(f"r{i}")) for i in range(3)), return_exceptions=True)
         fail = False
         await sender.send(_chunk("again"))
@@ -83,7 +83,7 @@ def test_a_sender_cancelled_while_waiting_does_not_stop_the_others_frames() -> N
             await gate.wait()
             written.extend(f.request_id for f in decode_many(data))  # type: ignore[union-attr]
 
-        sender = FrameSender(write)
+        sender = FrameSender(write, batch=True)
         a = asyncio.ensure_future(sender.send(_chunk("a")))
         b = asyncio.ensure_future(sender.send(_chunk("b")))
         await asyncio.sleep(0.01)
@@ -103,7 +103,7 @@ def test_a_turn_larger_than_the_batch_limit_is_split_in_order() -> None:
         async def write(data: bytes) -> None:
             messages.append(data)
 
-        sender = FrameSender(write)
+        sender = FrameSender(write, batch=True)
         big = "x" * (MAX_BATCH_BYTES // 3)
         await asyncio.gather(*(sender.send(_chunk(f"r{i}", text=big)) for i in range(5)))
         return messages
@@ -121,7 +121,7 @@ def test_send_returns_only_once_the_frame_is_written(n: int) -> None:
         async def write(data: bytes) -> None:
             await gate.wait()
 
-        sender = FrameSender(write)
+        sender = FrameSender(write, batch=True)
         sends = [asyncio.ensure_future(sender.send(_chunk(f"r{i}"))) for i in range(n)]
         await asyncio.sleep(0.01)
         waiting = not any(s.done() for s in sends)
@@ -130,3 +130,17 @@ def test_send_returns_only_once_the_frame_is_written(n: int) -> None:
         return waiting
 
     assert asyncio.run(run())
+
+
+def test_to_a_peer_that_does_not_read_batches_every_frame_goes_alone_in_order() -> None:
+    async def run() -> list[bytes]:
+        messages: list[bytes] = []
+
+        async def write(data: bytes) -> None:
+            messages.append(data)
+
+        sender = FrameSender(write)  # until the coordinator's ``registered`` says it reads batches
+        await asyncio.gather(*(sender.send(_chunk(f"r{i}")) for i in range(4)))
+        return messages
+
+    assert asyncio.run(run()) == [encode(_chunk(f"r{i}")) for i in range(4)]

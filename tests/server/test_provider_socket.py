@@ -164,7 +164,8 @@ def _requests_from(ws, n: int, *, batches: bool) -> list[InferenceRequest]:  # t
 def test_a_burst_is_relayed_whether_or_not_the_node_batches_frames(coordinator: Coordinator, batches: bool) -> None:
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         ws.send_bytes(encode(Register(node_id="n", models=(ModelInfo(id="m1"),), frame_batches=batches)))  # type: ignore[arg-type]
-        assert type(decode(ws.receive_bytes())).__name__ == "Registered"
+        registered = decode(ws.receive_bytes())
+        assert type(registered).__name__ == "Registered" and registered.frame_batches  # type: ignore[union-attr]  # it reads ours
         runs = [_stream_in_thread(coordinator, GOOD) for _ in range(8)]
         reqs = _requests_from(ws, 8, batches=batches)
         # The node answers every request's token and end in one message, as one decode step would.

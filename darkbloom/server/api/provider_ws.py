@@ -104,7 +104,7 @@ async def provider_socket(ws: WebSocket) -> None:
         await ws.close(code=1008, reason=reason[:120])
 
     try:
-        await link.send(Registered(node_id=node_id, heartbeat_interval_s=ws.app.state.settings.heartbeat_interval_s))
+        await link.send(Registered(node_id=node_id, heartbeat_interval_s=ws.app.state.settings.heartbeat_interval_s, frame_batches=True))
         if trust is not None:
             attestation.start(node_id, link, close)
         await _serve(ws, fleet, link)
