@@ -122,9 +122,8 @@ class NodeSession:
             await asyncio.sleep(delay)
 
     async def _send(self, ws: websockets.ClientConnection, frame: Frame) -> None:
-        """Send one frame; frames sent in the same turn (one decode step's tokens) share a message."""
-        if self._sender is None:
-            self._sender = FrameSender(lambda data: ws.send(data, text=True))
+        """Send one frame on ``ws`` (through the session's sender: frames of one turn share a message)."""
+        assert self._sender is not None, "sending outside a session"
         await self._sender.send(frame)
 
     async def _session(self) -> None:

@@ -23,6 +23,13 @@ def _open_stream(live: Live) -> socket.socket:
     return sock
 
 
+def _assert_settled_once_as_cancelled(live: Live, node_id: str) -> None:
+    deadline = time.monotonic() + 5
+    while not live.hook.settled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(s[1], s[3]) for s in live.hook.settled] == [("cancelled", node_id)]
+
+
 def test_closing_the_stream_cancels_on_the_node_without_waiting_for_another_token(live: Live) -> None:
     node = StandIn(live, "solo")
     t, out = in_thread(lambda: _open_stream(live))
@@ -39,10 +46,7 @@ def test_closing_the_stream_cancels_on_the_node_without_waiting_for_another_toke
     cancel = node.recv(5)
     assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
     assert time.monotonic() - closed < 5
-    deadline = time.monotonic() + 5
-    while not live.hook.settled and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert [(s[1], s[3]) for s in live.hook.settled] == [("cancelled", "solo")]
+    _assert_settled_once_as_cancelled(live, "solo")
     node.close()
 
 
@@ -55,10 +59,7 @@ def test_hanging_up_before_the_first_token_cancels_on_the_node(live: Live) -> No
     out["result"].close()  # gone while the node is still prefilling: no token has been sent
     cancel = node.recv(5)
     assert isinstance(cancel, Cancel) and cancel.request_id == req.request_id
-    deadline = time.monotonic() + 5
-    while not live.hook.settled and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert [(s[1], s[3]) for s in live.hook.settled] == [("cancelled", "solo")]
+    _assert_settled_once_as_cancelled(live, "solo")
     node.close()
 
 
