@@ -324,6 +324,10 @@ class RelayStream(StreamingResponse):
                 tail.append(event)  # type: ignore[arg-type]
             else:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
+        if relay.terminal is not None:
+            # Settled before the consumer sees the end (queueing the posting is all it waits for): a
+            # balance or usage read sent after ``[DONE]`` then includes this request.
+            await relay.close()
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

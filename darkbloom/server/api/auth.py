@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from starlette.requests import Request
@@ -9,7 +11,9 @@ from starlette.requests import Request
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.auth.cache import KeyCache
 from darkbloom.server.auth.keys import authenticate, hash_key
-from darkbloom.server.store import ApiKeyRecord
+from darkbloom.server.store import ApiKeyRecord, Store
+
+log = logging.getLogger(__name__)
 
 
 def bearer_key(request: Request) -> str:
@@ -47,5 +51,21 @@ async def require_consumer(request: Request) -> ApiKeyRecord:
         if cache is not None:
             cache.put(digest, record, now)
     if cache is None or cache.should_touch(record.key_id, now):
-        await state.store.touch_api_key(record.key_id, now)
+        _touch(state.store, record.key_id, now)
     return record
+
+
+_touching: set[asyncio.Task[None]] = set()
+
+
+def _touch(store: Store, key_id: str, now: float) -> None:
+    """Record when the key was last used, behind the request: it need not wait for that write."""
+    task = asyncio.get_running_loop().create_task(store.touch_api_key(key_id, now))
+    _touching.add(task)
+    task.add_done_callback(_touched)
+
+
+def _touched(task: asyncio.Task[None]) -> None:
+    _touching.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("could not record when an API key was last used: %r", exc)

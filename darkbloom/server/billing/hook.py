@@ -78,6 +78,7 @@ class BillingHook:
         on_posting: Callable[[str], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         hold_write_delay_s: float = 0.01,
+        settle_write_delay_s: float = 0.02,
     ) -> None:
         for name, bps in (("provider share", provider_share_bps), ("referral share", referral_share_bps)):
             if not 0 <= bps <= 10_000:
@@ -98,9 +99,11 @@ class BillingHook:
         self._known_prices: dict[str, Price] = {}
         self.book = ReservationBook()
         self._loading: dict[str, asyncio.Future[None]] = {}  # accounts being (re)loaded into the book
-        self._inflight: dict[str, set[asyncio.Future[Any]]] = {}  # per account: holds submitted, not yet answered
+        self._inflight: dict[str, set[asyncio.Future[Any]]] = {}  # per account: postings submitted, not yet answered
         # Holds nobody waits for share a commit with what follows for up to this long (``Store.submit``).
         self.hold_write_delay_s = hold_write_delay_s
+        # Settlements and releases likewise: the answer has gone out, nobody waits for them.
+        self.settle_write_delay_s = settle_write_delay_s
 
     async def admit(self, job: InferenceJob) -> None:
         later = await self.admit_early(job)
@@ -149,17 +152,21 @@ class BillingHook:
         self._held[job.request_id] = amount
         hold = self.store.submit(self._hold_op(job, amount_for), durable=False, defer_s=self.hold_write_delay_s)
         if amount:
-            inflight = self._inflight.setdefault(account, set())
-            inflight.add(hold)
-            hold.add_done_callback(lambda f: self._hold_answered(account, f))
+            self._track(account, hold)
         admitted = Admission(asyncio.get_running_loop(), self.store.flush)
         hold.add_done_callback(lambda f: self._confirm(job, amount, f, admitted))
         return admitted
 
-    def _hold_answered(self, account: str, hold: asyncio.Future[Any]) -> None:
+    def _track(self, account: str, posting: asyncio.Future[Any]) -> None:
+        """Note a posting submitted for ``account`` until the store answers (``_load`` reads after it)."""
+        inflight = self._inflight.setdefault(account, set())
+        inflight.add(posting)
+        posting.add_done_callback(lambda f: self._answered(account, f))
+
+    def _answered(self, account: str, posting: asyncio.Future[Any]) -> None:
         inflight = self._inflight.get(account)
         if inflight is not None:
-            inflight.discard(hold)
+            inflight.discard(posting)
             if not inflight:
                 del self._inflight[account]
 
@@ -193,7 +200,8 @@ class BillingHook:
         done = self._loading[account] = loop.create_future()
         try:
             inflight = self._inflight.get(account)
-            if inflight:  # PostgreSQL runs ops side by side: the read must come after these holds
+            if inflight:  # PostgreSQL runs ops side by side: the read must come after these postings
+                self.store.flush()  # (deferred ones go now: this request waits for them)
                 await asyncio.wait(list(inflight))
             balance = await self.store.submit(money.balance_op(ledger_consumer(account)))
             self.book.load(account, balance)
@@ -239,15 +247,22 @@ class BillingHook:
             admitted.exception()  # retrieved here: the gateway looks at it only while the request lasts
 
     async def settle(self, job: InferenceJob, outcome: str, usage: Usage | None, node_id: str | None) -> None:
-        price = self._prices.pop(job.request_id, None)
-        account, reserved = job.account_id, self._held.pop(job.request_id, 0)
+        """Charge for the tokens the node reported, or release the hold; returns once the posting is queued.
+
+        Nobody waits for the posting: the answer has gone out already. It is
+        written behind, sharing a commit with whatever follows it for up to
+        ``settle_write_delay_s`` (SQLite; see ``Store.submit``), and every
+        later read of the ledger through ``Store.transaction`` comes after it.
+        The book squares up when the store answers.
+        """
+        rid, account = job.request_id, job.account_id
+        price, reserved = self._prices.pop(rid, None), self._held.pop(rid, 0)
         now = self.clock()
         if outcome == "completed" and usage is not None:
             if price is None:
                 price = await money.get_price(self.store, job.model)
-            settled = await money.settle_hold(
-                self.store,
-                job.request_id,
+            op: Callable[[Any], Any] = money.settle_op(
+                rid,
                 price=price,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
@@ -257,11 +272,28 @@ class BillingHook:
                 min_charge=self.min_charge,
                 now=now,
             )
-            if settled is not None:
-                self.book.adjust(account, settled.hold - settled.split.cost)  # the unused part comes back
-                if settled.hold:
-                    self.on_posting("charge")
-        elif await money.release_hold(self.store, job.request_id, now):
+        else:
+            op = money.release_op(rid, now)
+        posted = self.store.submit(op, defer_s=self.settle_write_delay_s)
+        self._track(account, posted)
+        posted.add_done_callback(lambda f: self._posted(rid, account, reserved, price, f))
+
+    def _posted(self, rid: str, account: str, reserved: int, price: Price | None, posted: asyncio.Future[Any]) -> None:
+        """The store's answer to a settlement or release: give the book back what was not spent."""
+        if posted.cancelled():
+            log.error("settling %s was cancelled (the store closed); its hold stays open until swept", rid)
+            return
+        exc = posted.exception()
+        if exc is not None:
+            self.book.drop(account)  # it no longer knows what the account holds: load it afresh
+            log.error("settling %s failed; its hold stays open until swept", rid, exc_info=exc)
+            return
+        result = posted.result()
+        if isinstance(result, money.Settlement):
+            self.book.adjust(account, result.hold - result.split.cost)  # the unused part comes back
+            if result.hold:
+                self.on_posting("charge")
+        elif result is True:  # released in full
             self.book.adjust(account, reserved)
             if not (price is None or price.free):
                 self.on_posting("refund")
@@ -292,12 +324,6 @@ class BillingHook:
         if released:
             log.warning("released %d stale hold(s) left by an earlier run or a lost request", released)
         return released
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a background hold's failure as seen: the gateway reports it, or has already failed the request."""
-    if not task.cancelled():
-        task.exception()
 
 
 def coordinator_id(home: Path) -> str:

@@ -63,7 +63,12 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
+        """A write transaction: committed when the block ends, rolled back if it raises.
+
+        It begins once every op submitted before it (``submit``, ``run``)
+        has run, so it sees their writes: a balance read after a request
+        ends includes that request's settlement, although nobody waited for it.
+        """
 
     async def run(self, op: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
         """Run ``op(tx)`` as one transaction of its own and return what it returns.
@@ -85,7 +90,7 @@ class Store(Protocol):
 
         On SQLite ops run in the order submitted (a later op sees an earlier
         one's writes), and ``defer_s`` lets a write that nobody waits for
-        (a hold admitted from the reservation book) wait up to that long to
+        (a hold admitted from the reservation book, a settlement) wait up to that long to
         share a commit, so it stays off the busy moments of a burst.
         PostgreSQL runs each op on its own connection, side by side.
         """

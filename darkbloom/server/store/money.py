@@ -233,6 +233,34 @@ async def settle_hold(
     The charge is capped at the hold (an overage is never billed past the
     reservation). Returns ``None`` when the hold is unknown or already closed.
     """
+    return await store.run(
+        settle_op(
+            request_id,
+            price=price,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            node_id=node_id,
+            provider_share_bps=provider_share_bps,
+            referral_share_bps=referral_share_bps,
+            min_charge=min_charge,
+            now=now,
+        )
+    )
+
+
+def settle_op(
+    request_id: str,
+    *,
+    price: Price,
+    prompt_tokens: int,
+    completion_tokens: int,
+    node_id: str | None,
+    provider_share_bps: int,
+    referral_share_bps: int,
+    min_charge: int,
+    now: float,
+) -> Callable[[Tx], Awaitable[Settlement | None]]:
+    """``settle_hold`` as an op for ``Store.run`` / ``Store.submit``."""
     from darkbloom.server.billing.pricing import cost as request_cost
 
     async def op(tx: Tx) -> Settlement | None:
@@ -274,11 +302,16 @@ async def settle_hold(
         )
         return Settlement(request_id, account_id, hold, split, provider_acct)
 
-    return await store.run(op)
+    return op
 
 
 async def release_hold(store: Store, request_id: str, now: float) -> bool:
     """Refund a hold in full (failure, cancel, crash); once per request. ``False`` if not open."""
+    return await store.run(release_op(request_id, now))
+
+
+def release_op(request_id: str, now: float) -> Callable[[Tx], Awaitable[bool]]:
+    """``release_hold`` as an op for ``Store.run`` / ``Store.submit``."""
 
     async def op(tx: Tx) -> bool:
         row = await tx.fetchone(
@@ -297,7 +330,7 @@ async def release_hold(store: Store, request_id: str, now: float) -> bool:
         await tx.execute("UPDATE holds SET state = 'released', finished_at = ? WHERE request_id = ?", now, request_id)
         return True
 
-    return await store.run(op)
+    return op
 
 
 async def stale_holds(store: Store, *, owner: str | None = None, created_before: float | None = None) -> list[str]:

@@ -62,6 +62,7 @@ class PostgresStore:
         self.url = url
         self.schema = schema
         self._pool: asyncpg.Pool | None = None
+        self._submitted: set[asyncio.Future[Any]] = set()  # ops submitted and still running
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -101,13 +102,20 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTx]:
+        if self._submitted:  # ops submitted before this transaction come first: it sees their writes
+            await asyncio.wait(list(self._submitted))
+        async with self._transaction() as tx:
+            yield tx
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[PostgresTx]:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 yield PostgresTx(conn)
 
     async def run(self, op: Callable[[Any], Awaitable[T]], *, durable: bool = True) -> T:
         """``op(tx)`` in a transaction of its own (see ``base.Store.run``); always answered after the commit."""
-        async with self.transaction() as tx:
+        async with self._transaction() as tx:
             return await op(tx)
 
     def submit(self, op: Callable[[Any], Awaitable[T]], *, durable: bool = True, defer_s: float = 0.0) -> asyncio.Future[T]:
@@ -116,7 +124,10 @@ class PostgresStore:
         Each op is its own transaction here, so ops submitted together run
         side by side, not in order; ``defer_s`` is ignored (nothing to batch).
         """
-        return asyncio.ensure_future(self.run(op, durable=durable))
+        task = asyncio.ensure_future(self.run(op, durable=durable))
+        self._submitted.add(task)
+        task.add_done_callback(self._submitted.discard)
+        return task
 
     def flush(self) -> None:
         """Nothing waits here: every op is started when submitted."""

@@ -187,7 +187,11 @@ class SQLiteStore:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SQLiteTx]:
-        async with self._lock:
+        if self._pending:  # ops submitted before this transaction come first: it sees their writes
+            last = self._pending[-1][1]
+            self._urgent.set()
+            await asyncio.wait([last])
+        async with self._lock:  # (a batch already shipped holds it until its commit)
             if self._tx_db is None:
                 raise StoreError("store is not open; call migrate() first")
             db = self._tx_db
@@ -280,8 +284,9 @@ class SQLiteStore:
             )
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        async with self.transaction() as tx:
-            row = await tx.fetchone(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked = 0", key_hash)
+        # On the reading connection: a key lookup waits neither for the writer nor for postings queued before it.
+        async with self.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked = 0", (key_hash,)) as cur:
+            row = await cur.fetchone()
         return None if row is None else _key_record(row)
 
     async def touch_api_key(self, key_id: str, now: float) -> None:
