@@ -21,7 +21,7 @@ from darkbloom.server.billing import ledger
 from darkbloom.server.billing.audit import assert_books_balance
 from darkbloom.server.billing.pricing import cost
 from darkbloom.server.store import Store, money
-from tests.server.store.live import PER_REQUEST, PRICE, body, coordinator, next_request, node
+from tests.server.store.live import PER_REQUEST, PRICE, answer, body, coordinator, next_request, node
 
 
 async def _poll(check: Any, timeout: float = 10.0) -> Any:
@@ -121,4 +121,51 @@ def test_a_balance_read_after_the_answer_includes_its_charge(store_factory, tmp_
                 assert [row["request_id"] for row in usage] == [req.request_id]
             await ws.close()
 
+    asyncio.run(scenario())
+
+
+_REFUSE_USAGE = {
+    "sqlite": ["CREATE TRIGGER refuse BEFORE INSERT ON usage_records BEGIN SELECT RAISE(ABORT, 'the disk says no'); END"],
+    "postgres": [
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'the disk says no'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse BEFORE INSERT ON usage_records FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+
+
+def test_a_settlement_the_database_refuses_is_logged_and_its_hold_released_later(store_factory, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        async with coordinator(store_factory, tmp_path, credit=3 * PER_REQUEST) as (port, key, account):
+            ws = await node(port)
+            other = store_factory()
+            await other.migrate()
+            try:
+                async with other.transaction() as tx:
+                    for stmt in _REFUSE_USAGE[tx.dialect]:
+                        await tx.execute(stmt)
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+                    assert await answer(ws, http) == 200  # the consumer has the answer; its charge cannot be written
+
+                    async def logged() -> bool:
+                        return any("failed; its hold stays open" in r.getMessage() for r in caplog.records)
+
+                    await _poll(logged)
+                    held = await money.stale_holds(other, created_before=time.time() + 1)
+                    assert len(held) == 1, "the refused settlement rolled back whole: the hold is still open"
+                    async with other.transaction() as tx:
+                        await tx.execute("DROP TRIGGER refuse" + (" ON usage_records" if tx.dialect == "postgres" else ""))
+                    # The book forgot the account; the next request reloads it and is charged as usual.
+                    assert await answer(ws, http) == 200
+                    rows = await _poll(lambda: money.usage_rows(other, account))
+                    assert len(rows) == 1
+                for rid in held:  # what the stale-hold sweep does once the hold is old enough
+                    assert await money.release_hold(other, rid, time.time())
+                charge = cost(PRICE, 3, 1, 100)
+                assert await money.balance(other, ledger.consumer(account)) == 3 * PER_REQUEST - charge  # the first was free
+                await assert_books_balance(other)
+            finally:
+                await other.close()
+            await ws.close()
+
+    caplog.set_level("ERROR", logger="darkbloom.server.billing.hook")
     asyncio.run(scenario())
