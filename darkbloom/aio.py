@@ -1,4 +1,4 @@
-"""Long-lived processes: the event loop on uvloop where it is installed, and a calmer garbage collector.
+"""Long-lived processes: uvloop where it is installed, a calmer garbage collector, background tasks held until they end.
 
 The coordinator gets uvloop from uvicorn; the node and ``darkbloom up`` use
 ``run``. uvloop's loop spends less time, holding the GIL, per relayed token,
@@ -10,10 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+_held: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, T], on_done: Callable[[asyncio.Task[T]], object] | None = None) -> asyncio.Task[T]:
+    """Run ``coro`` as a task held until it ends (the event loop keeps only a weak reference to it)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _held.add(task)
+    task.add_done_callback(_held.discard)
+    if on_done is not None:
+        task.add_done_callback(on_done)
+    return task
 
 
 def tune_gc() -> None:

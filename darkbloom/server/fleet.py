@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from dataclasses import dataclass, field
 
+from darkbloom.aio import spawn
 from darkbloom.protocol import Cancel, Capacity, ChatMessage, Error, Frame, InferenceRequest, LoadModel, SamplingParams
 from darkbloom.protocol.frames import SealedEnvelope
 from darkbloom.server.routing.hedging import hedge_delay_s
@@ -178,15 +179,12 @@ class Fleet:
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, InFlight] = {}
         self._waiters: dict[str, asyncio.Future[str]] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self.clock = clock
         self.privacy: Any = None  # server/attestation PrivacyRelay (set by the app): seals, opens, checks receipts
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        """Run ``coro`` as a task we hold a reference to until it ends (cancels, load orders, drops)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        """Run ``coro`` in the background (cancels, load orders, drops)."""
+        spawn(coro)
 
     @property
     def config(self) -> RoutingConfig:

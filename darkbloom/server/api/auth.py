@@ -8,6 +8,7 @@ import time
 
 from starlette.requests import Request
 
+from darkbloom.aio import spawn
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.auth.cache import KeyCache
 from darkbloom.server.auth.keys import authenticate, hash_key
@@ -55,17 +56,11 @@ async def require_consumer(request: Request) -> ApiKeyRecord:
     return record
 
 
-_touching: set[asyncio.Task[None]] = set()
-
-
 def _touch(store: Store, key_id: str, now: float) -> None:
     """Record when the key was last used, behind the request: it need not wait for that write."""
-    task = asyncio.get_running_loop().create_task(store.touch_api_key(key_id, now))
-    _touching.add(task)
-    task.add_done_callback(_touched)
+    spawn(store.touch_api_key(key_id, now), _touched)
 
 
 def _touched(task: asyncio.Task[None]) -> None:
-    _touching.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.warning("could not record when an API key was last used: %r", exc)

@@ -189,7 +189,7 @@ class SQLiteStore:
     async def transaction(self) -> AsyncIterator[SQLiteTx]:
         if self._pending:  # ops submitted before this transaction come first: it sees their writes
             last = self._pending[-1][1]
-            self._urgent.set()
+            self.flush()
             await asyncio.wait([last])
         async with self._lock:  # (a batch already shipped holds it until its commit)
             if self._tx_db is None:
