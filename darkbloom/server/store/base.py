@@ -60,7 +60,8 @@ class Store(Protocol):
     async def migrate(self) -> int:
         """Apply pending migrations; return the schema version now in force."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Finish every op submitted before it (settlements written behind), then close the database."""
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises.

@@ -96,6 +96,10 @@ class PostgresStore:
         return len(POSTGRES)
 
     async def close(self) -> None:
+        # Ops submitted and still running (settlements written behind an answer) finish first: the pool
+        # refuses new work once it is closing, and a settlement lost here would leave its hold open.
+        while self._submitted:
+            await asyncio.wait(list(self._submitted))
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

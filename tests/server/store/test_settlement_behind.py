@@ -54,6 +54,36 @@ def test_a_transaction_sees_every_op_submitted_before_it(store_factory) -> None:
     asyncio.run(scenario())
 
 
+def test_closing_the_store_writes_every_op_submitted_before_it(store_factory) -> None:  # type: ignore[no-untyped-def]
+    """A coordinator shutting down right after its last answers still books their settlements."""
+
+    async def scenario() -> None:
+        store: Store = store_factory()
+        await store.migrate()
+
+        def grant(n: int) -> Any:
+            async def op(tx: Any) -> None:
+                if tx.dialect == "postgres":  # its ops start at once: still running when close() begins
+                    await tx.execute("SELECT pg_sleep(0.05)")
+                legs = [ledger.Leg(ledger.consumer("a"), n, ledger.ADMIN_CREDIT), ledger.Leg(ledger.EXTERNAL_GRANTS, -n, ledger.ADMIN_CREDIT)]
+                await money.post(tx, legs, f"grant-{n}", 1.0)
+
+            return op
+
+        written = [store.submit(grant(n), defer_s=60) for n in range(1, 41)]  # more than the pool's connections
+        await store.close()
+        assert all(w.done() and w.exception() is None for w in written), [w.exception() for w in written if w.done() and w.exception()]
+        again: Store = store_factory()
+        await again.migrate()
+        try:
+            assert await money.balance(again, ledger.consumer("a")) == sum(range(1, 41))
+            await assert_books_balance(again)
+        finally:
+            await again.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_answer_does_not_wait_for_its_settlement_to_be_written(store_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         async with coordinator(store_factory, tmp_path, credit=3 * PER_REQUEST) as (port, key, account):
