@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,25 @@ async def _poll(check: Any, timeout: float = 10.0) -> Any:
     return found
 
 
+def _grant(amount: int, *, pg_sleep_s: float) -> Callable[[Any], Awaitable[None]]:
+    """An op crediting consumer ``a`` with ``amount``; on PostgreSQL it sleeps ``pg_sleep_s`` first."""
+
+    async def op(tx: Any) -> None:
+        if tx.dialect == "postgres":
+            await tx.execute(f"SELECT pg_sleep({pg_sleep_s})")
+        legs = [ledger.Leg(ledger.consumer("a"), amount, ledger.ADMIN_CREDIT), ledger.Leg(ledger.EXTERNAL_GRANTS, -amount, ledger.ADMIN_CREDIT)]
+        await money.post(tx, legs, f"grant-{amount}", 1.0)
+
+    return op
+
+
 def test_a_transaction_sees_every_op_submitted_before_it(store_factory) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         store: Store = store_factory()
         await store.migrate()
         try:
-
-            async def write(tx: Any) -> None:
-                if tx.dialect == "postgres":  # its ops start at once: make this one still running when the read begins
-                    await tx.execute("SELECT pg_sleep(0.3)")
-                await money.post(tx, [ledger.Leg(ledger.consumer("a"), 7, ledger.ADMIN_CREDIT), ledger.Leg(ledger.EXTERNAL_GRANTS, -7, ledger.ADMIN_CREDIT)], "grant", 1.0)
-
-            written = store.submit(write, defer_s=60)  # on SQLite it may wait a minute for company
+            # On PostgreSQL the op starts at once: it sleeps so that it is still running when the read begins.
+            written = store.submit(_grant(7, pg_sleep_s=0.3), defer_s=60)  # on SQLite it may wait a minute for company
             started = time.monotonic()
             assert await money.balance(store, ledger.consumer("a")) == 7
             assert time.monotonic() - started < 10, "the read pushed the queued write out instead of waiting out its delay"
@@ -60,17 +68,8 @@ def test_closing_the_store_writes_every_op_submitted_before_it(store_factory) ->
     async def scenario() -> None:
         store: Store = store_factory()
         await store.migrate()
-
-        def grant(n: int) -> Any:
-            async def op(tx: Any) -> None:
-                if tx.dialect == "postgres":  # its ops start at once: still running when close() begins
-                    await tx.execute("SELECT pg_sleep(0.05)")
-                legs = [ledger.Leg(ledger.consumer("a"), n, ledger.ADMIN_CREDIT), ledger.Leg(ledger.EXTERNAL_GRANTS, -n, ledger.ADMIN_CREDIT)]
-                await money.post(tx, legs, f"grant-{n}", 1.0)
-
-            return op
-
-        written = [store.submit(grant(n), defer_s=60) for n in range(1, 41)]  # more than the pool's connections
+        # More ops than the pool has connections, those on PostgreSQL still running when close() begins.
+        written = [store.submit(_grant(n, pg_sleep_s=0.05), defer_s=60) for n in range(1, 41)]
         await store.close()
         assert all(w.done() and w.exception() is None for w in written), [w.exception() for w in written if w.done() and w.exception()]
         again: Store = store_factory()
