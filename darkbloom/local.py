@@ -144,7 +144,12 @@ async def run_local(home: Path, *, port: int, models: tuple[Path, ...], say: Cal
             f"OPENAI_API_KEY={key}",
             flush=True,
         )
-        await asyncio.gather(server_task, node_task)
+        # Either side ending ends `up`: the coordinator when a signal stops it (uvicorn takes SIGINT and
+        # SIGTERM itself, also where a script started us in the background with SIGINT ignored, so the
+        # loop never hears of it), the node only by failing, whose error then ends `up`.
+        done, _ = await asyncio.wait({server_task, node_task}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
     finally:
         if node_task is not None:
             node_task.cancel()

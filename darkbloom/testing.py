@@ -54,11 +54,17 @@ class Proc:
         self.kill(signal.SIGTERM)
 
 
-def start(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Proc:
+def start(args: Sequence[str], log: Path, env: dict[str, str] | None = None, *, background: bool = False) -> Proc:
+    """Start ``darkbloom ARGS`` with stdout and stderr into ``log``.
+
+    ``background`` starts it as a non-interactive shell starts ``cmd &``:
+    with SIGINT ignored, which the process inherits.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
     with open(log, "wb") as out:
-        popen = subprocess.Popen(darkbloom_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        popen = subprocess.Popen(darkbloom_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=full_env, preexec_fn=ignore_sigint)
     return Proc(popen, log, list(args))
 
 
