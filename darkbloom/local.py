@@ -105,16 +105,27 @@ async def wait_for_model(base_url: str, key: str, model_ids: set[str] | None, ti
 
 
 async def run_local(home: Path, *, port: int, models: tuple[Path, ...], say: Callable[[str], None] = print) -> None:
-    """Run coordinator and node until cancelled; print the URL and key once ready."""
-    from darkbloom.server.runner import uvicorn_server
+    """Run coordinator and node until cancelled; print the URL and key once ready.
 
-    home.mkdir(parents=True, exist_ok=True)
-    model_paths = models or (ensure_demo_model(home, say),)
+    Raises:
+        darkbloom.listen.ListenError: ``port`` cannot be had.
+        NodeStartError: the node could not load any model.
+    """
+    from darkbloom.listen import listen
+    from darkbloom.server.runner import COORDINATOR_PORT_HINT, uvicorn_server
+
     settings = Settings(home=home, port=port)
-    base_url = f"http://127.0.0.1:{port}"
-    key = await ensure_consumer_key(home, default_db_url(home), base_url)
+    sock = listen(settings.host, port, hint=COORDINATOR_PORT_HINT)  # a busy port fails now, not after the demo model's download
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        model_paths = models or (ensure_demo_model(home, say),)
+        base_url = f"http://127.0.0.1:{port}"
+        key = await ensure_consumer_key(home, default_db_url(home), base_url)
+    except BaseException:
+        sock.close()
+        raise
     server = uvicorn_server(settings, log_level="warning")
-    server_task = asyncio.create_task(server.serve())
+    server_task = asyncio.create_task(server.serve(sockets=[sock]))
     node_task: asyncio.Task[None] | None = None
     try:
         while not server.started:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import openai
 
-from darkbloom.testing import Proc, free_port, start
+from darkbloom.testing import Proc, darkbloom_cmd, free_port, start
 
 
 def _wait_for_key(proc: Proc, timeout: float = 120.0) -> str:
@@ -60,3 +63,30 @@ def test_up_serves_the_demo_model_to_the_openai_sdk_and_keeps_its_key(tmp_path: 
     finally:
         again.kill(signal.SIGINT)
     assert again.popen.returncode == 0, f"SIGINT did not stop a background `up` cleanly:\n{again.text()[-2000:]}"
+
+
+def test_a_busy_port_or_a_missing_model_is_a_one_line_error(tmp_path: Path) -> None:
+    """What a newcomer gets wrong first is told in one line, before any slow work, with exit status 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for cmd in (["up"], ["serve"]):
+            home = tmp_path / f"home-{cmd[0]}"
+            done = subprocess.run(
+                darkbloom_cmd(*cmd, "--home", str(home), "--port", str(port)), capture_output=True, text=True, timeout=60,
+                env={**os.environ, "DARKBLOOM_DEMO_MODEL": "tiny"},
+            )
+            assert done.returncode == 1, done.stderr
+            assert f"error: port {port} on 127.0.0.1 is in use (" in done.stderr
+            assert "is another coordinator (or `darkbloom up`) running? pass --port to pick another" in done.stderr
+            assert "Traceback" not in done.stderr
+        assert not (tmp_path / "home-up").exists(), "up did work before finding its port taken"
+
+    done = subprocess.run(
+        darkbloom_cmd("up", "--home", str(tmp_path / "home"), "--port", str(free_port()), "--model", str(tmp_path / "nowhere")),
+        capture_output=True, text=True, timeout=120, env={**os.environ, "DARKBLOOM_NODE_METRICS_PORT": "off"},
+    )
+    assert done.returncode == 1, done.stderr
+    assert "error: no model could be loaded; pass --model with a local MLX model directory" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -40,7 +40,8 @@ def proxy(
     home: HomeOption = None,
 ) -> None:
     """Serve http://127.0.0.1:PORT/v1 for any OpenAI client; every request is sealed before it leaves this machine."""
-    from darkbloom.client.proxy import ProxyPortInUse, run_proxy
+    from darkbloom.client.proxy import run_proxy
+    from darkbloom.listen import ListenError
     from darkbloom.local import read_client_config
 
     setup_logging()
@@ -52,5 +53,5 @@ def proxy(
         return
     try:
         run_proxy(url, key, port=port, k=k, say=lambda m: typer.echo(m, err=True))
-    except ProxyPortInUse as exc:
+    except ListenError as exc:
         fail(str(exc))

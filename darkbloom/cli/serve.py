@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from darkbloom.cli.common import DbOption, HomeOption, setup_logging
+from darkbloom.cli.common import DbOption, HomeOption, fail, setup_logging
 from darkbloom.server.settings import Settings, darkbloom_home
 
 
@@ -24,6 +24,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the coordinator: OpenAI-compatible API for consumers, WebSocket for provider nodes."""
+    from darkbloom.listen import ListenError
     from darkbloom.server.runner import serve as run
 
     setup_logging(verbose)
@@ -31,4 +32,7 @@ def serve(
         home=darkbloom_home(home), db_url=db or "", host=host, port=port,
         challenge_interval_s=challenge_interval, require_attestation=require_attestation,
     )
-    run(settings)
+    try:
+        run(settings)
+    except ListenError as exc:
+        fail(str(exc))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from darkbloom import aio
-from darkbloom.cli.common import HomeOption, setup_logging
+from darkbloom.cli.common import HomeOption, fail, setup_logging
 
 
 def up(
@@ -21,10 +21,14 @@ def up(
 ) -> None:
     """Start everything locally: a coordinator on SQLite, one node, a demo model, and a consumer key."""
     from darkbloom.local import run_local
+    from darkbloom.node.runner import NodeStartError
+    from darkbloom.listen import ListenError
     from darkbloom.server.settings import darkbloom_home
 
     setup_logging(verbose)
     try:
         aio.run(run_local(darkbloom_home(home), port=port, models=tuple(model or ()), say=lambda m: typer.echo(m, err=True)))
+    except (ListenError, NodeStartError) as exc:
+        fail(str(exc))
     except KeyboardInterrupt:
         pass

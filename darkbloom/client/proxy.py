@@ -175,29 +175,17 @@ def create_proxy_app(coordinator: str, api_key: str, *, k: int = 3) -> Starlette
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-class ProxyPortInUse(OSError):
-    """The proxy's port is taken."""
-
-
 def run_proxy(coordinator: str, api_key: str, *, port: int = 8421, k: int = 3, say: Any = print) -> None:
     """Serve the proxy on 127.0.0.1 until interrupted.
 
     Raises:
-        ProxyPortInUse: something already listens on ``port``.
+        darkbloom.listen.ListenError: something already listens on ``port``.
     """
-    import socket
-
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-    except OSError as exc:
-        sock.close()
-        raise ProxyPortInUse(
-            f"port {port} on 127.0.0.1 is in use ({exc.strerror}); pass --port to pick another"
-        ) from None
+    from darkbloom.listen import listen
+
+    sock = listen("127.0.0.1", port)
     say(f"darkbloom proxy: sealing every request to {coordinator}; point OpenAI clients at http://127.0.0.1:{port}/v1")
     server = uvicorn.Server(uvicorn.Config(create_proxy_app(coordinator, api_key, k=k), log_level="warning"))
     server.run(sockets=[sock])

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import socket
+import logging
 
 import uvicorn
 
 from darkbloom.aio import tune_gc
+from darkbloom.listen import listen
 from darkbloom.server.app import create_app
 from darkbloom.server.settings import Settings
 
+log = logging.getLogger(__name__)
 
-def uvicorn_server(settings: Settings, *, sock: socket.socket | None = None, log_level: str = "info") -> uvicorn.Server:
+COORDINATOR_PORT_HINT = "is another coordinator (or `darkbloom up`) running? pass --port to pick another"
+
+
+def uvicorn_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
     """A uvicorn server for the coordinator, not yet started."""
     config = uvicorn.Config(
         create_app(settings),
@@ -31,7 +36,14 @@ def uvicorn_server(settings: Settings, *, sock: socket.socket | None = None, log
 
 
 def serve(settings: Settings) -> None:
-    """Run the coordinator in the foreground until interrupted."""
+    """Run the coordinator in the foreground until interrupted.
+
+    Raises:
+        darkbloom.listen.ListenError: its port cannot be had.
+    """
+    sock = listen(settings.host, settings.port, hint=COORDINATOR_PORT_HINT)
     server = uvicorn_server(settings)
     tune_gc()
-    server.run()
+    # (uvicorn says where it listens only when it binds the socket itself)
+    log.info("coordinator starting on http://%s:%d (Ctrl-C to stop)", settings.host, settings.port)
+    server.run(sockets=[sock])
