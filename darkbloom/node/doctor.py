@@ -45,7 +45,8 @@ def check_backend() -> list[Check]:
     elif blas.optimized:
         checks.append(Check("BLAS", True, f"OpenBLAS preloaded from {blas.path}"))
     else:
-        checks.append(Check("BLAS", False, f"reference BLAS ({blas.note})", INSTALL_HINT))
+        note = blas.note.removesuffix(f"; {INSTALL_HINT}")  # the fix line below says it
+        checks.append(Check("BLAS", False, f"reference BLAS ({note})", INSTALL_HINT))
     fmt = (
         "quantized weights stay quantized (Metal)"
         if metal

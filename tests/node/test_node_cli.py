@@ -73,6 +73,7 @@ def test_doctor_reports_broken_dirs_and_an_unreachable_coordinator_with_fixes(
     assert "[ok] model good: float32 weights" in out
     assert "[!!] model empty" in out and "skipped" in out
     assert "[!!] coordinator" in out and "fix: start one" in out
+    assert out.count("install an optimized BLAS") <= 1, "the BLAS advice is printed twice"
 
 
 def test_start_status_stop_run_the_node_in_the_background(tiny_model_dir: Path, tmp_path: Path) -> None:
