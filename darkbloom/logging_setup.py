@@ -8,8 +8,8 @@ inside the ``inference_request`` frame, and the node sets it while serving, so
 one ``grep`` for the id finds the request in both processes' logs.
 
 What is logged is ids, counts and timings: never prompt or completion text,
-and never a key (anything shaped like a darkbloom key is masked as a last
-line of defence).
+and never a key (anything shaped like a darkbloom key, or a password in a
+URL, is masked as a last line of defence).
 """
 
 from __future__ import annotations
@@ -40,9 +40,13 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
+# A password in a URL (a database URL in an error message): ``scheme://user:***@host``.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s/]+@")
+
+
 def mask_secrets(text: str) -> str:
-    """``text`` with anything shaped like a key or bearer token replaced by ``***``."""
-    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or "") + "***", text)
+    """``text`` with anything shaped like a key, a bearer token or a URL's password replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1:***@", _SECRET.sub(lambda m: (m.group(1) or m.group(2) or "") + "***", text))
 
 
 def set_request_id(request_id: str | None) -> contextvars.Token[str | None]:

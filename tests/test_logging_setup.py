@@ -70,6 +70,13 @@ def test_keys_are_masked_even_if_someone_logs_one(restore_logging: None) -> None
     assert mask_secrets("key dbk-short") == "key dbk-short"  # too short to be a key: left alone
 
 
+def test_a_password_in_a_url_is_masked() -> None:
+    text = "cannot connect to postgresql://app:s3cret-pw@db.internal:5432/prod: timeout"
+    assert mask_secrets(text) == "cannot connect to postgresql://app:***@db.internal:5432/prod: timeout"
+    assert mask_secrets("postgresql://app@db.internal/prod") == "postgresql://app@db.internal/prod"  # no password
+    assert mask_secrets("see https://example.com:8443/docs") == "see https://example.com:8443/docs"  # a port, not a password
+
+
 def test_env_forces_the_format(restore_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKBLOOM_LOG_FORMAT", "json")
     out = Tty()

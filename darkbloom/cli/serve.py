@@ -26,6 +26,7 @@ def serve(
     """Run the coordinator: OpenAI-compatible API for consumers, WebSocket for provider nodes."""
     from darkbloom.listen import ListenError
     from darkbloom.server.runner import serve as run
+    from darkbloom.server.store import StoreError
 
     setup_logging(verbose)
     settings = Settings(
@@ -34,5 +35,5 @@ def serve(
     )
     try:
         run(settings)
-    except ListenError as exc:
+    except (ListenError, StoreError) as exc:
         fail(str(exc))

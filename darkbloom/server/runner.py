@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import uvicorn
@@ -10,6 +11,7 @@ from darkbloom.aio import tune_gc
 from darkbloom.listen import listen
 from darkbloom.server.app import create_app
 from darkbloom.server.settings import Settings
+from darkbloom.server.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +37,31 @@ def uvicorn_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Se
     return uvicorn.Server(config)
 
 
+async def check_database(url: str) -> None:
+    """Open and migrate the database once before serving.
+
+    The app does the same at start-up, where a failure is a traceback in the
+    log and exit status 3; here it is a ``StoreError`` the CLI prints in one
+    line (with any password in the URL masked).
+    """
+    store = open_store(url)
+    await store.migrate()
+    await store.close()
+
+
 def serve(settings: Settings) -> None:
     """Run the coordinator in the foreground until interrupted.
 
     Raises:
         darkbloom.listen.ListenError: its port cannot be had.
+        StoreError: its database cannot be used (unreachable, refused, newer than this code).
     """
     sock = listen(settings.host, settings.port, hint=COORDINATOR_PORT_HINT)
+    try:
+        asyncio.run(check_database(settings.resolved_db_url()))
+    except BaseException:
+        sock.close()
+        raise
     server = uvicorn_server(settings)
     tune_gc()
     # (uvicorn says where it listens only when it binds the socket itself)

@@ -51,13 +51,13 @@ async def create_key_in(
         account_id: Add the key to this existing account instead of a new one.
     """
     from darkbloom.server.billing.ledger import ADMIN_CREDIT
-    from darkbloom.server.store import StoreError, money, open_store
+    from darkbloom.server.store import StoreError, money, open_store, redact_url
 
     store = open_store(db_url)
     await store.migrate()
     try:
         if account_id is not None and not await money.account_exists(store, account_id):
-            raise StoreError(f"no account {account_id} in {db_url}")
+            raise StoreError(f"no account {account_id} in {redact_url(db_url)}")
         key, record = await create_api_key(store, account_id)
         if credit_micro_usd > 0:
             await money.credit(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from darkbloom.server.store.base import ApiKeyRecord, Store, StoreError, Tx
+from darkbloom.server.store.base import ApiKeyRecord, Store, StoreError, Tx, redact_url
 
 
 def open_store(url: str, *, schema: str | None = None) -> Store:
@@ -24,8 +24,8 @@ def open_store(url: str, *, schema: str | None = None) -> Store:
 
         return PostgresStore(url, schema=schema)
     raise StoreError(
-        f"unsupported database URL {url!r}: use sqlite:///absolute/path.db or postgresql://user@host:port/dbname"
+        f"unsupported database URL {redact_url(url)!r}: use sqlite:///absolute/path.db or postgresql://user@host:port/dbname"
     )
 
 
-__all__ = ["ApiKeyRecord", "Store", "StoreError", "Tx", "open_store"]
+__all__ = ["ApiKeyRecord", "Store", "StoreError", "Tx", "open_store", "redact_url"]

@@ -13,12 +13,22 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
     """The database cannot be used (bad URL, newer schema, unreachable)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: database URLs go into errors and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from darkbloom.server.store.base import ApiKeyRecord, StoreError
+from darkbloom.server.store.base import ApiKeyRecord, StoreError, redact_url
 from darkbloom.server.store.migrations import POSTGRES, newer_schema_message
 
 _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked, last_used_at"
@@ -81,14 +81,14 @@ class PostgresStore:
                     await conn.close()
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=10, server_settings=settings)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot connect to {self.url}: {exc}") from exc
+            raise StoreError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(727274)")
                 await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
                 if current > len(POSTGRES):
-                    raise StoreError(newer_schema_message(current, len(POSTGRES), self.url))
+                    raise StoreError(newer_schema_message(current, len(POSTGRES), redact_url(self.url)))
                 for version in range(current + 1, len(POSTGRES) + 1):
                     for stmt in POSTGRES[version - 1]:
                         await conn.execute(stmt)

@@ -1,0 +1,37 @@
+"""``darkbloom serve`` refuses a database it cannot use in one line, with the URL's password masked."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from darkbloom.testing import darkbloom_cmd, free_port
+
+
+def test_an_unreachable_database_is_one_line_and_its_password_stays_secret(tmp_path: Path) -> None:
+    closed = free_port()  # nothing listens here
+    url = f"postgresql://postgres:hunter2secret@127.0.0.1:{closed}/nope"
+    serve = subprocess.run(
+        darkbloom_cmd("serve", "--port", str(free_port()), "--home", str(tmp_path), "--db", url),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert serve.returncode == 1, serve.stderr
+    assert f"error: cannot connect to postgresql://postgres:***@127.0.0.1:{closed}/nope: " in serve.stderr
+    assert "Traceback" not in serve.stderr
+    keys = subprocess.run(
+        darkbloom_cmd("keys", "create", "--home", str(tmp_path), "--db", url), capture_output=True, text=True, timeout=60
+    )
+    assert keys.returncode != 0
+    assert "postgres:***@" in keys.stderr
+    for out in (serve.stdout, serve.stderr, keys.stdout, keys.stderr):
+        assert "hunter2secret" not in out
+
+
+def test_an_unsupported_database_url_is_named_without_its_password(tmp_path: Path) -> None:
+    serve = subprocess.run(
+        darkbloom_cmd("serve", "--port", str(free_port()), "--home", str(tmp_path), "--db", "mysql://root:hunter2secret@127.0.0.1/x"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert serve.returncode == 1
+    assert "error: unsupported database URL 'mysql://root:***@127.0.0.1/x'" in serve.stderr
+    assert "hunter2secret" not in serve.stdout + serve.stderr
