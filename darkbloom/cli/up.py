@@ -20,9 +20,9 @@ def up(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Start everything locally: a coordinator on SQLite, one node, a demo model, and a consumer key."""
+    from darkbloom.listen import ListenError
     from darkbloom.local import run_local
     from darkbloom.node.runner import NodeStartError
-    from darkbloom.listen import ListenError
     from darkbloom.server.settings import darkbloom_home
 
     setup_logging(verbose)

@@ -45,8 +45,10 @@ async def check_database(url: str) -> None:
     line (with any password in the URL masked).
     """
     store = open_store(url)
-    await store.migrate()
-    await store.close()
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
 
 
 def serve(settings: Settings) -> None:
