@@ -69,3 +69,18 @@ async def test_heartbeats_update_cells_in_place_and_departures_remove_rows(view:
         await source.queue.put(("request", rec))
         await pilot.press("l")
         await until(pilot, lambda: "ffffffffffff…" in screen_text(app), "a live request never reached the feed")
+
+
+@pytest.mark.anyio
+async def test_a_screen_still_mounting_draws_nothing_and_the_next_tick_draws_it(view: dict[str, Any]) -> None:
+    """A fast coordinator's first snapshot can arrive before a screen's widgets exist (it crashed the app)."""
+    from darkbloom.tui.dashboard.fleet import FleetScreen
+
+    source = PushedSource()
+    app = DashboardApp(source)
+    async with app.run_test(size=(150, 30)) as pilot:
+        app.data.apply("snapshot", view)
+        assert FleetScreen().show(app.data) is False  # no widgets yet: nothing drawn, nothing raised
+        app.redraw()
+        table = app.screen.query_one("#fleet", DataTable)
+        await until(pilot, lambda: table.row_count == 3, "the snapshot was never drawn")

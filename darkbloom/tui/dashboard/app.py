@@ -88,10 +88,9 @@ class DashboardApp(App[None]):
         """Redraw the visible screen if anything changed since the last time."""
         if not force and self.data.version == self._shown:
             return
-        self._shown = self.data.version
         screen = self.screen
-        if isinstance(screen, DashboardScreen) and screen.is_mounted:
-            screen.show(self.data)
+        if isinstance(screen, DashboardScreen) and screen.is_mounted and screen.show(self.data):
+            self._shown = self.data.version  # else its widgets are still mounting: the next tick draws it
 
     def _update_sub_title(self) -> None:
         if self.data.admin:

@@ -52,9 +52,16 @@ class DashboardScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self.show(self.dashboard.data)
 
-    def show(self, data: DashboardData) -> None:
-        """Redraw the banner and the body; called on resume and when new data arrives."""
-        banner = self.query_one("#banner", Static)
+    def show(self, data: DashboardData) -> bool:
+        """Redraw the banner and the body; called on resume and when new data arrives.
+
+        Returns ``False``, drawing nothing, while the screen's widgets are still
+        being mounted (a fast coordinator's first snapshot can come first).
+        """
+        found = self.query("#banner")
+        if not found:
+            return False
+        banner = found.first(Static)
         problem = self.dashboard.problem
         banner.update(problem or "")
         banner.display = bool(problem)
@@ -62,6 +69,7 @@ class DashboardScreen(Screen[None]):
             banner.update(f"connecting to {self.dashboard.source.url} …")
             banner.display = True
         self.render_data(data)
+        return True
 
     def render_data(self, data: DashboardData) -> None:
         """Fill the screen's widgets from new data (every screen defines it)."""
