@@ -62,9 +62,11 @@ def start(args: Sequence[str], log: Path, env: dict[str, str] | None = None, *, 
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
+    cmd = darkbloom_cmd(*args)
+    if background:  # as sh does it (no preexec_fn, which is unsafe in a process with threads)
+        cmd = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]
     with open(log, "wb") as out:
-        popen = subprocess.Popen(darkbloom_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=full_env, preexec_fn=ignore_sigint)
+        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     return Proc(popen, log, list(args))
 
 
