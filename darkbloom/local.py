@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -88,15 +89,20 @@ async def ensure_consumer_key(home: Path, db_url: str, base_url: str) -> str:
     return key
 
 
-async def wait_for_model(base_url: str, key: str, model_ids: set[str] | None, timeout: float = 300.0) -> list[str]:
-    """Poll ``/v1/models`` until a node serves something (or one of ``model_ids``)."""
+async def wait_for_model(base_url: str, model_ids: set[str] | None, timeout: float = 300.0) -> list[str]:
+    """Poll the coordinator's ``/health`` until a node serves something (or one of ``model_ids``).
+
+    ``/health`` lists the served models and, unlike ``/v1/models``, is left
+    out of the access log at INFO: five polls a second while the node loads
+    would otherwise fill the newcomer's terminal with our own requests.
+    """
     deadline = asyncio.get_running_loop().time() + timeout
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as client:
+    async with httpx.AsyncClient(base_url=base_url) as client:
         while True:
-            with contextlib.suppress(httpx.HTTPError):
-                resp = await client.get("/v1/models")
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                resp = await client.get("/health")
                 if resp.status_code == 200:
-                    ids = [m["id"] for m in resp.json()["data"]]
+                    ids = list(resp.json()["models"])
                     if ids and (not model_ids or model_ids & set(ids)):
                         return ids
             if asyncio.get_running_loop().time() > deadline:
@@ -125,8 +131,18 @@ async def run_local(home: Path, *, port: int, models: tuple[Path, ...], say: Cal
         sock.close()
         raise
     server = uvicorn_server(settings, log_level="warning")
-    server_task = asyncio.create_task(server.serve(sockets=[sock]))
     node_task: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
+    stop_server = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        # Ctrl-C: the node stops first, so it does not report losing the coordinator and retrying.
+        if node_task is not None:
+            loop.call_soon_threadsafe(node_task.cancel)
+        stop_server(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]  # uvicorn installs it as the signal handler
+    server_task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if server_task.done():
@@ -136,12 +152,15 @@ async def run_local(home: Path, *, port: int, models: tuple[Path, ...], say: Cal
         say(f"coordinator listening on {base_url} (database {settings.resolved_db_url()})")
         node_cfg = NodeConfig(coordinator=base_url, model_paths=model_paths, home=home)
         node_task = asyncio.create_task(run_node(node_cfg, say=say))
-        waiter = asyncio.create_task(wait_for_model(base_url, key, None))
-        done, _ = await asyncio.wait({waiter, node_task}, return_when=asyncio.FIRST_COMPLETED)
-        if node_task in done:
+        waiter = asyncio.create_task(wait_for_model(base_url, None))
+        done, _ = await asyncio.wait({waiter, node_task, server_task}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
             waiter.cancel()
-            await node_task  # raises the node's start error
-        served = await waiter
+            for task in done:
+                if not task.cancelled():
+                    task.result()  # the node's start error (or the coordinator's)
+            return  # a signal stopped `up` while its node was still starting
+        served = waiter.result()
         print(
             f"\nDarkbloom is up. Models: {', '.join(served)}\n"
             f"  base URL: {base_url}/v1\n"
@@ -160,6 +179,8 @@ async def run_local(home: Path, *, port: int, models: tuple[Path, ...], say: Cal
         # loop never hears of it), the node only by failing, whose error then ends `up`.
         done, _ = await asyncio.wait({server_task, node_task}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
+            if task is node_task and task.cancelled():
+                continue  # a signal stopped it first (handle_exit); the coordinator is on its way down too
             task.result()
     finally:
         if node_task is not None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,10 @@ def test_up_serves_the_demo_model_to_the_openai_sdk_and_keeps_its_key(tmp_path: 
     up = start(["up", "--home", str(home), "--port", str(port)], tmp_path / "up.log", env=env)
     try:
         key = _wait_for_key(up)
-        assert f"http://127.0.0.1:{port}/v1" in up.text()
+        started = up.text()
+        assert f"http://127.0.0.1:{port}/v1" in started
+        # Waiting for its node to load, `up` does not fill the terminal with access lines of its own polls.
+        assert '"http request"' not in started, started
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         models = [m.id for m in client.models.list()]
         assert models == ["darkbloom-tiny"]
@@ -53,6 +57,8 @@ def test_up_serves_the_demo_model_to_the_openai_sdk_and_keeps_its_key(tmp_path: 
     finally:
         up.kill(signal.SIGINT)  # Ctrl-C (SIGKILL after 10 s if that did not stop it)
     assert up.popen.returncode == 0, f"Ctrl-C did not stop `up` cleanly:\n{up.text()[-2000:]}"
+    # The node stops with the coordinator; it does not announce losing it and retrying.
+    assert "reconnecting" not in up.text(), up.text()[-2000:]
 
     # A second `up` on the same home reuses the saved key rather than minting another. This one is
     # started as `darkbloom up &` in a script starts it, with SIGINT ignored: SIGINT still stops it
@@ -90,3 +96,45 @@ def test_a_busy_port_or_a_missing_model_is_a_one_line_error(tmp_path: Path) -> N
     assert done.returncode == 1, done.stderr
     assert "error: no model could be loaded; pass --model with a local MLX model directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# `darkbloom up` whose node takes its time to load (a large model, a slow disk): the coordinator runs, the
+# node's start never finishes. Only the load is stood in for; the coordinator and the signal are real.
+_SLOW_NODE_UP = """
+import asyncio, sys
+import darkbloom.local
+
+async def loading(cfg, say=print):
+    say("node: still loading its model")
+    await asyncio.sleep(3600)
+
+darkbloom.local.run_node = loading
+from darkbloom.cli.main import app
+sys.argv = ["darkbloom", *sys.argv[1:]]
+app()
+"""
+
+
+def test_sigint_while_the_node_is_still_loading_stops_up_at_once(tmp_path: Path) -> None:
+    """Started as a script's `darkbloom up &` (SIGINT ignored, so only uvicorn's handler hears it)."""
+    log = tmp_path / "up.log"
+    env = {**os.environ, "DARKBLOOM_DEMO_MODEL": "tiny", "DARKBLOOM_NODE_METRICS_PORT": "off", "PYTHONUNBUFFERED": "1"}
+    up = [sys.executable, "-c", _SLOW_NODE_UP, "up", "--home", str(tmp_path / "home"), "--port", str(free_port())]
+    cmd = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *up]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "node: still loading its model" not in log.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(timeout=15) == 0, log.read_text()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"SIGINT did not stop `up` while its node was loading:\n{log.read_text()}") from None
+        assert "Traceback" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
