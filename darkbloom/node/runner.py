@@ -14,6 +14,7 @@ from darkbloom.node.attestation import NodeAttestor
 from darkbloom.node.client import NodeSession
 from darkbloom.node.daemon import status_file
 from darkbloom.node.hardware import detect_hardware, physical_memory_bytes
+from darkbloom.node.homelock import HomeBusy, hold_home
 from darkbloom.node.identity import NodeKeys
 from darkbloom.node.metrics import session_collector, start_node_metrics
 from darkbloom.node.models.scan import ScanEntry, scan, scan_dir, weight_hash
@@ -120,7 +121,22 @@ def make_attestor(home: Path, slots: SlotManager) -> NodeAttestor:
 
 
 async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> None:
-    """Load models and keep a session with the coordinator until cancelled."""
+    """Load models and keep a session with the coordinator until cancelled.
+
+    Raises:
+        NodeStartError: another node runs from this home, or no model could be loaded.
+    """
+    try:
+        lock = hold_home(cfg.home)  # held until this node ends: one node per home (and node identity)
+    except HomeBusy as exc:
+        raise NodeStartError(str(exc)) from None
+    try:
+        await _serve(cfg, say)
+    finally:
+        lock.close()
+
+
+async def _serve(cfg: NodeConfig, say: Callable[[str], None]) -> None:
     slots, infos = await build_slots(cfg, say)
     token_file = cfg.home / "node" / "provider_token"  # written 0600 by `darkbloom node login`
     token = token_file.read_text().strip() if token_file.exists() else None

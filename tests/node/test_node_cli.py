@@ -96,6 +96,13 @@ def test_start_status_stop_run_the_node_in_the_background(tiny_model_dir: Path, 
         assert "bg-model" in st.stdout and "idle" in st.stdout
         report = json.loads(status_file(home).read_text())
         assert report["slots"][0]["active_token_budget_max"] > 0
+
+        # Nor does a node in the foreground start on that home (its node identity): the two would knock
+        # each other off the coordinator, each registering under the same id, for as long as both ran.
+        fg = darkbloom("node", "--coordinator", coordinator, "--model", str(model), "--home", str(home))
+        assert fg.returncode == 1, fg.stderr
+        assert f"error: another node is already running from {home} (pid {pid})" in fg.stderr
+        assert "Traceback" not in fg.stderr
     finally:
         stopped = darkbloom("node", "stop", "--home", str(home))
     assert stopped.returncode == 0 and f"node {pid} stopped" in stopped.stdout
