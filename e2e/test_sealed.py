@@ -279,6 +279,16 @@ def test_proxy_seals_requests_from_the_openai_sdk(sealed_net: SealedNet, tmp_pat
         )
         assert ok.returncode == 0, ok.stderr
         assert "receipt OK" in ok.stdout and f"completion_tokens: {payload.completion_tokens}" in ok.stdout
+        # Or the header's value pasted as the argument itself (far longer than a file name may be).
+        pasted = subprocess.run(
+            darkbloom_cmd("verify", header, "--request-id", completion.id),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert pasted.returncode == 0, pasted.stderr
+        assert pasted.stdout == ok.stdout
         doc = load_receipt(header)
         forged = doc.receipt.payload.replace(
             f'"completion_tokens":{payload.completion_tokens}', '"completion_tokens":1'

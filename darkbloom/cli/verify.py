@@ -29,12 +29,11 @@ def verify(
     from darkbloom.client.receipts import load_receipt, verify_receipt_doc
     from darkbloom.protocol.sealed import AttestationError
 
-    if receipt == "-":
-        text = sys.stdin.read()
-    elif len(receipt) < 4096 and Path(receipt).is_file():
-        text = Path(receipt).read_text()
-    else:
-        text = receipt
+    try:
+        text = _receipt_text(receipt)
+    except OSError as exc:
+        fail(f"cannot read the receipt file {receipt}: {exc.strerror or exc}")
+        return
     try:
         payload = verify_receipt_doc(
             load_receipt(text),
@@ -58,3 +57,15 @@ def verify(
         "timestamp",
     ):
         typer.echo(f"  {name}: {getattr(payload, name)}")
+
+
+def _receipt_text(receipt: str) -> str:
+    """The receipt's text: from stdin (``-``), from a file of that name, else the argument itself."""
+    if receipt == "-":
+        return sys.stdin.read()
+    path = Path(receipt)
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # too long for a file name (a pasted X-Darkbloom-Receipt header), or a NUL in it
+        is_file = False
+    return path.read_text() if is_file else receipt
