@@ -178,6 +178,7 @@ class Fleet:
         self.registry: Registry = self.state.registry
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, InFlight] = {}
+        self.closing = False  # the coordinator is shutting down (``runner.CoordinatorServer``)
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self.clock = clock
         self.privacy: Any = None  # server/attestation PrivacyRelay (set by the app): seals, opens, checks receipts

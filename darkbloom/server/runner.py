@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import uvicorn
 
@@ -16,6 +17,36 @@ from darkbloom.server.store import open_store
 log = logging.getLogger(__name__)
 
 COORDINATOR_PORT_HINT = "is another coordinator (or `darkbloom up`) running? pass --port to pick another"
+
+
+class CoordinatorServer(uvicorn.Server):
+    """uvicorn, letting the requests being relayed finish before the nodes' sockets close.
+
+    uvicorn's own shutdown closes every WebSocket at once, so every stream in
+    flight would end with an error the moment a signal arrived. This one
+    first stops accepting connections, then waits up to ``drain_s`` for the
+    fleet's in-flight requests to end (a second Ctrl-C stops waiting), and
+    only then shuts down as uvicorn does; requests still running then end
+    with "coordinator shutting down" (``Fleet.closing``).
+    """
+
+    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections (uvicorn's shutdown closes them again: harmless)
+        fleet = getattr(self.config.app.state, "fleet", None)  # set by the lifespan once started
+        if fleet is not None:
+            fleet.closing = True
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.drain_s
+            if fleet.inflight:
+                log.info("waiting up to %.0f s for %d request(s) in flight", self.drain_s, len(fleet.inflight))
+            while fleet.inflight and not self.force_exit and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
 
 
 def uvicorn_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
@@ -34,7 +65,7 @@ def uvicorn_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Se
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    return uvicorn.Server(config)
+    return CoordinatorServer(config, settings.shutdown_drain_s)
 
 
 async def check_database(url: str) -> None:

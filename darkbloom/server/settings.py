@@ -43,6 +43,9 @@ class Settings:
     node_timeout_s: float = 90.0
     request_timeout_s: float = 600.0
     first_token_timeout_s: float = 120.0
+    # On SIGTERM / Ctrl-C: stop accepting, let relayed requests finish for up to this long, then
+    # close the nodes' sockets (8 s fits inside the 10 s most supervisors wait before SIGKILL).
+    shutdown_drain_s: float = field(default_factory=lambda: _env_number("DARKBLOOM_SHUTDOWN_DRAIN_S", 8.0))
     max_body_bytes: int = 16 * 1024 * 1024
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     # Money (issue #4): the provider's share of each charge (the rest is the platform fee), a

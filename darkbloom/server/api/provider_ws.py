@@ -114,7 +114,9 @@ async def provider_socket(ws: WebSocket) -> None:
         if trust is not None:
             await attestation.stop(node_id, trust)
         if fleet.links.get(node_id) is link:
-            await fleet.detach(node_id, close_socket=False)
+            # When the coordinator stops, uvicorn closes this socket itself: say so, rather than blame the node.
+            reason = "coordinator shutting down; retry the request" if fleet.closing else "provider disconnected"
+            await fleet.detach(node_id, reason, close_socket=False)
             _publish(ws, "left", node_id, "disconnected")
         log.info("node %s disconnected", node_id)
 
