@@ -6,6 +6,8 @@ import json
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,8 +38,8 @@ def _stop(node: subprocess.Popen[str]) -> None:
         node.stdout.close()
 
 
-def _stream_across_sigterm(coord: Proc, base: str, key: str) -> list[dict]:  # type: ignore[type-arg]
-    """Stream a chat completion; SIGTERM the coordinator once its first token is in. Every event after."""
+def _stream_across_sigterm(coord: Proc, base: str, key: str, then: Callable[[], object] = lambda: None) -> list[dict]:  # type: ignore[type-arg]
+    """Stream a chat completion; SIGTERM the coordinator once its first token is in, then call ``then``. Every event."""
     body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 100}
     events: list[dict] = []  # type: ignore[type-arg]
     with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30) as resp:
@@ -51,13 +53,23 @@ def _stream_across_sigterm(coord: Proc, base: str, key: str) -> list[dict]:  # t
             events.append(json.loads(line.removeprefix("data: ")))
             if len(events) == 1:
                 coord.popen.send_signal(signal.SIGTERM)
+                then()
     return events
 
 
 def test_sigterm_lets_the_streams_in_flight_finish_then_exits(tmp_path: Path) -> None:
     coord, node, base, key = _coordinator(tmp_path, drain_s="8")
+    # A client with a kept-alive connection (as the OpenAI SDK pools them) asks again while the coordinator drains.
+    pooled = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert pooled.get("/v1/models").status_code == 200
+    refused: list[httpx.Response] = []
+
+    def ask_again() -> None:
+        time.sleep(0.5)  # the coordinator hears the signal and starts draining
+        refused.append(pooled.post("/v1/chat/completions", json={"model": "bench", "messages": [{"role": "user", "content": "hi"}]}))
+
     try:
-        events = _stream_across_sigterm(coord, base, key)
+        events = _stream_across_sigterm(coord, base, key, ask_again)
         # (uvicorn re-raises the SIGTERM it handled once it is done: the process ends by that signal, as supervisors expect)
         assert coord.popen.wait(timeout=20) == -signal.SIGTERM, coord.text()[-3000:]
     finally:
@@ -67,6 +79,10 @@ def test_sigterm_lets_the_streams_in_flight_finish_then_exits(tmp_path: Path) ->
     assert sum(1 for e in events if e.get("choices") and e["choices"][0]["delta"].get("content")) == 30
     assert events[-2]["choices"][0]["finish_reason"] == "stop" and events[-1] == {"done": True}
     assert "waiting up to 8 s for 1 request(s) in flight" in coord.text()
+    # ... and is sent elsewhere at once, in the API's error shape, rather than admitted and cut off later.
+    assert refused[0].status_code == 503 and refused[0].headers["retry-after"] == "1"
+    assert refused[0].json()["error"]["message"] == "coordinator shutting down; retry the request"
+    pooled.close()
 
 
 def test_a_stream_longer_than_the_drain_ends_with_a_shutdown_error(tmp_path: Path) -> None:

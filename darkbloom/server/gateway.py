@@ -424,6 +424,12 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     """
     timing = timing or Timing()
     set_request_id(job.request_id)  # every log line from here on (and the X-Request-Id header) carries it
+    if fleet.closing:
+        # Draining before shutdown (a kept-alive connection): better elsewhere now than cut off in a few seconds.
+        raise RequestError(
+            503, "coordinator shutting down; retry the request", type="server_error", code="shutting_down",
+            headers={"Retry-After": "1"},
+        )
     admitted: list[RequestHook] = []
     pending: list[asyncio.Future[None]] = []  # admissions finishing in the background (see BillingHook.admit_early)
     try:
