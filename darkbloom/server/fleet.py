@@ -39,6 +39,8 @@ SLOW_CONSUMER_GRACE_S = 0.25
 """How long a request's buffer may stay over its limit before the request ends with 499."""
 BUFFER_FRAMES = 1024
 """Frames a request may have waiting for its consumer (a 1k-token answer at one token a frame)."""
+SHUTTING_DOWN = "coordinator shutting down; retry the request"
+"""What a request refused or cut off while the coordinator stops is told (``Fleet.closing``)."""
 
 
 class NoNodeError(Exception):
@@ -178,7 +180,7 @@ class Fleet:
         self.registry: Registry = self.state.registry
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, InFlight] = {}
-        self.closing = False  # the coordinator is shutting down (``runner.CoordinatorServer``)
+        self.closing = False  # the coordinator is shutting down (``runner.CoordinatorServer``): see SHUTTING_DOWN
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self.clock = clock
         self.privacy: Any = None  # server/attestation PrivacyRelay (set by the app): seals, opens, checks receipts

@@ -24,7 +24,7 @@ from darkbloom.logging_setup import set_request_id
 from darkbloom.protocol import ChatMessage, Chunk, Complete, Error, Frame, SamplingParams, SealedEnvelope, Usage
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.errors import model_not_found, model_unavailable
-from darkbloom.server.fleet import Fleet, InFlight, NoNodeError, Refused
+from darkbloom.server.fleet import SHUTTING_DOWN, Fleet, InFlight, NoNodeError, Refused
 from darkbloom.server.routing.queue import retry_after_s
 from darkbloom.server.settings import Settings
 
@@ -427,7 +427,7 @@ async def start(job: InferenceJob, fleet: Fleet, hooks: list[RequestHook], setti
     if fleet.closing:
         # Draining before shutdown (a kept-alive connection): better elsewhere now than cut off in a few seconds.
         raise RequestError(
-            503, "coordinator shutting down; retry the request", type="server_error", code="shutting_down",
+            503, SHUTTING_DOWN, type="server_error", code="shutting_down",
             headers={"Retry-After": "1"},
         )
     admitted: list[RequestHook] = []

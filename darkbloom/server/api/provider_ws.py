@@ -31,7 +31,7 @@ from darkbloom.protocol import (
 )
 from darkbloom.protocol.sealed import AttestationError
 from darkbloom.server.attestation import AttestationService
-from darkbloom.server.fleet import Fleet, NodeLink
+from darkbloom.server.fleet import SHUTTING_DOWN, Fleet, NodeLink
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ async def provider_socket(ws: WebSocket) -> None:
             await attestation.stop(node_id, trust)
         if fleet.links.get(node_id) is link:
             # When the coordinator stops, uvicorn closes this socket itself: say so, rather than blame the node.
-            reason = "coordinator shutting down; retry the request" if fleet.closing else "provider disconnected"
+            reason = SHUTTING_DOWN if fleet.closing else "provider disconnected"
             await fleet.detach(node_id, reason, close_socket=False)
             _publish(ws, "left", node_id, "disconnected")
         log.info("node %s disconnected", node_id)
