@@ -65,7 +65,7 @@ def node(
     """Serve local MLX models to a coordinator (runs in the foreground; Ctrl-C stops it)."""
     if ctx.invoked_subcommand is not None:
         return
-    from darkbloom.node.runner import NodeConfig, NodeStartError, run_node
+    from darkbloom.node.runner import NodeConfig, NodeStartError, end_process, run_node
 
     setup_logging(verbose)
     cfg = NodeConfig(
@@ -77,13 +77,15 @@ def node(
         idle_unload_s=idle_unload,
     )
     # `darkbloom node stop` sends SIGTERM: unwind like Ctrl-C so engines close and the socket says goodbye.
+    # Once the node is serving, SIGTERM first lets its requests finish (run_node's drain_on_sigterm).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        aio.run(run_node(cfg, say=lambda m: typer.echo(m, err=True)))
+        aio.run(run_node(cfg, say=lambda m: typer.echo(m, err=True), drain_on_sigterm=True))
     except NodeStartError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         pass
+    end_process()  # stopped cleanly: exit 0 without the interpreter's teardown (see end_process)
 
 
 @app.command("login")

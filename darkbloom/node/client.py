@@ -9,6 +9,7 @@ tokens are produced, ends each request with ``complete`` or ``error``, obeys
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -100,6 +101,8 @@ class NodeSession:
         self.connected = asyncio.Event()
         self.attestor = attestor
         self.trust: TrustStatus | None = None
+        self.draining = False  # stopping: finish what runs, refuse what comes (``drain``)
+        self._ws: websockets.ClientConnection | None = None
 
     def capacity(self) -> Capacity:
         self._seq += 1
@@ -121,6 +124,28 @@ class NodeSession:
             self.on_status(f"lost the coordinator ({reason}); reconnecting in {delay:.0f} s")
             await asyncio.sleep(delay)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking requests and wait up to ``timeout_s`` for those running to finish.
+
+        The coordinator hears ``draining`` at once (a heartbeat) and routes
+        nothing more here; a request already on its way is refused with a 503,
+        which it sends to another node. The session stays up meanwhile, so the
+        running requests stream to the end.
+        """
+        self.draining = True
+        ws = self._ws
+        if ws is not None and self.connected.is_set():
+            with contextlib.suppress(Exception):  # the coordinator may be gone: then there is nothing to finish
+                await self._send(ws, self._heartbeat_frame())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._active() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _heartbeat_frame(self) -> Heartbeat:
+        active = self._active()
+        status = "draining" if self.draining else "serving" if active else "idle"
+        return Heartbeat(status=status, active_requests=active, capacity=self.capacity())
+
     async def _send(self, ws: websockets.ClientConnection, frame: Frame) -> None:
         """Send one frame on ``ws`` (through the session's sender: frames of one turn share a message)."""
         assert self._sender is not None, "sending outside a session"
@@ -129,6 +154,7 @@ class NodeSession:
     async def _session(self) -> None:
         async with websockets.connect(self.url, max_size=MAX_FRAME_BYTES, open_timeout=10, ping_interval=20, compression=None) as ws:
             self._sender = FrameSender(lambda data: ws.send(data, text=True))
+            self._ws = ws
             reg = Register(
                 node_id=self.node_id,  # type: ignore[arg-type]
                 models=self.models,
@@ -165,9 +191,7 @@ class NodeSession:
     async def _heartbeat(self, ws: websockets.ClientConnection, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            active = self._active()
-            hb = Heartbeat(status="serving" if active else "idle", active_requests=active, capacity=self.capacity())
-            await self._send(ws, hb)
+            await self._send(ws, self._heartbeat_frame())
 
     async def _read(self, ws: websockets.ClientConnection) -> None:
         async for data in ws:
@@ -182,6 +206,10 @@ class NodeSession:
     async def _on_frame(self, ws: websockets.ClientConnection, frame: Frame) -> None:
         """One frame from the coordinator (a batch is handled frame by frame, in order)."""
         if isinstance(frame, InferenceRequest):
+            if self.draining:  # sent before the coordinator heard we are stopping: a 5xx sends it elsewhere
+                msg = "this node is stopping; send the request to another"
+                await self._send(ws, Error(message=msg, code="node_draining", status=503, request_id=frame.request_id))
+                return
             task = asyncio.create_task(self._serve(ws, frame))
             self._tasks[frame.request_id] = task
             task.add_done_callback(lambda _t, rid=frame.request_id: self._tasks.pop(rid, None))
@@ -211,7 +239,11 @@ class NodeSession:
         status = await self.slots.load(frame.model)
         await self._send(ws, status)
         # The coordinator's admission reads the new slot from the next capacity snapshot; send it now.
-        await self._send(ws, Heartbeat(status="serving" if self._active() else "idle", active_requests=self._active(), capacity=self.capacity()))
+        await self._send(ws, self._heartbeat_frame())
+
+    def active_requests(self) -> int:
+        """Requests being served now."""
+        return self._active()
 
     def _active(self) -> int:
         return sum(1 for k in self._tasks if not k.startswith("load:"))

@@ -240,9 +240,9 @@ class Fleet:
         if node is not None:
             self._drain_models(node.slots)
 
-    def heartbeat(self, node_id: str, capacity: Capacity | None) -> bool:
-        """Record a heartbeat; new capacity may let queued requests go."""
-        fresh = self.registry.heartbeat(node_id, capacity, self.clock())
+    def heartbeat(self, node_id: str, capacity: Capacity | None, status: str = "serving") -> bool:
+        """Record a heartbeat; new capacity may let queued requests go (a ``draining`` node takes no more)."""
+        fresh = self.registry.heartbeat(node_id, capacity, self.clock(), status)
         node = self.registry.nodes.get(node_id)
         if fresh and capacity is not None and node is not None:
             self._drain_models(node.slots)

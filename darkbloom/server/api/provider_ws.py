@@ -168,7 +168,7 @@ async def _on_frame(ws: WebSocket, fleet: Fleet, link: NodeLink, frame: Frame) -
     elif isinstance(frame, AttestationResponse):
         await ws.app.state.attestation.on_answer(node_id, frame, link)
     elif isinstance(frame, Heartbeat):
-        fleet.heartbeat(node_id, frame.capacity)
+        fleet.heartbeat(node_id, frame.capacity, frame.status)
         _publish(ws, "heartbeat", node_id)
     elif isinstance(frame, LoadModelStatus):
         fleet.load_status(node_id, frame.model, frame.status)

@@ -112,6 +112,8 @@ class NodeState:
     """The node's verified bundle and challenge record (server/attestation ``NodeTrust``); None: unattested."""
     trust_level: str | None = None
     """``none`` (registered without a bundle), ``software`` or ``hardware``; None before registration set it."""
+    draining: bool = False
+    """The node said it is stopping (heartbeat status ``draining``): it finishes what it has and gets nothing new."""
 
     @property
     def last_challenge_passed(self) -> float | None:
@@ -126,7 +128,7 @@ class NodeState:
         return [m for m, info in self.models.items() if info.template_render_ok]
 
     def routable(self, now: float) -> bool:
-        return self.trust == "trusted" and not self.breaker.is_open(now)
+        return self.trust == "trusted" and not self.draining and not self.breaker.is_open(now)
 
     @property
     def free_for_load_gb(self) -> float | None:
@@ -191,12 +193,20 @@ class Registry:
                     members.discard(node_id)
         return state
 
-    def heartbeat(self, node_id: str, capacity: Capacity | None, now: float) -> bool:
-        """Record a heartbeat; return False when the capacity snapshot was stale and dropped."""
+    def heartbeat(self, node_id: str, capacity: Capacity | None, now: float, status: str = "serving") -> bool:
+        """Record a heartbeat; return False when the capacity snapshot was stale and dropped.
+
+        A ``draining`` status takes the node out of routing (``serving``,
+        ``available``, ``models``) until a heartbeat says otherwise.
+        """
         state = self.nodes.get(node_id)
         if state is None:
             return False
         state.last_seen = now
+        if (status == "draining") != state.draining:
+            state.draining = status == "draining"
+            for model in state.slots:
+                self._reindex(state, model)
         if capacity is None:
             return True
         if state.capacity is not None and capacity.capacity_seq <= state.capacity.capacity_seq:
@@ -231,7 +241,7 @@ class Registry:
         slot = state.slots.get(model)
         serving = self.serving.setdefault(model, IndexedSet())
         available = self.available.setdefault(model, IndexedSet())
-        if slot is None or not slot.warm or state.trust != "trusted":
+        if slot is None or not slot.warm or state.trust != "trusted" or state.draining:
             serving.discard(state.node_id)
             available.discard(state.node_id)
             self._count(state.node_id, model, 0)
@@ -283,7 +293,7 @@ class Registry:
 
     def models(self) -> list[str]:
         """Models at least one connected, trusted node can serve, sorted."""
-        return sorted({m for n in self.nodes.values() if n.trust == "trusted" for m in n.routable_models()})
+        return sorted({m for n in self.nodes.values() if n.trust == "trusted" and not n.draining for m in n.routable_models()})
 
     def candidates(self, model: str) -> list[NodeState]:
         """Connected nodes that have ``model`` warm."""
