@@ -130,10 +130,12 @@ def start(
 
 @app.command()
 def stop(home: HomeOption = None) -> None:
-    """Stop the background node."""
-    from darkbloom.node.daemon import stop as stop_daemon
+    """Stop the background node; it finishes the requests it is serving first (up to 10 s)."""
+    from darkbloom.node.daemon import NODE_DRAIN_S, running_pid, stop as stop_daemon
 
     where = darkbloom_home(home)
+    if (running := running_pid(where)) is not None:
+        typer.echo(f"stopping node {running}: it finishes the requests it is serving first (up to {NODE_DRAIN_S:.0f} s) ...", err=True)
     pid = stop_daemon(where)
     typer.echo(f"node {pid} stopped" if pid else f"no node is running from {where}")
 

@@ -86,6 +86,10 @@ def start(home: Path, node_args: list[str], *, wait_s: float = 3.0) -> int:
     return proc.pid
 
 
+NODE_DRAIN_S = 10.0
+"""How long a node stopped by SIGTERM lets its requests finish (``stop`` SIGKILLs after 15 s)."""
+
+
 def stop(home: Path, *, timeout_s: float = 15.0) -> int | None:
     """SIGTERM the running node, SIGKILL it after ``timeout_s``; return its pid (None if none ran)."""
     pid = running_pid(home)

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from darkbloom.node.attestation import NodeAttestor
 from darkbloom.node.client import NodeSession
-from darkbloom.node.daemon import status_file
+from darkbloom.node.daemon import NODE_DRAIN_S, status_file
 from darkbloom.node.hardware import detect_hardware, physical_memory_bytes
 from darkbloom.node.homelock import HomeBusy, hold_home
 from darkbloom.node.identity import NodeKeys
@@ -138,10 +138,6 @@ def end_process() -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(0)
-
-
-NODE_DRAIN_S = 10.0
-"""How long a node stopped by SIGTERM lets its requests finish (``darkbloom node stop`` SIGKILLs after 15 s)."""
 
 
 async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print, *, drain_on_sigterm: bool = False) -> None:
