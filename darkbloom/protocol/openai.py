@@ -133,7 +133,7 @@ def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     """Decode a JSON request body with ``decoder``; every failure is a 400 that says why.
 
     Raises:
-        RequestError: 400 for an empty body, invalid JSON, or a field the
+        RequestError: 400 for an empty body, invalid JSON (or not UTF-8), or a field the
             schema refuses (``param`` names the top-level field).
     """
     if not body.strip():
@@ -148,6 +148,11 @@ def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise RequestError(400, f"invalid request: {msg}", param=param) from None
     except msgspec.DecodeError as exc:
         raise RequestError(400, f"invalid JSON body: {exc}") from None
+    except UnicodeDecodeError:  # msgspec decodes strings lazily: bad bytes inside one surface here
+        raise RequestError(400, NOT_UTF8) from None
+
+
+NOT_UTF8 = "invalid JSON body: a string in it is not valid UTF-8 (JSON text must be UTF-8)"
 
 
 def check_sampling(

@@ -58,7 +58,9 @@ def register_node(ws: Any, context_length: int = 0) -> None:
 
 
 @pytest.mark.parametrize("route", ROUTES)
-@pytest.mark.parametrize("data", [b"", b"{", b'"hi"', b"null", b"[]", b'{"model": "m1",}', b"\xff\xfe\x00"])
+@pytest.mark.parametrize(
+    "data", [b"", b"{", b'"hi"', b"null", b"[]", b'{"model": "m1",}', b"\xff\xfe\x00", b'{"model": "m\xff1"}', b'{"\xff": 1}']
+)
 def test_malformed_json_is_400(coordinator: Coordinator, route: str, data: bytes) -> None:
     err = check_error(route, coordinator.client.post(route, content=data, headers=coordinator.auth), 400)
     assert err["type"] == "invalid_request_error"

@@ -30,8 +30,11 @@ def test_wrong_key_is_401(coordinator: Coordinator) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"{", b'"hi"', b"42", b"null", b"[]", b'{"model": "m1",}', b"{'model': 'm1'}", b"\xff\xfe\x00"],
-    ids=["empty", "truncated", "string", "number", "null", "array", "trailing-comma", "single-quotes", "binary"],
+    [
+        b"", b"{", b'"hi"', b"42", b"null", b"[]", b'{"model": "m1",}', b"{'model': 'm1'}", b"\xff\xfe\x00",
+        b'{"model": "m1", "messages": [{"role": "user", "content": "caf\xe9"}]}',  # Latin-1, not UTF-8, inside a string
+    ],
+    ids=["empty", "truncated", "string", "number", "null", "array", "trailing-comma", "single-quotes", "binary", "latin1-in-string"],
 )
 def test_malformed_json_is_400(coordinator: Coordinator, body: bytes) -> None:
     resp = coordinator.client.post(CHAT, content=body, headers=coordinator.auth)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from darkbloom.protocol import Chunk, Complete, Error, SamplingParams, SealedEnvelope
-from darkbloom.protocol.openai import RequestError, usage_dict
+from darkbloom.protocol.openai import NOT_UTF8, RequestError, usage_dict
 from darkbloom.protocol.sealed import SEALED_CONTENT_TYPE, SealedError, check_envelope
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import dispatch, new_job, stream_response
@@ -62,6 +62,8 @@ def parse_sealed_request(body: bytes) -> SealedChatRequest:
         raise RequestError(400, f"invalid sealed request: {exc}", code="invalid_envelope") from None
     except msgspec.DecodeError as exc:
         raise RequestError(400, f"invalid JSON body: {exc}") from None
+    except UnicodeDecodeError:
+        raise RequestError(400, NOT_UTF8) from None
     if not req.model:
         raise RequestError(400, "model must be a non-empty string", param="model")
     if req.max_tokens < 1 or req.prompt_tokens_estimate < 0:

@@ -223,6 +223,7 @@ def test_sealed_body_errors_are_clear_400s(coordinator: Coordinator) -> None:
     for body, needle in (
         (b"", "empty"),
         (b"{", "invalid JSON"),
+        (b'{"model": "m\xff1"}', "UTF-8"),
         (b'{"model": "m1"}', "envelope"),
         (
             json.dumps(
