@@ -233,6 +233,29 @@ def test_messages_stream(shared_network: Network, claude: anthropic.Anthropic) -
     assert final.usage.input_tokens > 0 and 0 < final.usage.output_tokens <= 24
 
 
+def test_a_prefilled_assistant_turn_is_continued(shared_network: Network, oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    """Anthropic prefill (and vLLM's ``continue_final_message``): the answer goes on from the caller's start."""
+    import mlx_lm
+
+    prefix = "The capital of France is"
+    model, tok = _model(shared_network.model_dir)
+    # The oracle: the chat template's generation prompt, then the prefill as if the model had written it.
+    text = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False) + prefix
+    expected = "".join(r.text for r in mlx_lm.stream_generate(model, tok, tok.encode(text, add_special_tokens=False), max_tokens=12))
+    messages = [*PROMPT, {"role": "assistant", "content": prefix}]
+
+    msg = claude.messages.create(model=shared_network.model, max_tokens=12, messages=messages, extra_body=GREEDY)  # type: ignore[arg-type]
+    assert msg.content[0].text == expected  # type: ignore[union-attr]
+    chat = oai.chat.completions.create(
+        model=shared_network.model, max_tokens=12, messages=messages, extra_body={**GREEDY, "continue_final_message": True}  # type: ignore[arg-type]
+    )
+    assert chat.choices[0].message.content == expected
+    with pytest.raises(anthropic.BadRequestError, match="trailing whitespace"):
+        claude.messages.create(
+            model=shared_network.model, max_tokens=12, messages=[*PROMPT, {"role": "assistant", "content": prefix + " "}]
+        )
+
+
 # ---- limits, in each SDK's own error type ----------------------------------------------------
 
 

@@ -116,11 +116,22 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
         messages.append(ChatMessage(role="system", content=_text(req.system, "system")))
     for i, m in enumerate(req.messages):
         messages.append(ChatMessage(role=m.role, content=_text(m.content, f"messages.{i}.content")))
+    # A final assistant message is the start of the answer (prefill): the model continues it, and the
+    # response holds only what it adds. An empty one asks for nothing; Anthropic refuses trailing whitespace.
+    prefill = messages[-1].role == "assistant"
+    if prefill and not messages[-1].content:
+        messages.pop()
+        prefill = False
+    if prefill and messages[-1].content != messages[-1].content.rstrip():
+        raise RequestError(400, "messages: final assistant content cannot end with trailing whitespace", param="messages")
+    if not messages or messages[-1].role == "system":
+        raise RequestError(400, "messages: the conversation needs a user message", param="messages")
     params = SamplingParams(
         max_tokens=req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=tuple(s for s in req.stop_sequences or () if s),
+        continue_final=prefill,
     )
     return req, tuple(messages), params
 

@@ -138,6 +138,9 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     """A legacy-completions prompt: tokenized verbatim instead of rendering ``messages`` with the chat template."""
     tools: str | None = None
     """JSON text of the OpenAI ``tools`` list, rendered into the prompt by the node's chat template."""
+    continue_final: bool = False
+    """The last message is the assistant's answer begun by the caller (Anthropic prefill): the node
+    continues it rather than opening a new assistant turn. A node that predates it opens a new turn."""
 
 
 class SignedAttestation(msgspec.Struct, frozen=True):

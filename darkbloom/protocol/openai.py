@@ -109,6 +109,8 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    continue_final_message: bool = False
+    """vLLM's extension: continue the final assistant message instead of starting a new one."""
 
 
 _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -236,6 +238,14 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
             f"tool_choice {req.tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'",
             param="tool_choice",
         )
+    if req.continue_final_message:
+        last = req.messages[-1]
+        if last.role != "assistant" or not _text_of(last.content) or last.tool_calls:
+            raise RequestError(
+                400,
+                "continue_final_message needs the last message to be an assistant message with text to continue",
+                param="continue_final_message",
+            )
     fmt = req.response_format
     if fmt is not None:
         if fmt.type == "json_schema":
@@ -297,6 +307,7 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         frequency_penalty=req.frequency_penalty or 0.0,
         response_format="json_object" if req.response_format and req.response_format.type == "json_object" else None,
         tools=tools_json(req),
+        continue_final=req.continue_final_message,
     )
     return messages, params
 

@@ -227,6 +227,26 @@ async def test_stop_string_at_the_very_start_still_accounts_every_token(engine: 
     assert out.finished.usage.completion_tokens == sum(d.tokens for d in out.deltas)
 
 
+async def test_a_prefilled_answer_is_continued_not_answered_anew(engine: MLXEngine) -> None:
+    prompt, prefix = "what is the capital of france?", "The capital of France is"
+    chatml = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{prefix}"  # the tiny model's template
+
+    async def answer(continue_final: bool) -> Outcome:
+        request_id = f"req-{next(_ids)}"
+        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        messages = (ChatMessage(role="user", content=prompt), ChatMessage(role="assistant", content=prefix))
+        engine.submit(request_id, messages, SamplingParams(temperature=0.0, max_tokens=24, continue_final=continue_final), events)
+        return await collect(request_id, events)
+
+    # The model sees its answer begun and goes on from the prefill's last word...
+    went_on, raw = await answer(True), await generate(engine, "", temperature=0.0, max_tokens=24, raw_prompt=chatml)
+    assert went_on.key() == raw.key()
+    # ...where without it the prefill is a finished turn and a new one starts.
+    new_turn = await answer(False)
+    anew = await generate(engine, "", temperature=0.0, max_tokens=24, raw_prompt=chatml + "<|im_end|>\n<|im_start|>assistant\n")
+    assert new_turn.key() == anew.key() and new_turn.text != went_on.text
+
+
 def test_a_process_that_served_a_request_exits_cleanly(tiny_model_dir: Path) -> None:
     # mlx aborts the interpreter at exit (status 134) when a thread's streams are left behind.
     script = f"""

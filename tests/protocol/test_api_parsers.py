@@ -134,6 +134,30 @@ def test_messages_system_blocks_and_stop_sequences() -> None:
     assert (params.stop, params.temperature, params.max_tokens) == (("STOP",), 0.5, 4)
 
 
+def _messages(*turns: tuple[str, str]) -> bytes:
+    return json.dumps({"model": "m", "max_tokens": 4, "messages": [{"role": r, "content": c} for r, c in turns]}).encode()
+
+
+def test_a_final_assistant_message_is_a_prefill_to_continue() -> None:
+    _, messages, params = parse_messages_request(_messages(("user", "q"), ("assistant", "The answer is")))
+    assert messages[-1] == ChatMessage(role="assistant", content="The answer is") and params.continue_final
+    _, _, params = parse_messages_request(_messages(("user", "q"), ("assistant", "a"), ("user", "and?")))
+    assert not params.continue_final
+    # An empty one asks for nothing: an ordinary answer.
+    _, messages, params = parse_messages_request(_messages(("user", "q"), ("assistant", "")))
+    assert messages == (ChatMessage(role="user", content="q"),) and not params.continue_final
+
+
+@pytest.mark.parametrize(
+    ("turns", "needle"),
+    [((("user", "q"), ("assistant", "The answer is ")), "trailing whitespace"), ((("assistant", ""),), "user message")],
+)
+def test_a_prefill_anthropic_refuses_is_a_400(turns: tuple[tuple[str, str], ...], needle: str) -> None:
+    with pytest.raises(RequestError, match=needle) as info:
+        parse_messages_request(_messages(*turns))
+    assert (info.value.status, info.value.param) == (400, "messages")
+
+
 def test_messages_temperature_is_anthropics_range() -> None:
     with pytest.raises(RequestError) as info:
         parse_messages_request(

@@ -160,6 +160,12 @@ def test_malformed_body_is_a_400_that_says_why(data: bytes, hint: str) -> None:
         (body(top_p=1.5), "top_p", "top_p"),
         (body(stop=5), "stop", "str"),
         (body(stream="yes"), "stream", "bool"),
+        (body(continue_final_message=True), "continue_final_message", "assistant"),
+        (
+            body(messages=[*USER_HI, {"role": "assistant", "content": ""}], continue_final_message=True),
+            "continue_final_message",
+            "text to continue",
+        ),
     ],
     ids=[
         "missing-model",
@@ -185,6 +191,8 @@ def test_malformed_body_is_a_400_that_says_why(data: bytes, hint: str) -> None:
         "top_p=1.5",
         "stop=5",
         "stream=yes",
+        "continue-a-user-message",
+        "continue-an-empty-message",
     ],
 )
 def test_invalid_field_is_a_400_naming_the_param(data: bytes, param: str, hint: str) -> None:
@@ -243,6 +251,12 @@ def test_defaults_when_sampling_is_unspecified() -> None:
     messages, params = internal()
     assert messages == (ChatMessage(role="user", content="hi"),)
     assert params == SamplingParams(max_tokens=DEFAULT_MAX_TOKENS, temperature=1.0, top_p=1.0, seed=None, stop=())
+
+
+def test_continue_final_message_reaches_the_node() -> None:
+    turns = [*USER_HI, {"role": "assistant", "content": "Hello, I am"}]
+    assert internal(messages=turns, continue_final_message=True)[1].continue_final
+    assert not internal(messages=turns)[1].continue_final  # OpenAI's own meaning: a finished turn
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:

@@ -305,7 +305,12 @@ class MLXEngine:
                 prompt = self._tok.encode(params.raw_prompt)
             else:
                 tools = json.loads(params.tools) if params.tools else None
-                prompt = self._tok.apply_chat_template(template_messages(messages), tools=tools, add_generation_prompt=True)
+                if params.continue_final and messages and messages[-1].role == "assistant":  # prefill: go on from it
+                    prompt = self._tok.apply_chat_template(
+                        template_messages(messages), tools=tools, add_generation_prompt=False, continue_final_message=True
+                    )
+                else:
+                    prompt = self._tok.apply_chat_template(template_messages(messages), tools=tools, add_generation_prompt=True)
         except Exception as exc:
             self._emit(None, loop, events, Failed(request_id, f"chat template failed: {exc}", "template_error", 400))
             return
