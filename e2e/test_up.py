@@ -32,12 +32,15 @@ def _wait_for_key(proc: Proc, timeout: float = 120.0) -> str:
 def test_up_serves_the_demo_model_to_the_openai_sdk_and_keeps_its_key(tmp_path: Path) -> None:
     port = free_port()
     home = tmp_path / "home"
-    env = {"DARKBLOOM_DEMO_MODEL": "tiny", "DARKBLOOM_NODE_METRICS_PORT": "off"}
+    # The reference BLAS, whether or not this machine has OpenBLAS: `up` must say so.
+    env = {"DARKBLOOM_DEMO_MODEL": "tiny", "DARKBLOOM_NODE_METRICS_PORT": "off", "DARKBLOOM_BLAS": "/nonexistent/libopenblas.so.0"}
     up = start(["up", "--home", str(home), "--port", str(port)], tmp_path / "up.log", env=env)
     try:
         key = _wait_for_key(up)
         started = up.text()
         assert f"http://127.0.0.1:{port}/v1" in started
+        if sys.platform == "linux":
+            assert "warning: MLX is using the reference BLAS" in started, started
         # Waiting for its node to load, `up` does not fill the terminal with access lines of its own polls.
         assert '"http request"' not in started, started
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)

@@ -63,7 +63,7 @@ def find_openblas(env: dict[str, str] | None = None) -> str | None:
     if choice.lower() == "off":
         return None
     if choice and choice.lower() != "auto":
-        return choice if os.path.exists(choice) else None
+        return choice if os.path.exists(choice) else None  # preload_blas says it does not exist
     for pattern in CANDIDATES:
         for path in sorted(glob.glob(pattern.format(triplet=_triplet() or "*"))):
             if os.path.exists(path):
@@ -84,8 +84,14 @@ def preload_blas(env: dict[str, str] | None = None) -> BlasStatus:
         return _status
     path = find_openblas(env)
     if path is None:
-        off = (env if env is not None else os.environ).get("DARKBLOOM_BLAS", "").lower() == "off"
-        _status = BlasStatus("reference", note="DARKBLOOM_BLAS=off" if off else f"no OpenBLAS found; {INSTALL_HINT}")
+        choice = (env if env is not None else os.environ).get("DARKBLOOM_BLAS", "auto").strip()
+        if choice.lower() == "off":
+            note = "DARKBLOOM_BLAS=off"
+        elif choice and choice.lower() != "auto":
+            note = f"DARKBLOOM_BLAS={choice} does not exist; {INSTALL_HINT}"
+        else:
+            note = f"no OpenBLAS found; {INSTALL_HINT}"
+        _status = BlasStatus("reference", note=note)
         return _status
     if "mlx.core" in sys.modules:
         # Too late for symbol interposition: mlx already bound the reference BLAS.
@@ -103,3 +109,20 @@ def preload_blas(env: dict[str, str] | None = None) -> BlasStatus:
 def blas_status() -> BlasStatus:
     """What ``preload_blas`` did (running it if nobody has)."""
     return _status if _status is not None else preload_blas()
+
+
+def slow_blas_warning(status: BlasStatus | None = None) -> str | None:
+    """A line for the node's start-up when MLX is left on the reference BLAS on Linux (not chosen with ``off``).
+
+    There a node decodes several times slower and hardly gains from batching,
+    which a provider would otherwise only see as a slow node.
+    """
+    status = status or blas_status()
+    if sys.platform != "linux" or status.optimized or status.note == "DARKBLOOM_BLAS=off":
+        return None
+    why = status.note.partition(f"; {INSTALL_HINT}")[0]
+    return (
+        f"warning: MLX is using the reference BLAS ({why or 'no OpenBLAS'}), so this node runs several times slower "
+        f"and barely gains from batching; to fix it, {INSTALL_HINT} and restart the node "
+        "(`darkbloom node doctor` checks it; DARKBLOOM_BLAS=off silences this)"
+    )

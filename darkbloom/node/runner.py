@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from darkbloom.node.blas import slow_blas_warning
 from darkbloom.node.attestation import NodeAttestor
 from darkbloom.node.client import NodeSession
 from darkbloom.node.daemon import NODE_DRAIN_S, status_file
@@ -202,6 +203,8 @@ class SigtermDrain:
 
 
 async def _serve(cfg: NodeConfig, say: Callable[[str], None], stop: SigtermDrain | None) -> None:
+    if (warning := slow_blas_warning()) is not None:
+        say(warning)
     slots, infos = await build_slots(cfg, say)
     token_file = cfg.home / "node" / "provider_token"  # written 0600 by `darkbloom node login`
     token = token_file.read_text().strip() if token_file.exists() else None

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from darkbloom.node.blas import find_openblas
+from darkbloom.node.blas import INSTALL_HINT, BlasStatus, find_openblas, slow_blas_warning
 
 SCRIPT = """
 import json, os, sys
@@ -44,7 +44,20 @@ def test_auto_preloads_openblas_when_the_machine_has_it_else_says_how_to_install
 
 
 def test_a_named_library_that_does_not_exist_or_a_late_preload_falls_back() -> None:
-    assert _run({"DARKBLOOM_BLAS": "/nonexistent/libopenblas.so.0"})["name"] in ("reference", "accelerate")
+    missing = _run({"DARKBLOOM_BLAS": "/nonexistent/libopenblas.so.0"})
+    assert missing["name"] in ("reference", "accelerate")
+    if sys.platform == "linux":
+        assert "DARKBLOOM_BLAS=/nonexistent/libopenblas.so.0 does not exist" in missing["note"]
     late = _run({"DARKBLOOM_BLAS": "auto"}, pre="import mlx.core\n")
     if sys.platform == "linux" and find_openblas({"DARKBLOOM_BLAS": "auto"}):
         assert late["name"] == "reference" and "imported before" in late["note"]
+
+
+def test_a_node_left_on_the_reference_blas_says_so_and_how_to_fix_it() -> None:
+    warning = slow_blas_warning(BlasStatus("reference", note=f"no OpenBLAS found; {INSTALL_HINT}"))
+    if sys.platform != "linux":
+        assert warning is None  # macOS: Accelerate and Metal
+        return
+    assert warning is not None and "(no OpenBLAS found)" in warning and "apt-get install libopenblas0-pthread" in warning
+    assert slow_blas_warning(BlasStatus("openblas", "/usr/lib/libopenblas.so.0")) is None
+    assert slow_blas_warning(BlasStatus("reference", note="DARKBLOOM_BLAS=off")) is None  # chosen: not nagged
