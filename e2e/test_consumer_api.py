@@ -39,8 +39,19 @@ def reference(model_dir: Path, max_tokens: int, *, chat: bool = True) -> str:
     import mlx_lm
 
     model, tok = _model(model_dir)
-    prompt = tok.apply_chat_template(PROMPT, add_generation_prompt=True) if chat else tok.encode(RAW_PROMPT)
+    if not chat:
+        return continuation(model_dir, tok.encode(RAW_PROMPT), max_tokens)
+    prompt = tok.apply_chat_template(PROMPT, add_generation_prompt=True)
     return "".join(r.text for r in mlx_lm.stream_generate(model, tok, prompt, max_tokens=max_tokens))
+
+
+def continuation(model_dir: Path, prompt: list[int], max_tokens: int) -> str:
+    """Greedy text that goes on from ``prompt``'s own text (a leading space kept): the whole decoded, less the prompt."""
+    import mlx_lm
+
+    model, tok = _model(model_dir)
+    tokens = [r.token for r in mlx_lm.stream_generate(model, tok, prompt, max_tokens=max_tokens)]
+    return str(tok.decode(prompt + tokens))[len(tok.decode(prompt)) :]
 
 
 def stop_in(text: str) -> tuple[str, str]:
@@ -235,13 +246,11 @@ def test_messages_stream(shared_network: Network, claude: anthropic.Anthropic) -
 
 def test_a_prefilled_assistant_turn_is_continued(shared_network: Network, oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
     """Anthropic prefill (and vLLM's ``continue_final_message``): the answer goes on from the caller's start."""
-    import mlx_lm
-
     prefix = "The capital of France is"
-    model, tok = _model(shared_network.model_dir)
+    _, tok = _model(shared_network.model_dir)
     # The oracle: the chat template's generation prompt, then the prefill as if the model had written it.
     text = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False) + prefix
-    expected = "".join(r.text for r in mlx_lm.stream_generate(model, tok, tok.encode(text, add_special_tokens=False), max_tokens=12))
+    expected = continuation(shared_network.model_dir, tok.encode(text, add_special_tokens=False), 12)
     messages = [*PROMPT, {"role": "assistant", "content": prefix}]
 
     msg = claude.messages.create(model=shared_network.model, max_tokens=12, messages=messages, extra_body=GREEDY)  # type: ignore[arg-type]

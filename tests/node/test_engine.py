@@ -227,6 +227,21 @@ async def test_stop_string_at_the_very_start_still_accounts_every_token(engine: 
     assert out.finished.usage.completion_tokens == sum(d.tokens for d in out.deltas)
 
 
+async def test_a_raw_prompt_continuation_keeps_its_leading_space(engine: MLXEngine, tiny_model_dir: Path) -> None:
+    """Legacy completions continue the prompt's text: prompt + answer reads as the model's whole text."""
+    import mlx_lm
+
+    model, tok = mlx_lm.load(str(tiny_model_dir))
+    spaced = 0
+    for prompt in PROMPTS[:3] + ["one two three", "once upon a time"]:
+        ids = tok.encode(prompt)
+        tokens = [r.token for r in mlx_lm.stream_generate(model, tok, ids, max_tokens=8)]
+        expected = tok.decode(ids + tokens)[len(tok.decode(ids)) :]
+        spaced += expected.startswith(" ")
+        assert (await generate(engine, "", temperature=0.0, max_tokens=8, raw_prompt=prompt)).text == expected
+    assert spaced, "no prompt here continues with a space: the test checks nothing"
+
+
 async def test_a_prefilled_answer_is_continued_not_answered_anew(engine: MLXEngine) -> None:
     prompt, prefix = "what is the capital of france?", "The capital of France is"
     chatml = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{prefix}"  # the tiny model's template

@@ -61,6 +61,21 @@ def template_messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]
     return out
 
 
+def _continuing(detok: Any, prompt: list[int]) -> Any:
+    """``detok`` primed with the prompt's last token, so the answer's first word keeps its leading space.
+
+    mlx-lm's streaming detokenizers drop a space at the very start of their
+    text, right for a new turn ("Hello") but wrong for a continuation: "The
+    capital of France is" goes on " Paris", not "Paris". The primed text is
+    taken off here; only what the model adds is streamed.
+    """
+    detok.add_token(prompt[-1])
+    detok.finalize()
+    _ = detok.last_segment
+    del detok.tokens[:]
+    return detok
+
+
 def _json_or_text(arguments: str) -> Any:
     try:
         return json.loads(arguments)
@@ -300,12 +315,14 @@ class MLXEngine:
     ) -> None:
         self._waiting -= 1
         self._waiting_tokens -= params.max_tokens
+        continuing = True  # the answer goes on from the prompt's text rather than opening a turn of its own
         try:
             if params.raw_prompt is not None:  # legacy completions: the prompt as given, no chat template
                 prompt = self._tok.encode(params.raw_prompt)
             else:
                 tools = json.loads(params.tools) if params.tools else None
-                if params.continue_final and messages and messages[-1].role == "assistant":  # prefill: go on from it
+                continuing = params.continue_final and bool(messages) and messages[-1].role == "assistant"
+                if continuing:  # prefill: go on from it
                     prompt = self._tok.apply_chat_template(
                         template_messages(messages), tools=tools, add_generation_prompt=False, continue_final_message=True
                     )
@@ -353,7 +370,7 @@ class MLXEngine:
             request_id=request_id,
             uid=uid,
             events=events,
-            detok=self._tok.detokenizer,
+            detok=_continuing(self._tok.detokenizer, prompt) if continuing else self._tok.detokenizer,
             stops=StopMatcher(params.stop),
             prompt_tokens=len(prompt),
             tools=self._tool_extractor(params),
