@@ -72,6 +72,15 @@ def test_unknown_v1_path_is_404_naming_the_endpoint(coordinator: Coordinator) ->
     assert err["message"] == "endpoint POST /v1/embeddings is not implemented"
 
 
+def test_unknown_anthropic_path_is_404_in_anthropics_shape(coordinator: Coordinator) -> None:
+    resp = coordinator.client.post("/v1/messages/count_tokens", json={}, headers=coordinator.auth)
+    assert resp.status_code == 404
+    assert resp.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "endpoint POST /v1/messages/count_tokens is not implemented"},
+    }
+
+
 def test_models_lists_only_served_models(coordinator: Coordinator) -> None:
     assert coordinator.client.get("/v1/models", headers=coordinator.auth).json() == {"object": "list", "data": []}
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:

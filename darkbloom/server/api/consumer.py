@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from darkbloom.protocol.anthropic import error_body as anthropic_error_body
 from darkbloom.protocol.openai import RequestError, model_list
 from darkbloom.server.api.auth import require_consumer
 from darkbloom.server.api.errors import error_response
@@ -27,4 +28,6 @@ async def health(request: Request) -> Response:
 
 async def not_implemented(request: Request) -> Response:
     err = RequestError(404, f"endpoint {request.method} {request.url.path} is not implemented", code="not_found")
+    if request.url.path.startswith("/v1/messages"):  # an Anthropic client (count_tokens, batches) reads its own shape
+        return JSONResponse(anthropic_error_body(err), status_code=404)
     return error_response(err)
