@@ -87,6 +87,9 @@ def test_one_shot_prints_the_streamed_answer_as_an_argument_and_from_a_pipe(live
     )
     assert refused.returncode == 1 and refused.stdout == ""
     assert "refused the key" in refused.stderr
+    typo = subprocess.run([*args, "-m", live.model + "x", PROMPT], env=env, capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 1 and typo.stdout == ""
+    assert f"model '{live.model}x' is not served on {live.url}; served: {live.model}" in typo.stderr, typo.stderr
 
 
 def test_interactive_chat_in_a_terminal_streams_the_answer_onto_the_screen(live: LiveNetwork, tmp_path: Path) -> None:

@@ -17,10 +17,13 @@ class OneShotError(Exception):
 
 
 async def pick_model(client: DarkbloomClient, model: str | None) -> str:
-    """``model``, or the only model served; refuses to guess among several."""
-    if model:
-        return model
+    """``model`` if it is served, or the only model served; refuses to guess among several."""
     models = await client.models()
+    if model:
+        if model not in models:  # a typo: say what is served, not that no *attested* node serves it
+            served = f"served: {', '.join(models)}" if models else "no model is being served right now"
+            raise OneShotError(f"model {model!r} is not served on {client.url}; {served}")
+        return model
     if len(models) == 1:
         return models[0]
     if not models:
