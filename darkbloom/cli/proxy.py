@@ -11,7 +11,7 @@ from darkbloom.server.settings import darkbloom_home
 
 
 def proxy(
-    port: Annotated[int, typer.Option(help="Local port (the proxy listens on 127.0.0.1 only).")] = 8421,
+    port: Annotated[int, typer.Option(help="Local port (the proxy listens on 127.0.0.1 only).", min=1, max=65535)] = 8421,
     coordinator: Annotated[
         str | None,
         typer.Option(

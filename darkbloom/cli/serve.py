@@ -12,7 +12,7 @@ from darkbloom.server.settings import Settings, darkbloom_home
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8420,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8420,
     db: DbOption = None,
     home: HomeOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,

@@ -15,7 +15,7 @@ def up(
     model: Annotated[
         Optional[list[Path]], typer.Option("--model", "-m", help="Local MLX model directory (default: the demo model).")
     ] = None,
-    port: Annotated[int, typer.Option(help="Coordinator port.")] = 8420,
+    port: Annotated[int, typer.Option(help="Coordinator port.", min=1, max=65535)] = 8420,
     home: HomeOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:

@@ -35,3 +35,12 @@ def test_an_unsupported_database_url_is_named_without_its_password(tmp_path: Pat
     assert serve.returncode == 1
     assert "error: unsupported database URL 'mysql://root:***@127.0.0.1/x'" in serve.stderr
     assert "hunter2secret" not in serve.stdout + serve.stderr
+
+
+def test_a_port_out_of_range_is_a_usage_error_for_every_listening_command(tmp_path: Path) -> None:
+    for command in ("serve", "up", "proxy"):
+        out = subprocess.run(
+            darkbloom_cmd(command, "--port", "99999", "--home", str(tmp_path)), capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 2, (command, out.stdout, out.stderr)
+        assert "--port" in out.stderr and "65535" in out.stderr and "Traceback" not in out.stderr + out.stdout, out.stderr
