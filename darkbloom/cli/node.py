@@ -28,9 +28,9 @@ ModelOption = Annotated[
         "--model", "-m", help="Local MLX model directory to serve (repeatable; default: every model the scan finds)."
     ),
 ]
-ConcurrencyOption = Annotated[int, typer.Option(help="Most sequences decoding at once per model.")]
-SlotsOption = Annotated[int, typer.Option(help="Most models loaded at once.")]
-IdleOption = Annotated[float, typer.Option(help="Unload a model after this many seconds unused.")]
+ConcurrencyOption = Annotated[int, typer.Option(help="Most sequences decoding at once per model.", min=1)]
+SlotsOption = Annotated[int, typer.Option(help="Most models loaded at once.", min=1)]
+IdleOption = Annotated[float, typer.Option(help="Unload a model after this many seconds unused.", min=1.0)]
 
 
 def _node_args(

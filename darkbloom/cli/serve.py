@@ -17,7 +17,7 @@ def serve(
     home: HomeOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     challenge_interval: Annotated[
-        float, typer.Option("--challenge-interval", envvar="DARKBLOOM_CHALLENGE_INTERVAL", help="Seconds between attestation challenges to each node.")
+        float, typer.Option("--challenge-interval", envvar="DARKBLOOM_CHALLENGE_INTERVAL", help="Seconds between attestation challenges to each node.", min=1.0)
     ] = 300.0,
     require_attestation: Annotated[
         bool, typer.Option("--require-attestation", envvar="DARKBLOOM_REQUIRE_ATTESTATION", help="Refuse nodes that register without a signed attestation bundle.")

@@ -120,6 +120,25 @@ def test_start_reports_a_node_that_dies_at_once(tmp_path: Path) -> None:
     assert not pid_file(home).exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["node", "--max-concurrency", "0"],
+        ["node", "start", "--max-slots", "0"],
+        ["node", "--idle-unload", "-1"],
+        ["serve", "--challenge-interval", "0"],
+    ],
+    ids=["no-concurrency", "no-slots", "negative-idle", "challenge-spin"],
+)
+def test_a_setting_that_cannot_work_is_a_usage_error_before_anything_starts(args: list[str], tmp_path: Path) -> None:
+    # Before: a node that took no requests, "no model could be loaded", models unloaded as soon as
+    # loaded, or a coordinator challenging its nodes in a busy loop.
+    result = runner.invoke(app, [*args, "--home", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for" in result.output and args[-2] in result.output
+    assert not (tmp_path / "node.lock").exists() and not pid_file(tmp_path).exists()
+
+
 def test_benchmark_prints_a_table_for_each_concurrency(tiny_model_dir: Path) -> None:
     result = runner.invoke(
         app, ["node", "benchmark", "--model", str(tiny_model_dir), "--concurrency", "1,3", "--max-tokens", "8"]
