@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from darkbloom.cli.common import DbOption, HomeOption, fail, setup_logging
-from darkbloom.server.settings import Settings, darkbloom_home
+from darkbloom.server.settings import Settings, SettingsError, darkbloom_home
 
 
 def serve(
@@ -29,11 +29,11 @@ def serve(
     from darkbloom.server.store import StoreError
 
     setup_logging(verbose)
-    settings = Settings(
-        home=darkbloom_home(home), db_url=db or "", host=host, port=port,
-        challenge_interval_s=challenge_interval, require_attestation=require_attestation,
-    )
     try:
+        settings = Settings(
+            home=darkbloom_home(home), db_url=db or "", host=host, port=port,
+            challenge_interval_s=challenge_interval, require_attestation=require_attestation,
+        )
         run(settings)
-    except (ListenError, StoreError) as exc:
+    except (ListenError, StoreError, SettingsError) as exc:
         fail(str(exc))

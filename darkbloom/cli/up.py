@@ -23,12 +23,12 @@ def up(
     from darkbloom.listen import ListenError
     from darkbloom.local import run_local
     from darkbloom.node.runner import NodeStartError
-    from darkbloom.server.settings import darkbloom_home
+    from darkbloom.server.settings import SettingsError, darkbloom_home
 
     setup_logging(verbose)
     try:
         aio.run(run_local(darkbloom_home(home), port=port, models=tuple(model or ()), say=lambda m: typer.echo(m, err=True)))
-    except (ListenError, NodeStartError) as exc:
+    except (ListenError, NodeStartError, SettingsError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         pass

@@ -22,13 +22,21 @@ def default_db_url(home: Path) -> str:
     return os.environ.get("DARKBLOOM_DATABASE_URL") or f"sqlite:///{home / 'coordinator.db'}"
 
 
+class SettingsError(ValueError):
+    """A setting from the environment that cannot be used (the CLI prints it as one line)."""
+
+
 def _env_number(name: str, default: float) -> float:
-    """A number from the environment (operators tune billing without code), else ``default``."""
+    """A number from the environment (operators tune billing without code), else ``default``.
+
+    Raises:
+        SettingsError: set, but not a number.
+    """
     raw = os.environ.get(name, "").strip()
     try:
         return float(raw) if raw else default
     except ValueError:
-        raise ValueError(f"${name} must be a number, got {raw!r}") from None
+        raise SettingsError(f"${name} must be a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)

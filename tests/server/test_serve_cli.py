@@ -37,6 +37,19 @@ def test_an_unsupported_database_url_is_named_without_its_password(tmp_path: Pat
     assert "hunter2secret" not in serve.stdout + serve.stderr
 
 
+def test_a_setting_in_the_environment_that_is_not_a_number_is_one_line(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "DARKBLOOM_RATE_LIMIT_RPS": "abc"}
+    for command in ("serve", "up"):
+        out = subprocess.run(
+            darkbloom_cmd(command, "--port", str(free_port()), "--home", str(tmp_path)),
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert out.returncode == 1, (command, out.stderr)
+        assert out.stderr.strip() == "error: $DARKBLOOM_RATE_LIMIT_RPS must be a number, got 'abc'", out.stderr
+
+
 def test_a_port_out_of_range_is_a_usage_error_for_every_listening_command(tmp_path: Path) -> None:
     for command in ("serve", "up", "proxy"):
         out = subprocess.run(
