@@ -7,6 +7,7 @@ rewritten by the running node every few seconds).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,7 +63,8 @@ class DaemonError(RuntimeError):
 
 
 def start(home: Path, node_args: list[str], *, wait_s: float = 3.0) -> int:
-    """Start ``darkbloom node <node_args> --home HOME`` detached; return its pid.
+    """Start ``darkbloom node <node_args> --home HOME`` detached, under a supervisor that restarts it
+    should it die (``darkbloom.node.supervise``); return the supervisor's pid (the one ``stop`` signals).
 
     Raises:
         DaemonError: a node is already running from this home, or it died at once (the log's tail is in the message).
@@ -71,7 +73,8 @@ def start(home: Path, node_args: list[str], *, wait_s: float = 3.0) -> int:
     if (pid := running_pid(home)) is not None:
         raise DaemonError(f"a node is already running from {home} (pid {pid}); `darkbloom node stop` first")
     log = log_file(home).open("ab")
-    argv = [sys.executable, "-m", "darkbloom.cli.main", "node", *node_args, "--home", str(home)]
+    node = [sys.executable, "-m", "darkbloom.cli.main", "node", *node_args, "--home", str(home)]
+    argv = [sys.executable, "-m", "darkbloom.node.supervise", *node]
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -91,7 +94,7 @@ NODE_DRAIN_S = 10.0
 
 
 def stop(home: Path, *, timeout_s: float = 15.0) -> int | None:
-    """SIGTERM the running node, SIGKILL it after ``timeout_s``; return its pid (None if none ran)."""
+    """SIGTERM the running node (through its supervisor), SIGKILL both after ``timeout_s``; return the pid (None if none ran)."""
     pid = running_pid(home)
     if pid is None:
         return None
@@ -100,10 +103,22 @@ def stop(home: Path, *, timeout_s: float = 15.0) -> int | None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # the supervisor leads its own session: the node goes too
     pid_file(home).unlink(missing_ok=True)
     status_file(home).unlink(missing_ok=True)
     return pid
+
+
+def node_pid(home: Path) -> int | None:
+    """The pid of the node process itself (under ``node start`` a child of the supervisor), from its home lock."""
+    from darkbloom.node.homelock import LOCK_NAME
+
+    try:
+        pid = int((home / LOCK_NAME).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
 
 
 def tail(home: Path, lines: int = 10) -> str:
@@ -137,7 +152,9 @@ def format_status(st: NodeStatus, home: Path) -> str:
         return f"no node is running from {home}" + (
             f"\nlast log lines ({log_file(home)}):\n{st.log_tail}" if st.log_tail else ""
         )
-    out = [f"node running, pid {st.pid}, log {log_file(home)}"]
+    child = node_pid(home)
+    under = f" (node process {child}, kept up by supervisor {st.pid})" if child not in (None, st.pid) else ""
+    out = [f"node running, pid {st.pid}{under}, log {log_file(home)}"]
     rep = st.report
     if rep:
         out.append(f"coordinator {rep.get('coordinator')}: {'connected' if rep.get('connected') else 'not connected'}")

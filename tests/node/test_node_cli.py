@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from darkbloom.cli.main import app
 from darkbloom.local import ensure_demo_model
-from darkbloom.node.daemon import pid_file, status_file
+from darkbloom.node.daemon import node_pid, pid_file, status_file
 from darkbloom.node.models.demo import DEMO_GGUF, DEMO_MODEL_NAME
 from darkbloom.testing import free_port
 from tests.node.conftest import copy_model, write_gguf
@@ -101,12 +102,24 @@ def test_start_status_stop_run_the_node_in_the_background(tiny_model_dir: Path, 
         # each other off the coordinator, each registering under the same id, for as long as both ran.
         fg = darkbloom("node", "--coordinator", coordinator, "--model", str(model), "--home", str(home))
         assert fg.returncode == 1, fg.stderr
-        assert f"error: another node is already running from {home} (pid {pid})" in fg.stderr
+        child = node_pid(home)
+        assert child is not None and child != pid
+        assert f"error: another node is already running from {home} (pid {child})" in fg.stderr
         assert "Traceback" not in fg.stderr
+
+        # A node that dies (here SIGKILL, as the OOM killer would) is started again by its supervisor.
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while node_pid(home) in (None, child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert node_pid(home) not in (None, child), (home / "node.log").read_text()[-2000:]
+        assert "supervisor: the node stopped (killed by SIGKILL)" in (home / "node.log").read_text()
+        assert f"pid {pid} (node process {node_pid(home)}" in darkbloom("node", "status", "--home", str(home)).stdout
+        child = node_pid(home)
     finally:
         stopped = darkbloom("node", "stop", "--home", str(home))
     assert stopped.returncode == 0 and f"node {pid} stopped" in stopped.stdout
-    assert not pid_file(home).exists()
+    assert not pid_file(home).exists() and node_pid(home) is None  # the node went with its supervisor
     assert "loaded bg-model" in (home / "node.log").read_text()
     after = darkbloom("node", "status", "--home", str(home))
     assert after.returncode == 1 and "no node is running" in after.stdout
