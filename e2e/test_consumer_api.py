@@ -265,6 +265,26 @@ def test_a_prefilled_assistant_turn_is_continued(shared_network: Network, oai: o
         )
 
 
+def test_count_tokens_is_the_prompt_the_node_would_see(
+    shared_network: Network, claude: anthropic.Anthropic
+) -> None:
+    _, tok = _model(shared_network.model_dir)
+    system = "You answer in one word."
+    convo = [{"role": "system", "content": system}, *PROMPT]
+    counted = claude.messages.count_tokens(model=shared_network.model, system=system, messages=PROMPT)  # type: ignore[arg-type]
+    assert counted.input_tokens == len(tok.apply_chat_template(convo, add_generation_prompt=True))
+    # The same figure a real request reports as its input.
+    msg = claude.messages.create(model=shared_network.model, max_tokens=2, system=system, messages=PROMPT)  # type: ignore[arg-type]
+    assert msg.usage.input_tokens == counted.input_tokens
+    prefilled = [*PROMPT, {"role": "assistant", "content": "The capital is"}]
+    with_prefill = claude.messages.count_tokens(model=shared_network.model, messages=prefilled)  # type: ignore[arg-type]
+    assert with_prefill.input_tokens == len(tok.apply_chat_template(prefilled, continue_final_message=True))
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(model="no-such-model", messages=PROMPT)  # type: ignore[arg-type]
+    with pytest.raises(anthropic.BadRequestError, match="messages"):
+        claude.messages.count_tokens(model=shared_network.model, messages=[])
+
+
 # ---- limits, in each SDK's own error type ----------------------------------------------------
 
 

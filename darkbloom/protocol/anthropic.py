@@ -79,6 +79,20 @@ class MessagesRequest(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(MessagesRequest)
 
 
+class CountTokensRequest(msgspec.Struct, frozen=True):
+    """``POST /v1/messages/count_tokens`` body: a Messages body without ``max_tokens`` or sampling."""
+
+    model: str
+    messages: list[MessageParam]
+    system: str | list[ContentBlock] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+
+_count_decoder = msgspec.json.Decoder(CountTokensRequest)
+
+
 def _text(content: str | list[ContentBlock], param: str) -> str:
     if isinstance(content, str):
         return content
@@ -92,25 +106,18 @@ def _text(content: str | list[ContentBlock], param: str) -> str:
     return "".join(out)
 
 
-def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMessage, ...], SamplingParams]:
-    """Decode and validate a Messages body and translate it for the node.
-
-    ``system`` becomes a leading system message; ``metadata`` stays here.
-
-    Raises:
-        RequestError: 400 for invalid JSON or fields, a missing
-            ``max_tokens``, empty ``messages``, non-text blocks, tools,
-            ``top_k`` or extended thinking (not supported here).
-    """
-    req: MessagesRequest = decode_body(_decoder, body)
+def _refuse_unsupported(req: MessagesRequest | CountTokensRequest) -> None:
     if not req.model:
         raise RequestError(400, "model: must be a non-empty string", param="model")
     if not req.messages:
         raise RequestError(400, "messages: at least one message is required", param="messages")
-    check_sampling(temperature=req.temperature, top_p=req.top_p, max_temperature=1.0, max_tokens=req.max_tokens)
     for name in ("tools", "tool_choice", "thinking", "top_k"):
-        if getattr(req, name) is not None:
+        if getattr(req, name, None) is not None:
             raise RequestError(400, f"{name}: not supported for model {req.model!r} on this network", param=name)
+
+
+def _chat(req: MessagesRequest | CountTokensRequest) -> tuple[list[ChatMessage], bool]:
+    """The conversation as chat messages (``system`` first), and whether its final message is a prefill."""
     messages = []
     if req.system:
         messages.append(ChatMessage(role="system", content=_text(req.system, "system")))
@@ -126,6 +133,37 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
         raise RequestError(400, "messages: final assistant content cannot end with trailing whitespace", param="messages")
     if not messages or messages[-1].role == "system":
         raise RequestError(400, "messages: the conversation needs a user message", param="messages")
+    return messages, prefill
+
+
+def parse_count_tokens_request(body: bytes) -> tuple[CountTokensRequest, tuple[ChatMessage, ...], SamplingParams]:
+    """Decode a ``count_tokens`` body: the conversation rendered as ``/v1/messages`` would render it.
+
+    Raises:
+        RequestError: 400 as ``parse_messages_request`` (no ``max_tokens`` needed).
+    """
+    req: CountTokensRequest = decode_body(_count_decoder, body)
+    _refuse_unsupported(req)
+    messages, prefill = _chat(req)
+    # One token at most: a node that predates ``count_only`` generates it and reports the same count.
+    return req, tuple(messages), SamplingParams(max_tokens=1, temperature=0.0, continue_final=prefill, count_only=True)
+
+
+def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMessage, ...], SamplingParams]:
+    """Decode and validate a Messages body and translate it for the node.
+
+    ``system`` becomes a leading system message; ``metadata`` stays here.
+
+    Raises:
+        RequestError: 400 for invalid JSON or fields, a missing
+            ``max_tokens``, empty ``messages``, non-text blocks, tools,
+            ``top_k`` or extended thinking (not supported here).
+    """
+    req: MessagesRequest = decode_body(_decoder, body)
+    _refuse_unsupported(req)
+    check_sampling(temperature=req.temperature, top_p=req.top_p, max_temperature=1.0, max_tokens=req.max_tokens)
+    _refuse_unsupported(req)
+    messages, prefill = _chat(req)
     params = SamplingParams(
         max_tokens=req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,

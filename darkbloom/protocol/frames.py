@@ -141,6 +141,9 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     continue_final: bool = False
     """The last message is the assistant's answer begun by the caller (Anthropic prefill): the node
     continues it rather than opening a new assistant turn. A node that predates it opens a new turn."""
+    count_only: bool = False
+    """Only count the prompt's tokens (Anthropic ``count_tokens``): the node renders the prompt and answers
+    ``complete`` with the count and nothing generated. One that predates it generates ``max_tokens``."""
 
 
 class SignedAttestation(msgspec.Struct, frozen=True):

@@ -155,6 +155,7 @@ def create_app(settings: Settings, store: Store | None = None, hooks: list[Reque
         Route("/v1/completions", completions.completions, methods=["POST"]),
         Route("/v1/responses", responses.responses, methods=["POST"]),
         Route("/v1/messages", messages.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
         Route("/v1/models", consumer.list_models, methods=["GET"]),
         *billing_api.ROUTES,
         *accounts.ROUTES,

@@ -242,6 +242,13 @@ async def test_a_raw_prompt_continuation_keeps_its_leading_space(engine: MLXEngi
     assert spaced, "no prompt here continues with a space: the test checks nothing"
 
 
+async def test_count_only_reports_the_prompt_and_generates_nothing(engine: MLXEngine) -> None:
+    counted = await generate(engine, "what is the capital of france?", max_tokens=1, count_only=True)
+    answered = await generate(engine, "what is the capital of france?", temperature=0.0, max_tokens=1)
+    assert counted.deltas == [] and counted.finished.usage.completion_tokens == 0
+    assert counted.finished.usage.prompt_tokens == answered.finished.usage.prompt_tokens
+
+
 async def test_a_prefilled_answer_is_continued_not_answered_anew(engine: MLXEngine) -> None:
     prompt, prefix = "what is the capital of france?", "The capital of France is"
     chatml = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{prefix}"  # the tiny model's template

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from darkbloom.protocol import ChatMessage
-from darkbloom.protocol.anthropic import error_body, parse_messages_request, stop_reason
+from darkbloom.protocol.anthropic import error_body, parse_count_tokens_request, parse_messages_request, stop_reason
 from darkbloom.protocol.openai import RequestError
 from darkbloom.protocol.openai_completions import completion_params, parse_completion_request
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
@@ -23,6 +23,7 @@ PARSERS: dict[str, tuple[Callable[[bytes], Any], dict[str, Any]]] = {
         parse_messages_request,
         {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
     ),
+    "count_tokens": (parse_count_tokens_request, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
@@ -156,6 +157,16 @@ def test_a_prefill_anthropic_refuses_is_a_400(turns: tuple[tuple[str, str], ...]
     with pytest.raises(RequestError, match=needle) as info:
         parse_messages_request(_messages(*turns))
     assert (info.value.status, info.value.param) == (400, "messages")
+
+
+def test_count_tokens_renders_the_conversation_as_messages_does_and_generates_nothing() -> None:
+    body = {"model": "m", "system": "sys", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "A"}]}
+    _, counted, params = parse_count_tokens_request(json.dumps(body).encode())
+    _, sent, _ = parse_messages_request(json.dumps({**body, "max_tokens": 9}).encode())
+    assert counted == sent and params.count_only and params.continue_final and params.max_tokens == 1
+    with pytest.raises(RequestError, match="tools") as info:
+        parse_count_tokens_request(json.dumps({**body, "tools": [{"name": "f"}]}).encode())
+    assert info.value.param == "tools"
 
 
 def test_messages_temperature_is_anthropics_range() -> None:

@@ -281,6 +281,7 @@ def test_openapi_document_lists_every_consumer_route(coordinator: Coordinator) -
         "/v1/completions",
         "/v1/responses",
         "/v1/messages",
+        "/v1/messages/count_tokens",
         "/v1/models",
         "/v1/models/capacity",
         "/v1/models/{model}",

@@ -73,11 +73,11 @@ def test_unknown_v1_path_is_404_naming_the_endpoint(coordinator: Coordinator) ->
 
 
 def test_unknown_anthropic_path_is_404_in_anthropics_shape(coordinator: Coordinator) -> None:
-    resp = coordinator.client.post("/v1/messages/count_tokens", json={}, headers=coordinator.auth)
+    resp = coordinator.client.post("/v1/messages/batches", json={}, headers=coordinator.auth)
     assert resp.status_code == 404
     assert resp.json() == {
         "type": "error",
-        "error": {"type": "not_found_error", "message": "endpoint POST /v1/messages/count_tokens is not implemented"},
+        "error": {"type": "not_found_error", "message": "endpoint POST /v1/messages/batches is not implemented"},
     }
 
 

@@ -47,3 +47,30 @@ def test_node_lost_mid_stream_settles_failed_once(coordinator: Coordinator, hook
     t.join(10)
     assert out["status"] == 200
     assert [(s[0], s[1]) for s in hook.settled] == [(req.request_id, "failed")]
+
+
+def test_count_tokens_asks_the_node_for_a_count_and_is_never_billed(coordinator: Coordinator, hook: RecordingHook) -> None:
+    import threading
+
+    body = {"model": "m1", "system": "be brief", "messages": [{"role": "user", "content": "hi"}]}
+    for old_node in (False, True):
+        out: dict = {}  # type: ignore[type-arg]
+
+        def run() -> None:
+            resp = coordinator.client.post("/v1/messages/count_tokens", json=body, headers=coordinator.auth)
+            out["status"], out["body"] = resp.status_code, resp.json()
+
+        with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+            register(ws)
+            t = threading.Thread(target=run)
+            t.start()
+            req = decode(ws.receive_bytes())
+            assert req.params.count_only and req.params.max_tokens == 1
+            assert [m.role for m in req.messages] == ["system", "user"]
+            if old_node:  # one that predates count_only generates its one token first
+                ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="x")))
+            done = Usage(prompt_tokens=17, completion_tokens=1 if old_node else 0)
+            ws.send_bytes(encode(Complete(request_id=req.request_id, usage=done)))
+            t.join(10)
+        assert (out["status"], out["body"]) == (200, {"input_tokens": 17})
+    assert hook.admitted == [] and hook.settled == []  # no hold, no charge, no rate-limit tokens

@@ -334,6 +334,9 @@ class MLXEngine:
         if not prompt:
             self._emit(None, loop, events, Failed(request_id, "the prompt is empty", "invalid_prompt", 400))
             return
+        if params.count_only:  # count_tokens: the prompt as the model would see it, and nothing generated
+            self._emit(None, loop, events, Finished(request_id, Usage(prompt_tokens=len(prompt), completion_tokens=0), "stop"))
+            return
         if len(prompt) + params.max_tokens > self.context_length:
             msg = (
                 f"prompt of {len(prompt)} tokens plus max_tokens {params.max_tokens} exceeds "

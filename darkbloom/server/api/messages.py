@@ -16,6 +16,7 @@ from darkbloom.protocol import Chunk, Complete, Error
 from darkbloom.protocol.anthropic import (
     error_body,
     message_object,
+    parse_count_tokens_request,
     parse_messages_request,
     stop_reason,
     stream_closing,
@@ -43,6 +44,33 @@ def anthropic_error(err: RequestError) -> JSONResponse:
 
 async def messages(request: Request) -> Response:
     return await handle(request, _messages, anthropic_error)
+
+
+async def count_tokens(request: Request) -> Response:
+    return await handle(request, _count_tokens, anthropic_error)
+
+
+async def _count_tokens(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
+    """``{"input_tokens": N}``: a node serving the model renders the prompt with its chat template and counts it.
+
+    Routed like any request (so queued, and 429 when the fleet is full) but
+    free: no hold, no charge, no rate-limit tokens; the node generates nothing.
+    """
+    req, chat, params = parse_count_tokens_request(body)
+    timing.parsed = time.perf_counter()
+    job = new_job(consumer, "cnt_", "messages.count_tokens", req.model, chat, params, False)
+    state = request.app.state
+    relay = await gateway.start(job, state.fleet, [], state.settings, timing)
+    try:
+        first = relay.first
+        if not isinstance(first, Complete):  # a node that predates count_only: its one token, then the count
+            async for frame in relay.frames():
+                first = frame
+    finally:
+        await relay.close()
+    if not isinstance(first, Complete):
+        raise RequestError(502, "the provider did not report a token count", type="api_error")
+    return JSONResponse({"input_tokens": first.usage.prompt_tokens})
 
 
 async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:

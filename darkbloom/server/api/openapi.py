@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from darkbloom import __version__
-from darkbloom.protocol.anthropic import MessagesRequest
+from darkbloom.protocol.anthropic import CountTokensRequest, MessagesRequest
 from darkbloom.protocol.openai import ChatCompletionRequest
 from darkbloom.protocol.openai_completions import CompletionRequest
 from darkbloom.protocol.openai_responses import ResponsesRequest
@@ -84,6 +84,11 @@ def _error_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["id", "type", "content", "stop_reason", "usage"],
             "properties": {"type": {"const": "message"}},
+        },
+        "AnthropicTokenCount": {
+            "type": "object",
+            "required": ["input_tokens"],
+            "properties": {"input_tokens": {"type": "integer"}},
         },
         "Balance": {
             "type": "object",
@@ -198,6 +203,7 @@ _CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
         "messages": {"minItems": 1},
         "max_tokens": {"minimum": 1},
     },
+    "CountTokensRequest": {"model": {"minLength": 1}, "messages": {"minItems": 1}},
 }
 
 
@@ -216,7 +222,7 @@ def _constrain(components: dict[str, Any]) -> None:
 def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document (built once)."""
     _, components = msgspec.json.schema_components(
-        [ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest], ref_template=REF
+        [ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest, CountTokensRequest], ref_template=REF
     )
     _constrain(components)
     components.update(_error_schemas())
@@ -241,6 +247,14 @@ def openapi_document() -> dict[str, Any]:
             "/v1/messages": _inference(
                 "Anthropic Messages API", "MessagesRequest", "AnthropicMessage", "AnthropicError", either
             ),
+            "/v1/messages/count_tokens": {
+                "post": {
+                    "summary": "Anthropic token counting: the prompt as a node serving the model renders it (free)",
+                    "security": either,
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CountTokensRequest")}}},
+                    "responses": _responses("AnthropicTokenCount", "AnthropicError", stream=False),
+                }
+            },
             "/v1/models": _get("Models served by connected nodes", "ModelList"),
             "/v1/models/capacity": _get(
                 "Per model: nodes, free and busy slots, queued requests, estimated wait", "CapacityList"
