@@ -265,6 +265,14 @@ def test_a_prefilled_assistant_turn_is_continued(shared_network: Network, oai: o
         )
 
 
+def test_the_anthropic_sdk_lists_and_retrieves_models(shared_network: Network, claude: anthropic.Anthropic) -> None:
+    listed = list(claude.models.list())
+    assert [(m.id, m.display_name, m.type) for m in listed] == [(shared_network.model, shared_network.model, "model")]
+    assert claude.models.retrieve(shared_network.model).created_at.year == 1970
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("no-such-model")
+
+
 def test_count_tokens_is_the_prompt_the_node_would_see(
     shared_network: Network, claude: anthropic.Anthropic
 ) -> None:

@@ -174,6 +174,30 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
     return req, tuple(messages), params
 
 
+EPOCH = "1970-01-01T00:00:00Z"
+"""``created_at`` for every model: the network does not know when a model was released."""
+
+
+def model_info(model_id: str) -> dict[str, Any]:
+    """An Anthropic ``ModelInfo`` (``GET /v1/models`` from an Anthropic client)."""
+    return {"type": "model", "id": model_id, "display_name": model_id, "created_at": EPOCH}
+
+
+def model_page(model_ids: list[str]) -> dict[str, Any]:
+    """Anthropic's page of models: everything in one page."""
+    return {
+        "data": [model_info(m) for m in model_ids],
+        "has_more": False,
+        "first_id": model_ids[0] if model_ids else None,
+        "last_id": model_ids[-1] if model_ids else None,
+    }
+
+
+def wants_anthropic(headers: Any) -> bool:
+    """The caller is an Anthropic client (its SDK always sends ``anthropic-version``): answer in its shapes."""
+    return "anthropic-version" in headers
+
+
 def message_object(
     message_id: str,
     model: str,

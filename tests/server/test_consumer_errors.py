@@ -88,3 +88,18 @@ def test_models_lists_only_served_models(coordinator: Coordinator) -> None:
         data = coordinator.client.get("/v1/models", headers=coordinator.auth).json()["data"]
         assert [m["id"] for m in data] == ["m1"] and data[0]["object"] == "model"
     assert coordinator.client.get("/v1/models", headers=coordinator.auth).json()["data"] == []
+
+
+def test_an_anthropic_client_gets_models_in_anthropics_shape(coordinator: Coordinator) -> None:
+    anthropic = {"x-api-key": coordinator.auth["Authorization"].removeprefix("Bearer "), "anthropic-version": "2023-06-01"}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register(ws, model="m1")
+        page = coordinator.client.get("/v1/models", headers=anthropic).json()
+        one = coordinator.client.get("/v1/models/m1", headers=anthropic).json()
+        missing = coordinator.client.get("/v1/models/zzz", headers=anthropic)
+    info = {"type": "model", "id": "m1", "display_name": "m1", "created_at": "1970-01-01T00:00:00Z"}
+    assert page == {"data": [info], "has_more": False, "first_id": "m1", "last_id": "m1"}
+    assert one == info
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    refused = coordinator.client.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
+    assert refused.status_code == 401 and refused.json()["type"] == "error"

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from darkbloom.protocol.anthropic import error_body as anthropic_error_body
+from darkbloom.protocol.anthropic import model_page, wants_anthropic
 from darkbloom.protocol.openai import RequestError, model_list
 from darkbloom.server.api.auth import require_consumer
 from darkbloom.server.api.errors import error_response
@@ -13,12 +14,14 @@ from darkbloom.server.fleet import Fleet
 
 
 async def list_models(request: Request) -> Response:
+    anthropic = wants_anthropic(request.headers)
     try:
         await require_consumer(request)
     except RequestError as err:
-        return error_response(err)
+        return JSONResponse(anthropic_error_body(err), status_code=err.status) if anthropic else error_response(err)
     fleet: Fleet = request.app.state.fleet
-    return JSONResponse(model_list(fleet.registry.models()))
+    models = fleet.registry.models()
+    return JSONResponse(model_page(models) if anthropic else model_list(models))
 
 
 async def health(request: Request) -> Response:

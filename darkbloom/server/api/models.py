@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from darkbloom.protocol import Usage
+from darkbloom.protocol.anthropic import model_info, wants_anthropic
 from darkbloom.server.api.adapter import handle
 from darkbloom.server.api.errors import error_response, model_not_found
+from darkbloom.server.api.messages import anthropic_error
 from darkbloom.server.gateway import InferenceJob, Outcome
 from darkbloom.server.routing.registry import Registry
 from darkbloom.server.store import ApiKeyRecord
@@ -85,9 +87,10 @@ async def retrieve_model(request: Request) -> Response:
         registry: Registry = request.app.state.fleet.registry
         if model not in registry.models():
             raise model_not_found(model)
-        return JSONResponse(_model_object(model, registry))
+        return JSONResponse(model_info(model) if anthropic else _model_object(model, registry))
 
-    return await handle(request, run, error_response)
+    anthropic = wants_anthropic(request.headers)
+    return await handle(request, run, anthropic_error if anthropic else error_response)
 
 
 async def capacity(request: Request) -> Response:
