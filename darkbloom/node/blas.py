@@ -123,6 +123,6 @@ def slow_blas_warning(status: BlasStatus | None = None) -> str | None:
     why = status.note.partition(f"; {INSTALL_HINT}")[0]
     return (
         f"warning: MLX is using the reference BLAS ({why or 'no OpenBLAS'}), so this node runs several times slower "
-        f"and barely gains from batching; to fix it, {INSTALL_HINT} and restart the node "
+        f"and barely gains from batching; to fix it, {INSTALL_HINT}, then start it again "
         "(`darkbloom node doctor` checks it; DARKBLOOM_BLAS=off silences this)"
     )
