@@ -110,6 +110,17 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     check_database(settings.db_url)
 
 
+def test_count_tokens_takes_from_the_request_rate_too(tmp_path: Path) -> None:
+    """Free, but not a way around the key's request limit (each one is routed to a node)."""
+    settings = Settings(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}", rate_limit_rps=0.01, rate_limit_burst=2)
+    key, _ = asyncio.run(create_key_in(settings.db_url))
+    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(create_app(settings)) as client:
+        codes = [client.post("/v1/messages/count_tokens", json=body, headers={"x-api-key": key}) for _ in range(3)]
+    assert [c.status_code for c in codes] == [404, 404, 429]
+    assert codes[2].json()["error"]["type"] == "rate_limit_error" and int(codes[2].headers["Retry-After"]) >= 1
+
+
 def test_admin_routes_need_the_admin_key_and_validate_input(money_app) -> None:  # type: ignore[no-untyped-def]
     client, admin, settings = money_app
     auth = _key(settings)

@@ -35,6 +35,7 @@ from darkbloom.server.api.adapter import (
     new_job,
     stream_response,
 )
+from darkbloom.server.billing.hook import BillingHook
 from darkbloom.server.store import ApiKeyRecord
 
 
@@ -53,13 +54,17 @@ async def count_tokens(request: Request) -> Response:
 async def _count_tokens(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     """``{"input_tokens": N}``: a node serving the model renders the prompt with its chat template and counts it.
 
-    Routed like any request (so queued, and 429 when the fleet is full) but
-    free: no hold, no charge, no rate-limit tokens; the node generates nothing.
+    Routed like any request (so queued, and 429 when the fleet is full) and
+    counted against the key's request rate, but free: no hold, no charge, no
+    token budget; the node generates nothing.
     """
     req, chat, params = parse_count_tokens_request(body)
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "cnt_", "messages.count_tokens", req.model, chat, params, False)
     state = request.app.state
+    for hook in state.hooks:
+        if isinstance(hook, BillingHook):
+            hook.limit_rate(job)
     relay = await gateway.start(job, state.fleet, [], state.settings, timing)
     try:
         first = relay.first

@@ -127,15 +127,7 @@ class BillingHook:
         """
         extra = prompt_bytes_outside_messages(job)
         prompt_bound = prompt_token_bound(job.messages, extra)
-        wait = self.limiter.check(job.key_id or job.account_id, self.monotonic(), prompt_bound, job.params.max_tokens)
-        if wait > 0:
-            raise RequestError(
-                429,
-                "Rate limit exceeded for this API key; retry after the time in Retry-After",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": retry_after_header(wait)},
-            )
+        self.limit_rate(job, prompt_bound, job.params.max_tokens)
         messages, max_tokens, min_charge = job.messages, job.params.max_tokens, self.min_charge
 
         def amount_for(price: Price) -> int:
@@ -156,6 +148,22 @@ class BillingHook:
         admitted = Admission(asyncio.get_running_loop(), self.store.flush)
         hold.add_done_callback(lambda f: self._confirm(job, amount, f, admitted))
         return admitted
+
+    def limit_rate(self, job: InferenceJob, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """Take ``job``'s request (and tokens) from its key's rate limits.
+
+        Raises:
+            RequestError: 429 with ``Retry-After`` over a limit.
+        """
+        wait = self.limiter.check(job.key_id or job.account_id, self.monotonic(), input_tokens, output_tokens)
+        if wait > 0:
+            raise RequestError(
+                429,
+                "Rate limit exceeded for this API key; retry after the time in Retry-After",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": retry_after_header(wait)},
+            )
 
     def _track(self, account: str, posting: asyncio.Future[Any]) -> None:
         """Note a posting submitted for ``account`` until the store answers (``_load`` reads after it)."""
