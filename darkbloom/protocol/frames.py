@@ -9,7 +9,7 @@ Sans-IO: nothing here touches a socket or an event loop.
 
 from __future__ import annotations
 
-from typing import Literal, NewType, Union
+from typing import Annotated, Literal, NewType, Union
 
 import msgspec
 
@@ -37,6 +37,12 @@ class ProtocolError(ValueError):
     """
 
 
+Count = Annotated[int, msgspec.Meta(ge=0)]
+"""A count a node reports (tokens, requests, bytes): never negative, so a buggy or hostile node's
+negative figure is a malformed frame rather than a context of -3 tokens or a negative usage row."""
+Rate = Annotated[float, msgspec.Meta(ge=0)]
+
+
 class _Frame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
     pass
 
@@ -59,11 +65,11 @@ class ModelInfo(msgspec.Struct, frozen=True):
     """One model a node can serve."""
 
     id: str
-    size_bytes: int = 0
+    size_bytes: Count = 0
     quantization: str = ""
     weight_hash: str | None = None
     template_render_ok: bool = True
-    context_length: int = 0
+    context_length: Count = 0
     supports_tools: bool = False
     """The chat template renders ``tools`` and the node can parse the model's tool calls."""
 
@@ -76,15 +82,15 @@ class SlotCapacity(msgspec.Struct, frozen=True):
 
     model: str
     state: SlotState = "idle"
-    num_running: int = 0
-    num_waiting: int = 0
-    max_concurrency: int = 1
-    active_token_budget_used: int = 0
-    active_token_budget_max: int = 0
-    queued_token_budget: int = 0
-    kv_bytes_per_token: int = 0
-    observed_decode_tps: float = 0.0
-    observed_prefill_tps: float = 0.0
+    num_running: Count = 0
+    num_waiting: Count = 0
+    max_concurrency: Count = 1
+    active_token_budget_used: Count = 0
+    active_token_budget_max: Count = 0
+    queued_token_budget: Count = 0
+    kv_bytes_per_token: Count = 0
+    observed_decode_tps: Rate = 0.0
+    observed_prefill_tps: Rate = 0.0
 
 
 class Capacity(msgspec.Struct, frozen=True):
@@ -99,9 +105,9 @@ class Capacity(msgspec.Struct, frozen=True):
 class Usage(msgspec.Struct, frozen=True):
     """Exact token counts for one request, as the node's tokenizer counted them."""
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    cached_tokens: Count = 0
 
 
 class ToolCall(msgspec.Struct, frozen=True):
@@ -196,9 +202,9 @@ class Chunk(_Frame, frozen=True, tag="chunk", omit_defaults=True):
     """
 
     request_id: RequestId
-    seq: int
+    seq: Count
     text: str
-    tokens: int = 1
+    tokens: Count = 1
     sealed: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
 

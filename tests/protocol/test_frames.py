@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 import pytest
@@ -66,9 +66,15 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     if isinstance(tp, typing.NewType):
         return strategy_for(tp.__supertype__)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        hints = get_type_hints(tp)
+        hints = get_type_hints(tp, include_extras=True)
         return st.builds(tp, **{f.name: strategy_for(hints[f.name]) for f in msgspec.structs.fields(tp)})
     origin = get_origin(tp)
+    if origin is Annotated:  # a constrained number: only values the protocol accepts
+        base, *metas = get_args(tp)
+        low = next(m.ge for m in metas if isinstance(m, msgspec.Meta) and m.ge is not None)
+        if base is int:
+            return st.integers(min_value=low, max_value=2**63 - 1)
+        return st.floats(min_value=low, allow_nan=False, allow_infinity=False)
     if origin is Literal:
         return st.sampled_from(get_args(tp))
     if origin in (Union, types.UnionType):
@@ -331,6 +337,10 @@ def test_corrupted_frame_bytes_decode_or_raise_protocol_error(data: bytes) -> No
         b'{"type": "chunk", "request_id": "r", "seq": 0, "text": "x"} {}',
         b'{"type": "heartbeat", "status": "asleep"}',
         b'{"type": "heartbeat", "cpu_usage": NaN}',
+        b'{"type": "complete", "request_id": "r", "usage": {"prompt_tokens": -1000000}}',  # a negative charge
+        b'{"type": "register", "node_id": "n", "models": [{"id": "m", "context_length": -3}]}',
+        b'{"type": "heartbeat", "capacity": {"slots": [{"model": "m", "max_concurrency": -5}]}}',
+        b'{"type": "chunk", "request_id": "r", "seq": -1, "text": "x"}',
         b'{"type": "cancel", "request_id": "\\ud800"}',
         b"\xff\xfe\x00\x01",
         b'{"type": "\x80ancel", "request_id": "r"}',  # invalid UTF-8 in the tag (found by hypothesis)
