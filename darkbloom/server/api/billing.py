@@ -17,7 +17,7 @@ from darkbloom.server.auth.admin import require_admin
 from darkbloom.server.billing import ledger, stripe_pay
 from darkbloom.server.billing.audit import audit_books
 from darkbloom.server.billing.pricing import Price
-from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
+from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, rate_limited
 from darkbloom.server.store import money
 
 
@@ -166,13 +166,7 @@ def _money_rate_limit(request: Request, account_id: str) -> None:
         limiter = request.app.state.money_limiter = RateLimiter(limits)
     wait = limiter.check(account_id, time.monotonic())
     if wait > 0:
-        raise RequestError(
-            429,
-            "too many payment requests; retry later",
-            type="rate_limit_error",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": retry_after_header(wait)},
-        )
+        raise rate_limited("too many payment requests; retry later", wait)
 
 
 def posted(request: Request, kind: str) -> None:

@@ -27,7 +27,7 @@ from darkbloom.server.billing.book import ReservationBook
 from darkbloom.server.billing.ledger import InsufficientFunds
 from darkbloom.server.billing.ledger import consumer as ledger_consumer
 from darkbloom.server.billing.pricing import Price, cost, prompt_token_bound, worst_case
-from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, retry_after_header
+from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, rate_limited
 from darkbloom.server.gateway import InferenceJob
 from darkbloom.server.settings import Settings
 from darkbloom.server.store import Store, money
@@ -157,13 +157,7 @@ class BillingHook:
         """
         wait = self.limiter.check(job.key_id or job.account_id, self.monotonic(), input_tokens, output_tokens)
         if wait > 0:
-            raise RequestError(
-                429,
-                "Rate limit exceeded for this API key; retry after the time in Retry-After",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": retry_after_header(wait)},
-            )
+            raise rate_limited("Rate limit exceeded for this API key; retry after the time in Retry-After", wait)
 
     def _track(self, account: str, posting: asyncio.Future[Any]) -> None:
         """Note a posting submitted for ``account`` until the store answers (``_load`` reads after it)."""

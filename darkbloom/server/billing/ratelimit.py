@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from darkbloom.protocol.openai import RequestError
+
 
 @dataclass
 class TokenBucket:
@@ -85,3 +87,10 @@ class RateLimiter:
 def retry_after_header(wait: float) -> str:
     """Whole seconds for ``Retry-After`` (at least 1, so clients always back off)."""
     return str(max(1, min(3600, math.ceil(wait)))) if math.isfinite(wait) else "3600"
+
+
+def rate_limited(message: str, wait: float) -> RequestError:
+    """The 429 for a request over a limit, telling the client when to retry."""
+    return RequestError(
+        429, message, type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": retry_after_header(wait)}
+    )
