@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -28,6 +28,11 @@ def log_file(home: Path) -> Path:
 
 def status_file(home: Path) -> Path:
     return home / "node-status.json"
+
+
+def supervisor_file(home: Path) -> Path:
+    """Restarts of the ``node start`` node and its last exit (written by ``darkbloom.node.supervise``)."""
+    return home / "node-supervisor.json"
 
 
 def _alive(pid: int) -> bool:
@@ -74,7 +79,8 @@ def start(home: Path, node_args: list[str], *, wait_s: float = 3.0) -> int:
         raise DaemonError(f"a node is already running from {home} (pid {pid}); `darkbloom node stop` first")
     log = log_file(home).open("ab")
     node = [sys.executable, "-m", "darkbloom.cli.main", "node", *node_args, "--home", str(home)]
-    argv = [sys.executable, "-m", "darkbloom.node.supervise", *node]
+    supervisor_file(home).unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "darkbloom.node.supervise", "--state", str(supervisor_file(home)), *node]
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -105,8 +111,8 @@ def stop(home: Path, *, timeout_s: float = 15.0) -> int | None:
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # the supervisor leads its own session: the node goes too
-    pid_file(home).unlink(missing_ok=True)
-    status_file(home).unlink(missing_ok=True)
+    for path in (pid_file(home), status_file(home), supervisor_file(home)):
+        path.unlink(missing_ok=True)
     return pid
 
 
@@ -133,18 +139,25 @@ class NodeStatus:
     pid: int | None
     report: dict
     log_tail: str
+    restarts: dict = field(default_factory=dict)
 
 
 def status(home: Path) -> NodeStatus:
     """Whether a node runs from ``home``, its last self-report and its log's tail."""
     pid = running_pid(home)
     report: dict = {}
+    restarts: dict = {}
     if pid is not None:
-        try:
-            report = json.loads(status_file(home).read_text())
-        except (OSError, json.JSONDecodeError):
-            report = {}
-    return NodeStatus(pid, report, tail(home))
+        report, restarts = _read_json(status_file(home)), _read_json(supervisor_file(home))
+    return NodeStatus(pid, report, tail(home), restarts)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def format_status(st: NodeStatus, home: Path) -> str:
@@ -155,6 +168,9 @@ def format_status(st: NodeStatus, home: Path) -> str:
     child = node_pid(home)
     under = f" (node process {child}, kept up by supervisor {st.pid})" if child not in (None, st.pid) else ""
     out = [f"node running, pid {st.pid}{under}, log {log_file(home)}"]
+    if st.restarts.get("restarts"):
+        ago = max(0, time.time() - float(st.restarts.get("last_exit_at", time.time())))
+        out.append(f"restarted {st.restarts['restarts']} time(s) after it died; last: {st.restarts.get('last_exit')}, {ago:.0f} s ago")
     rep = st.report
     if rep:
         out.append(f"coordinator {rep.get('coordinator')}: {'connected' if rep.get('connected') else 'not connected'}")

@@ -1,6 +1,6 @@
 """Keep a background node up: ``node start`` runs the node under this supervisor.
 
-    python -m darkbloom.node.supervise NODE_COMMAND...
+    python -m darkbloom.node.supervise [--state FILE] NODE_COMMAND...
 
 The supervisor starts the node command, waits for it, and starts it again
 when it dies (a crash, an abort in MLX, the kernel's OOM killer), after a
@@ -9,15 +9,18 @@ a minute. It does not restart a node that stopped cleanly (status 0) or
 whose first run failed at start (status 1 within 10 s: no model, a busy
 home), which would only fail again. SIGTERM (``node stop``) goes to the
 node, which drains; the supervisor then exits with the node's status. Its
-lines go to the node's log, beside the node's own.
+lines go to the node's log, beside the node's own; with ``--state`` it also
+keeps its restart count and the last exit in FILE (JSON) for ``node status``.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 STARTUP_GRACE_S = 10.0
@@ -57,8 +60,9 @@ def describe(status: int) -> str:
 class Supervisor:
     """Run ``argv`` until it stops cleanly or is stopped; restart it when it dies."""
 
-    def __init__(self, argv: list[str], *, sleep: float = 0.1) -> None:
+    def __init__(self, argv: list[str], *, state: Path | None = None, sleep: float = 0.1) -> None:
         self.argv = argv
+        self.state = state
         self.stopping = False
         self.child: subprocess.Popen[bytes] | None = None
         self._tick = sleep
@@ -90,6 +94,9 @@ class Supervisor:
                 return status if status > 0 else 1
             restarts += 1
             self.say(f"the node stopped ({describe(status)}) after {ran:.0f} s; restarting it in {delay:.0f} s (restart {restarts})")
+            if self.state is not None:
+                record = {"restarts": restarts, "last_exit": describe(status), "last_exit_at": time.time()}
+                self.state.write_text(json.dumps(record) + "\n")
             deadline = time.monotonic() + delay
             while not self.stopping and time.monotonic() < deadline:
                 time.sleep(self._tick)
@@ -99,10 +106,13 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
+    state = None
+    if argv[:1] == ["--state"] and len(argv) > 1:
+        state, argv = Path(argv[1]), argv[2:]
     if not argv:
-        print("usage: python -m darkbloom.node.supervise NODE_COMMAND...", file=sys.stderr)
+        print("usage: python -m darkbloom.node.supervise [--state FILE] NODE_COMMAND...", file=sys.stderr)
         return 2
-    sup = Supervisor(argv)
+    sup = Supervisor(argv, state=state)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     return sup.run()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from darkbloom.cli.main import app
 from darkbloom.local import ensure_demo_model
-from darkbloom.node.daemon import node_pid, pid_file, status_file
+from darkbloom.node.daemon import node_pid, pid_file, status_file, supervisor_file
 from darkbloom.node.models.demo import DEMO_GGUF, DEMO_MODEL_NAME
 from darkbloom.testing import free_port
 from tests.node.conftest import copy_model, write_gguf
@@ -114,12 +114,15 @@ def test_start_status_stop_run_the_node_in_the_background(tiny_model_dir: Path, 
             time.sleep(0.2)
         assert node_pid(home) not in (None, child), (home / "node.log").read_text()[-2000:]
         assert "supervisor: the node stopped (killed by SIGKILL)" in (home / "node.log").read_text()
-        assert f"pid {pid} (node process {node_pid(home)}" in darkbloom("node", "status", "--home", str(home)).stdout
+        shown = darkbloom("node", "status", "--home", str(home)).stdout
+        assert f"pid {pid} (node process {node_pid(home)}" in shown
+        assert "restarted 1 time(s) after it died; last: killed by SIGKILL" in shown, shown
         child = node_pid(home)
     finally:
         stopped = darkbloom("node", "stop", "--home", str(home))
     assert stopped.returncode == 0 and f"node {pid} stopped" in stopped.stdout
     assert not pid_file(home).exists() and node_pid(home) is None  # the node went with its supervisor
+    assert not supervisor_file(home).exists()
     assert "loaded bg-model" in (home / "node.log").read_text()
     after = darkbloom("node", "status", "--home", str(home))
     assert after.returncode == 1 and "no node is running" in after.stdout
