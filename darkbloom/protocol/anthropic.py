@@ -9,11 +9,12 @@ error type.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import msgspec
 
-from darkbloom.protocol.frames import ChatMessage, SamplingParams
+from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
 from darkbloom.protocol.openai import RequestError, check_sampling, decode_body
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "cancelled": "end_turn"}
@@ -49,8 +50,24 @@ def error_body(err: RequestError) -> dict[str, Any]:
 
 
 class ContentBlock(msgspec.Struct, frozen=True):
+    """A content block: ``text``; ``tool_use`` (an assistant's call) or ``tool_result`` (the caller's answer to one)."""
+
     type: str
     text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: Any = None
+    tool_use_id: str | None = None
+    content: str | list[dict[str, Any]] | None = None
+    is_error: bool | None = None
+
+
+class ToolParam(msgspec.Struct, frozen=True):
+    """A tool the model may call: Anthropic's ``{name, description, input_schema}``."""
+
+    name: str
+    input_schema: dict[str, Any]
+    description: str | None = None
 
 
 class MessageParam(msgspec.Struct, frozen=True):
@@ -111,9 +128,68 @@ def _refuse_unsupported(req: MessagesRequest | CountTokensRequest) -> None:
         raise RequestError(400, "model: must be a non-empty string", param="model")
     if not req.messages:
         raise RequestError(400, "messages: at least one message is required", param="messages")
-    for name in ("tools", "tool_choice", "thinking", "top_k"):
+    for name in ("thinking", "top_k"):
         if getattr(req, name, None) is not None:
             raise RequestError(400, f"{name}: not supported for model {req.model!r} on this network", param=name)
+    choice = (req.tool_choice or {}).get("type", "auto")
+    if choice not in ("auto", "none"):
+        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
+        raise RequestError(
+            400, f"tool_choice: {choice!r} is not supported; use 'auto' (the model decides) or 'none'", param="tool_choice"
+        )
+    if req.tool_choice is not None and not req.tools:
+        raise RequestError(400, "tool_choice: only allowed when tools are given", param="tool_choice")
+
+
+def tools_json(req: MessagesRequest | CountTokensRequest) -> str | None:
+    """The tools as the OpenAI ``tools`` JSON the node's chat template renders (none for ``tool_choice`` none).
+
+    Raises:
+        RequestError: 400 for a tool without a ``name`` or an ``input_schema`` object.
+    """
+    if not req.tools or (req.tool_choice or {}).get("type") == "none":
+        return None
+    try:
+        tools = msgspec.convert(req.tools, list[ToolParam])
+    except msgspec.ValidationError as exc:
+        raise RequestError(400, f"tools: {exc}", param="tools") from None
+    return json.dumps(
+        [
+            {"type": "function", "function": {"name": t.name, "description": t.description or "", "parameters": t.input_schema}}
+            for t in tools
+        ],
+        ensure_ascii=False,
+    )
+
+
+def _turn(role: str, content: str | list[ContentBlock], param: str) -> list[ChatMessage]:
+    """One Anthropic message as chat messages: a user turn's ``tool_result`` blocks become ``tool`` messages
+    (first, as Anthropic orders them), an assistant's ``tool_use`` blocks its ``tool_calls``."""
+    if isinstance(content, str):
+        return [ChatMessage(role=role, content=content)]
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    results: list[ChatMessage] = []
+    for j, block in enumerate(content):
+        if block.type == "text":
+            texts.append(block.text or "")
+        elif block.type == "tool_use" and role == "assistant" and block.id and block.name:
+            calls.append(ToolCall(block.id, block.name, json.dumps(block.input if block.input is not None else {})))
+        elif block.type == "tool_result" and role == "user" and block.tool_use_id:
+            body = block.content
+            text = body if isinstance(body, str) else "".join(str(b.get("text", "")) for b in body or () if b.get("type") == "text")
+            results.append(ChatMessage(role="tool", content=text, tool_call_id=block.tool_use_id))
+        else:
+            raise RequestError(
+                400,
+                f"{param}.{j}: content block type {block.type!r} is not supported here; "
+                "only 'text', an assistant's 'tool_use' and a user's 'tool_result' (with their ids)",
+                param=param,
+            )
+    out = results
+    if texts or calls or not results:
+        out = [*results, ChatMessage(role=role, content="".join(texts), tool_calls=tuple(calls))]
+    return out
 
 
 def _chat(req: MessagesRequest | CountTokensRequest) -> tuple[list[ChatMessage], bool]:
@@ -122,10 +198,10 @@ def _chat(req: MessagesRequest | CountTokensRequest) -> tuple[list[ChatMessage],
     if req.system:
         messages.append(ChatMessage(role="system", content=_text(req.system, "system")))
     for i, m in enumerate(req.messages):
-        messages.append(ChatMessage(role=m.role, content=_text(m.content, f"messages.{i}.content")))
+        messages += _turn(m.role, m.content, f"messages.{i}.content")
     # A final assistant message is the start of the answer (prefill): the model continues it, and the
     # response holds only what it adds. An empty one asks for nothing; Anthropic refuses trailing whitespace.
-    prefill = messages[-1].role == "assistant"
+    prefill = messages[-1].role == "assistant" and not messages[-1].tool_calls
     if prefill and not messages[-1].content:
         messages.pop()
         prefill = False
@@ -146,7 +222,8 @@ def parse_count_tokens_request(body: bytes) -> tuple[CountTokensRequest, tuple[C
     _refuse_unsupported(req)
     messages, prefill = _chat(req)
     # One token at most: a node that predates ``count_only`` generates it and reports the same count.
-    return req, tuple(messages), SamplingParams(max_tokens=1, temperature=0.0, continue_final=prefill, count_only=True)
+    params = SamplingParams(max_tokens=1, temperature=0.0, continue_final=prefill, count_only=True, tools=tools_json(req))
+    return req, tuple(messages), params
 
 
 def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMessage, ...], SamplingParams]:
@@ -156,8 +233,9 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
 
     Raises:
         RequestError: 400 for invalid JSON or fields, a missing
-            ``max_tokens``, empty ``messages``, non-text blocks, tools,
-            ``top_k`` or extended thinking (not supported here).
+            ``max_tokens``, empty ``messages``, blocks other than text and
+            tool use/results, a forced ``tool_choice``, ``top_k`` or extended
+            thinking (not supported here).
     """
     req: MessagesRequest = decode_body(_decoder, body)
     _refuse_unsupported(req)
@@ -170,6 +248,7 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=tuple(s for s in req.stop_sequences or () if s),
         continue_final=prefill,
+        tools=tools_json(req),
     )
     return req, tuple(messages), params
 
@@ -206,18 +285,53 @@ def message_object(
     input_tokens: int,
     output_tokens: int,
     stop_sequence: str | None = None,
+    tool_calls: list[ToolCall] | tuple[ToolCall, ...] = (),
 ) -> dict[str, Any]:
-    """A ``message`` object: the whole answer (``text`` set) or the ``message_start`` shell (``text`` None)."""
+    """A ``message`` object: the whole answer (``text`` set) or the ``message_start`` shell (``text`` None).
+
+    The model's tool calls follow its text as ``tool_use`` blocks (a text block only if there is text, or nothing else).
+    """
+    content: list[dict[str, Any]] = []
+    if text is not None and (text or not tool_calls):
+        content.append({"type": "text", "text": text})
+    content += [tool_use_block(call) for call in tool_calls]
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [] if text is None else [{"type": "text", "text": text}],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence if stop_reason == "stop_sequence" else None,
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
     }
+
+
+def tool_use_block(call: ToolCall, *, streamed: bool = False) -> dict[str, Any]:
+    """A ``tool_use`` content block; streamed, its ``input`` starts empty and arrives as ``input_json_delta``."""
+    if streamed:
+        return {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:
+        arguments = {"arguments": call.arguments}  # the model wrote something that is not JSON: keep it visible
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": arguments}
+
+
+def stream_tool_use(index: int, call: ToolCall) -> list[bytes]:
+    """One tool call as its own content block: start, its input as one ``input_json_delta``, stop."""
+    return [
+        sse_event("content_block_start", {"type": "content_block_start", "index": index, "content_block": tool_use_block(call, streamed=True)}),
+        sse_event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": call.arguments}},
+        ),
+        sse_event("content_block_stop", {"type": "content_block_stop", "index": index}),
+    ]
+
+
+def stream_block_stop(index: int) -> bytes:
+    return sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
 def sse_event(kind: str, data: dict[str, Any]) -> bytes:
@@ -239,20 +353,28 @@ def stream_opening(message_id: str, model: str) -> list[bytes]:
     ]
 
 
-def stream_delta(text: str) -> bytes:
+def stream_delta(text: str, index: int = 0) -> bytes:
     return sse_event(
         "content_block_delta",
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}},
+    )
+
+
+def stream_text_start(index: int) -> bytes:
+    """A text block opened after a tool call (the first one opens with ``stream_opening``)."""
+    return sse_event(
+        "content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
     )
 
 
 def stream_closing(
-    stop_reason: str, input_tokens: int, output_tokens: int, stop_sequence: str | None = None
+    stop_reason: str, input_tokens: int, output_tokens: int, stop_sequence: str | None = None, *, open_block: int | None = 0
 ) -> list[bytes]:
-    """``content_block_stop``, ``message_delta`` with the stop reason and final usage, ``message_stop``."""
+    """``content_block_stop`` for the block still open (if any), ``message_delta`` with the stop reason
+    and final usage, ``message_stop``."""
     usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
     return [
-        sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        *([stream_block_stop(open_block)] if open_block is not None else []),
         sse_event(
             "message_delta",
             {

@@ -11,6 +11,7 @@ import json
 import threading
 from typing import Any
 
+import anthropic
 import openai
 
 from darkbloom.protocol import Chunk, Complete, InferenceRequest, ModelInfo, Register, ToolCall, Usage, decode, encode
@@ -135,3 +136,86 @@ def test_malformed_tools_are_a_400_naming_tools(coordinator: Coordinator) -> Non
     resp = coordinator.client.post("/v1/chat/completions", json=body, headers=coordinator.auth)
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "tools" and "name" in resp.json()["error"]["message"]
+
+
+# ---- the same through the Anthropic Messages API and the official anthropic SDK ---------------------
+
+CLAUDE_TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
+
+
+def _claude(coordinator: Coordinator) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url="http://testserver", api_key=coordinator.key, http_client=coordinator.client, max_retries=0)
+
+
+def test_anthropic_tool_use_reaches_the_sdk_whole_and_streamed(coordinator: Coordinator) -> None:
+    for stream in (False, True):
+        holder: dict[str, Any] = {}
+        with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+            _tool_node(ws)
+            node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+            node.start()
+            ask = {"model": "m1", "max_tokens": 64, "tools": CLAUDE_TOOLS, "messages": [{"role": "user", "content": "weather in Paris?"}]}
+            if stream:
+                with _claude(coordinator).messages.stream(**ask) as events:  # type: ignore[arg-type]
+                    msg = events.get_final_message()
+            else:
+                msg = _claude(coordinator).messages.create(**ask)  # type: ignore[arg-type]
+            node.join(10)
+        assert msg.stop_reason == "tool_use", stream
+        text, call = msg.content
+        assert (text.type, text.text) == ("text", "Let me check. ")  # type: ignore[union-attr]
+        assert (call.type, call.id, call.name, call.input) == ("tool_use", "call_1", "get_weather", {"city": "Paris"})  # type: ignore[union-attr]
+        assert msg.usage.output_tokens == 14
+        # The node got the tools, in the shape its chat template renders.
+        (tool,) = json.loads(holder["request"].params.tools)
+        assert tool["function"]["name"] == "get_weather" and tool["function"]["parameters"] == CLAUDE_TOOLS[0]["input_schema"]
+
+
+def test_anthropic_tool_use_and_result_blocks_reach_the_node_as_a_tool_turn(coordinator: Coordinator) -> None:
+    holder: dict[str, Any] = {}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws)
+        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+        node.start()
+        _claude(coordinator).messages.create(
+            model="m1",
+            max_tokens=64,
+            tools=CLAUDE_TOOLS,  # type: ignore[arg-type]
+            messages=[
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "18C and sunny"}]},
+                    {"type": "text", "text": "and tomorrow?"},
+                ]},
+            ],  # fmt: skip
+        )
+        node.join(10)
+    msgs = holder["request"].messages
+    assert [m.role for m in msgs] == ["user", "assistant", "tool", "user"]
+    assert (msgs[1].content, msgs[1].tool_calls) == ("Checking.", (ToolCall("toolu_1", "get_weather", '{"city": "Paris"}'),))
+    assert (msgs[2].tool_call_id, msgs[2].content) == ("toolu_1", "18C and sunny")
+    assert msgs[3].content == "and tomorrow?"
+
+
+def test_anthropic_forced_tool_choice_and_bad_tools_are_400s(coordinator: Coordinator) -> None:
+    base = {"model": "m1", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "tools": CLAUDE_TOOLS}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws)
+        for body, param in (
+            ({**base, "tool_choice": {"type": "any"}}, "tool_choice"),
+            ({**base, "tools": [{"name": "f"}]}, "input_schema"),
+            ({**base, "messages": [{"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "f", "input": {}}]}]}, "tool_use"),
+        ):
+            resp = coordinator.client.post("/v1/messages", json=body, headers=coordinator.auth)
+            assert resp.status_code == 400 and resp.json()["type"] == "error", resp.text
+            assert param in resp.json()["error"]["message"]
