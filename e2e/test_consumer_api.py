@@ -134,6 +134,21 @@ def test_tools_are_rendered_into_the_prompt_by_the_node(shared_network: Network,
     assert plain.usage is not None and plain.usage.prompt_tokens < len(prompt)
 
 
+def test_anthropic_tools_are_rendered_as_the_same_tools(shared_network: Network, claude: anthropic.Anthropic) -> None:
+    """Anthropic's tool shape reaches the template as the OpenAI one would: the same prompt, token for token."""
+    schema = {"type": "object", "properties": {}}
+    tools = [{"type": "function", "function": {"name": "weather", "description": "", "parameters": schema}}]
+    _, tok = _model(shared_network.model_dir)
+    prompt = tok.apply_chat_template(PROMPT, tools=tools, add_generation_prompt=True)
+    msg = claude.messages.create(
+        model=shared_network.model, max_tokens=8, messages=PROMPT, extra_body=GREEDY,  # type: ignore[arg-type]
+        tools=[{"name": "weather", "input_schema": schema}],  # type: ignore[list-item]
+    )
+    assert msg.usage.input_tokens == len(prompt)
+    counted = claude.messages.count_tokens(model=shared_network.model, messages=PROMPT, tools=[{"name": "weather", "input_schema": schema}])  # type: ignore[arg-type,list-item]
+    assert counted.input_tokens == len(prompt)
+
+
 def test_json_mode_and_seeded_sampling_are_accepted(shared_network: Network, oai: openai.OpenAI) -> None:
     def ask() -> str:
         r = oai.chat.completions.create(
