@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anthropic
 import openai
@@ -27,6 +28,7 @@ TOOLS = [
         },
     }
 ]
+T = TypeVar("T")
 CALL = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
 
 
@@ -48,23 +50,32 @@ def _answer_with_a_call(ws: Any, holder: dict[str, Any]) -> None:
     ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(30, 14), finish_reason="tool_calls")))
 
 
-def test_non_streaming_tool_call_reaches_the_sdk(coordinator: Coordinator) -> None:
+def _asked(coordinator: Coordinator, ask: Callable[[], T]) -> tuple[T, InferenceRequest]:
+    """Run ``ask`` (an SDK call) against a stand-in tool-capable node that answers with text and one call."""
     holder: dict[str, Any] = {}
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         _tool_node(ws)
         node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
         node.start()
-        resp = _sdk(coordinator).chat.completions.create(
-            model="m1", messages=[{"role": "user", "content": "weather in Paris?"}], tools=TOOLS  # type: ignore[arg-type]
-        )
+        out = ask()
         node.join(10)
+    return out, holder["request"]
+
+
+def test_non_streaming_tool_call_reaches_the_sdk(coordinator: Coordinator) -> None:
+    resp, request = _asked(
+        coordinator,
+        lambda: _sdk(coordinator).chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "weather in Paris?"}], tools=TOOLS  # type: ignore[arg-type]
+        ),
+    )
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content == "Let me check. "
     (call,) = choice.message.tool_calls or []
     assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
     # The node got the tools to render with its chat template.
-    assert json.loads(holder["request"].params.tools)[0]["function"]["name"] == "get_weather"
+    assert json.loads(request.params.tools)[0]["function"]["name"] == "get_weather"
 
 
 def test_streamed_tool_call_deltas_accumulate_in_the_sdk(coordinator: Coordinator) -> None:
@@ -154,36 +165,28 @@ def _claude(coordinator: Coordinator) -> anthropic.Anthropic:
 
 
 def test_anthropic_tool_use_reaches_the_sdk_whole_and_streamed(coordinator: Coordinator) -> None:
+    ask: dict[str, Any] = {"model": "m1", "max_tokens": 64, "tools": CLAUDE_TOOLS, "messages": [{"role": "user", "content": "weather in Paris?"}]}
+
+    def streamed() -> anthropic.types.Message:
+        with _claude(coordinator).messages.stream(**ask) as events:
+            return events.get_final_message()
+
     for stream in (False, True):
-        holder: dict[str, Any] = {}
-        with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
-            _tool_node(ws)
-            node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
-            node.start()
-            ask = {"model": "m1", "max_tokens": 64, "tools": CLAUDE_TOOLS, "messages": [{"role": "user", "content": "weather in Paris?"}]}
-            if stream:
-                with _claude(coordinator).messages.stream(**ask) as events:  # type: ignore[arg-type]
-                    msg = events.get_final_message()
-            else:
-                msg = _claude(coordinator).messages.create(**ask)  # type: ignore[arg-type]
-            node.join(10)
+        msg, request = _asked(coordinator, streamed if stream else lambda: _claude(coordinator).messages.create(**ask))
         assert msg.stop_reason == "tool_use", stream
         text, call = msg.content
         assert (text.type, text.text) == ("text", "Let me check. ")  # type: ignore[union-attr]
         assert (call.type, call.id, call.name, call.input) == ("tool_use", "call_1", "get_weather", {"city": "Paris"})  # type: ignore[union-attr]
         assert msg.usage.output_tokens == 14
         # The node got the tools, in the shape its chat template renders.
-        (tool,) = json.loads(holder["request"].params.tools)
+        (tool,) = json.loads(request.params.tools)
         assert tool["function"]["name"] == "get_weather" and tool["function"]["parameters"] == CLAUDE_TOOLS[0]["input_schema"]
 
 
 def test_anthropic_tool_use_and_result_blocks_reach_the_node_as_a_tool_turn(coordinator: Coordinator) -> None:
-    holder: dict[str, Any] = {}
-    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
-        _tool_node(ws)
-        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
-        node.start()
-        _claude(coordinator).messages.create(
+    _, request = _asked(
+        coordinator,
+        lambda: _claude(coordinator).messages.create(
             model="m1",
             max_tokens=64,
             tools=CLAUDE_TOOLS,  # type: ignore[arg-type]
@@ -198,9 +201,9 @@ def test_anthropic_tool_use_and_result_blocks_reach_the_node_as_a_tool_turn(coor
                     {"type": "text", "text": "and tomorrow?"},
                 ]},
             ],  # fmt: skip
-        )
-        node.join(10)
-    msgs = holder["request"].messages
+        ),
+    )
+    msgs = request.messages
     assert [m.role for m in msgs] == ["user", "assistant", "tool", "user"]
     assert (msgs[1].content, msgs[1].tool_calls) == ("Checking.", (ToolCall("toolu_1", "get_weather", '{"city": "Paris"}'),))
     assert (msgs[2].tool_call_id, msgs[2].content) == ("toolu_1", "18C and sunny")
