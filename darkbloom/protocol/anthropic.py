@@ -177,7 +177,9 @@ def _turn(role: str, content: str | list[ContentBlock], param: str) -> list[Chat
             calls.append(ToolCall(block.id, block.name, json.dumps(block.input if block.input is not None else {})))
         elif block.type == "tool_result" and role == "user" and block.tool_use_id:
             body = block.content
-            text = body if isinstance(body, str) else "".join(str(b.get("text", "")) for b in body or () if b.get("type") == "text")
+            if not isinstance(body, str) and any(b.get("type") != "text" for b in body or ()):
+                raise RequestError(400, f"{param}.{j}.content: only text is supported in a tool_result", param=param)
+            text = body if isinstance(body, str) else "".join(str(b.get("text", "")) for b in body or ())
             results.append(ChatMessage(role="tool", content=text, tool_call_id=block.tool_use_id))
         else:
             raise RequestError(

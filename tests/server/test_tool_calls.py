@@ -218,6 +218,12 @@ def test_anthropic_forced_tool_choice_and_bad_tools_are_400s(coordinator: Coordi
             ({**base, "tool_choice": {"type": "any"}}, "tool_choice"),
             ({**base, "tools": [{"name": "f"}]}, "input_schema"),
             ({**base, "messages": [{"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "f", "input": {}}]}]}, "tool_use"),
+            (
+                {**base, "messages": [{"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "x", "content": [{"type": "image", "source": {}}]},
+                ]}]},
+                "only text is supported in a tool_result",
+            ),  # fmt: skip
         ):
             resp = coordinator.client.post("/v1/messages", json=body, headers=coordinator.auth)
             assert resp.status_code == 400 and resp.json()["type"] == "error", resp.text
