@@ -56,13 +56,18 @@ def _triplet() -> str:
     return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(platform.machine(), "")
 
 
+def _choice(env: dict[str, str] | None) -> str:
+    """``DARKBLOOM_BLAS`` as set: ``auto`` (also when unset), ``off``, or a library path."""
+    choice = (os.environ if env is None else env).get("DARKBLOOM_BLAS", "auto").strip() or "auto"
+    return choice.lower() if choice.lower() in ("auto", "off") else choice
+
+
 def find_openblas(env: dict[str, str] | None = None) -> str | None:
     """The first OpenBLAS library on this machine, or the one ``DARKBLOOM_BLAS`` names."""
-    env = dict(os.environ) if env is None else env
-    choice = env.get("DARKBLOOM_BLAS", "auto").strip()
-    if choice.lower() == "off":
+    choice = _choice(env)
+    if choice == "off":
         return None
-    if choice and choice.lower() != "auto":
+    if choice != "auto":
         return choice if os.path.exists(choice) else None  # preload_blas says it does not exist
     for pattern in CANDIDATES:
         for path in sorted(glob.glob(pattern.format(triplet=_triplet() or "*"))):
@@ -84,10 +89,10 @@ def preload_blas(env: dict[str, str] | None = None) -> BlasStatus:
         return _status
     path = find_openblas(env)
     if path is None:
-        choice = (env if env is not None else os.environ).get("DARKBLOOM_BLAS", "auto").strip()
-        if choice.lower() == "off":
+        choice = _choice(env)
+        if choice == "off":
             note = "DARKBLOOM_BLAS=off"
-        elif choice and choice.lower() != "auto":
+        elif choice != "auto":
             note = f"DARKBLOOM_BLAS={choice} does not exist; {INSTALL_HINT}"
         else:
             note = f"no OpenBLAS found; {INSTALL_HINT}"

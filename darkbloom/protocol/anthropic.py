@@ -242,7 +242,6 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
     req: MessagesRequest = decode_body(_decoder, body)
     _refuse_unsupported(req)
     check_sampling(temperature=req.temperature, top_p=req.top_p, max_temperature=1.0, max_tokens=req.max_tokens)
-    _refuse_unsupported(req)
     messages, prefill = _chat(req)
     params = SamplingParams(
         max_tokens=req.max_tokens,
@@ -328,7 +327,7 @@ def stream_tool_use(index: int, call: ToolCall) -> list[bytes]:
             "content_block_delta",
             {"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": call.arguments}},
         ),
-        sse_event("content_block_stop", {"type": "content_block_stop", "index": index}),
+        stream_block_stop(index),
     ]
 
 

@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
-
 from starlette.requests import Request
 from starlette.responses import Response
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from darkbloom.protocol.anthropic import error_body as anthropic_error_body
 from darkbloom.protocol.anthropic import model_page, wants_anthropic
 from darkbloom.protocol.openai import RequestError, model_list
 from darkbloom.server.api.auth import require_consumer
-from darkbloom.server.api.errors import error_response
+from darkbloom.server.api.errors import anthropic_error, error_response
 from darkbloom.server.fleet import Fleet
 
 
@@ -18,7 +17,7 @@ async def list_models(request: Request) -> Response:
     try:
         await require_consumer(request)
     except RequestError as err:
-        return JSONResponse(anthropic_error_body(err), status_code=err.status) if anthropic else error_response(err)
+        return anthropic_error(err) if anthropic else error_response(err)
     fleet: Fleet = request.app.state.fleet
     models = fleet.registry.models()
     return JSONResponse(model_page(models) if anthropic else model_list(models))
@@ -31,6 +30,5 @@ async def health(request: Request) -> Response:
 
 async def not_implemented(request: Request) -> Response:
     err = RequestError(404, f"endpoint {request.method} {request.url.path} is not implemented", code="not_found")
-    if request.url.path.startswith("/v1/messages"):  # an Anthropic client (count_tokens, batches) reads its own shape
-        return JSONResponse(anthropic_error_body(err), status_code=404)
-    return error_response(err)
+    anthropic = request.url.path.startswith("/v1/messages")  # an Anthropic client (batches, say) reads its own shape
+    return anthropic_error(err) if anthropic else error_response(err)

@@ -1,15 +1,20 @@
-"""OpenAI-shaped error responses for the consumer routes."""
+"""Error responses for the consumer routes: OpenAI's shape, and Anthropic's for an Anthropic client."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from darkbloom.protocol.anthropic import error_body as anthropic_error_body
 from darkbloom.protocol.openai import RequestError
 
 
 def error_response(err: RequestError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def anthropic_error(err: RequestError) -> JSONResponse:
+    return JSONResponse(anthropic_error_body(err), status_code=err.status, headers=err.headers)
 
 
 def model_not_found(model: str) -> RequestError:

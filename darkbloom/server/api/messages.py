@@ -14,7 +14,6 @@ from starlette.responses import JSONResponse, Response
 
 from darkbloom.protocol import Chunk, Complete, Error, ToolCall
 from darkbloom.protocol.anthropic import (
-    error_body,
     message_object,
     parse_count_tokens_request,
     parse_messages_request,
@@ -39,12 +38,9 @@ from darkbloom.server.api.adapter import (
     stream_response,
 )
 from darkbloom.server.api.chat import check_tool_support
+from darkbloom.server.api.errors import anthropic_error
 from darkbloom.server.billing.hook import BillingHook
 from darkbloom.server.store import ApiKeyRecord
-
-
-def anthropic_error(err: RequestError) -> JSONResponse:
-    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
 
 
 async def messages(request: Request) -> Response:

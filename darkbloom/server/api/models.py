@@ -12,8 +12,7 @@ from starlette.responses import JSONResponse, Response
 from darkbloom.protocol import Usage
 from darkbloom.protocol.anthropic import model_info, wants_anthropic
 from darkbloom.server.api.adapter import handle
-from darkbloom.server.api.errors import error_response, model_not_found
-from darkbloom.server.api.messages import anthropic_error
+from darkbloom.server.api.errors import anthropic_error, error_response, model_not_found
 from darkbloom.server.gateway import InferenceJob, Outcome
 from darkbloom.server.routing.registry import Registry
 from darkbloom.server.store import ApiKeyRecord
