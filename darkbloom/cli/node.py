@@ -14,7 +14,11 @@ from darkbloom.cli import node_update
 from darkbloom.cli.common import HomeOption, fail, setup_logging
 from darkbloom.server.settings import darkbloom_home
 
-app = typer.Typer(help="Run and manage a provider node.", invoke_without_command=True)
+app = typer.Typer(
+    help="Run and manage a provider node. With no command it serves in the foreground: Ctrl-C lets the "
+    "requests in flight finish (up to 10 s), and a second Ctrl-C stops it at once.",
+    invoke_without_command=True,
+)
 app.command("update")(node_update.update)
 models_app = typer.Typer(help="List local models, or import a GGUF file.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
@@ -62,7 +66,12 @@ def node(
     home: HomeOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Serve local MLX models to a coordinator (runs in the foreground; Ctrl-C stops it)."""
+    """Serve local MLX models to a coordinator (runs in the foreground).
+
+    Ctrl-C (or SIGTERM) stops it gracefully: no new requests are routed here
+    and those in flight finish, for up to 10 s; press Ctrl-C again to stop at
+    once. `darkbloom node start` runs it in the background instead.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from darkbloom.node.runner import NodeConfig, NodeStartError, end_process, run_node
@@ -77,7 +86,7 @@ def node(
         idle_unload_s=idle_unload,
     )
     # `darkbloom node stop` sends SIGTERM: unwind like Ctrl-C so engines close and the socket says goodbye.
-    # Once the node is serving, SIGTERM first lets its requests finish (run_node's drain_on_sigterm).
+    # Once the node is serving, SIGTERM and Ctrl-C first let its requests finish (run_node's drain_on_sigterm).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         aio.run(run_node(cfg, say=lambda m: typer.echo(m, err=True), drain_on_sigterm=True))

@@ -145,9 +145,10 @@ async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print, *, drain
     """Load models and keep a session with the coordinator until cancelled.
 
     With ``drain_on_sigterm`` (``darkbloom node``, which owns its process),
-    SIGTERM first drains: the coordinator routes nothing more here and the
-    requests running finish (up to ``NODE_DRAIN_S``); then this returns. A
-    second SIGTERM ends it at once.
+    SIGTERM, and Ctrl-C where SIGINT is not ignored, first drain: the
+    coordinator routes nothing more here and the requests running finish
+    (up to ``NODE_DRAIN_S``); then this returns. A second signal ends it at
+    once. Before the node serves (models loading), either ends it at once.
 
     Raises:
         NodeStartError: another node runs from this home, or no model could be loaded.
@@ -169,7 +170,13 @@ async def run_node(cfg: NodeConfig, say: Callable[[str], None] = print, *, drain
 
 
 class SigtermDrain:
-    """SIGTERM drains the node's session, then ends ``run_node``; a second SIGTERM ends it at once."""
+    """SIGTERM or Ctrl-C drains the node's session, then ends ``run_node``; a second signal ends it at once.
+
+    A provider who presses Ctrl-C on a foreground node gets the same drain
+    as ``darkbloom node stop``: consumers' streams in flight end whole
+    rather than cut off. SIGINT is left alone where it is ignored (a node
+    started with ``&`` from a script).
+    """
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
@@ -182,24 +189,30 @@ class SigtermDrain:
         assert main is not None
 
         def stop_now() -> None:
+            if self.requested:  # once: a second cancel would land in the node's own clean-up
+                return
             self.requested = True
+            if self._draining is not None and self._draining is not asyncio.current_task():
+                self._draining.cancel()
             main.cancel()
 
         async def drain_then_stop() -> None:
             await session.drain(NODE_DRAIN_S)
             stop_now()
 
-        def on_sigterm() -> None:
+        def on_signal(again: str) -> None:
             if self._draining is not None:
                 stop_now()
                 return
             self.say(
                 f"stopping: finishing {session.active_requests()} request(s) in flight "
-                f"(up to {NODE_DRAIN_S:.0f} s; SIGTERM again to stop now)"
+                f"(up to {NODE_DRAIN_S:.0f} s; {again} again to stop now)"
             )
             self._draining = loop.create_task(drain_then_stop())
 
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(signal.SIGTERM, on_signal, "SIGTERM")
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            loop.add_signal_handler(signal.SIGINT, on_signal, "Ctrl-C")
 
 
 async def _serve(cfg: NodeConfig, say: Callable[[str], None], stop: SigtermDrain | None) -> None:
