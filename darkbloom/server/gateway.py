@@ -226,9 +226,7 @@ class Relay:
                 wake.clear()
                 if any(f.pending() for f in flights):
                     continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await wake.wait()
+                await wake.wait_for(wait)
 
     async def _extra_flight(self, tried: set[str], *, failover: bool) -> InFlight | None:
         fleet, job = self.fleet, self.job

@@ -55,6 +55,29 @@ class Wake:
         finally:
             self._waiters.remove(fut)
 
+    async def wait_for(self, timeout: float) -> bool:
+        """``wait``, for at most ``timeout`` seconds: ``True`` when set, ``False`` when the time ran out.
+
+        One timer on the future rather than an ``asyncio.timeout`` scope (a
+        third of the cost): each request waits like this for its first frame.
+        """
+        if self._flag:
+            return True
+        loop = self.running_loop()
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        timer = loop.call_later(timeout, _time_up, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._waiters.remove(fut)
+
+
+def _time_up(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
 
 class Deadline:
     """A deadline that moves on every use, kept by one timer that is re-armed only when it fires early.

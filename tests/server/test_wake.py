@@ -31,6 +31,29 @@ def test_wake_releases_every_waiter_and_a_cancelled_one_leaves_the_rest_waiting(
     asyncio.run(scenario())
 
 
+def test_wait_for_answers_false_when_time_runs_out_and_true_when_set() -> None:
+    async def scenario() -> None:
+        wake = Wake()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await wake.wait_for(0.05) is False
+        assert loop.time() - start >= 0.045
+        assert not wake._waiters  # nothing left behind to be woken later
+        waiting = asyncio.create_task(wake.wait_for(5))
+        await asyncio.sleep(0.01)
+        wake.set()
+        assert await asyncio.wait_for(waiting, 1) is True
+        assert await wake.wait_for(0) is True  # already set: at once
+        wake.clear()
+        cancelled = asyncio.create_task(wake.wait_for(5))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert cancelled.cancelled() and not wake._waiters
+
+    asyncio.run(scenario())
+
+
 def test_deadline_fires_once_after_its_last_move_and_never_once_cleared() -> None:
     from darkbloom.server.wake import Deadline
 

@@ -28,14 +28,15 @@ class TokenBucket:
             self.tokens = self.capacity
 
     def _refill(self, now: float) -> None:
-        if now > self.updated:
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = max(self.updated, now)
+        if now > self.updated:  # (a clock that steps back refills nothing)
+            tokens = self.tokens + (now - self.updated) * self.rate
+            self.tokens = tokens if tokens < self.capacity else self.capacity
+            self.updated = now
 
     def wait(self, amount: float, now: float) -> float:
         """Seconds until ``amount`` can be taken (0 when it can now). Amounts over capacity count as a full bucket."""
         self._refill(now)
-        need = min(amount, self.capacity) - self.tokens
+        need = (amount if amount < self.capacity else self.capacity) - self.tokens
         if need <= 0:
             return 0.0
         return math.inf if self.rate <= 0 else need / self.rate
@@ -73,14 +74,23 @@ class RateLimiter:
 
     def check(self, key: str, now: float, input_tokens: int = 0, output_tokens: int = 0) -> float:
         """Admit (and charge the buckets) or return the seconds to wait before retrying."""
-        buckets = self._for(key, now)
-        amounts = (1.0, float(input_tokens), float(output_tokens))
-        enabled = [(b, a) for b, a in zip(buckets, amounts) if b.rate > 0]
-        wait = max((b.wait(a, now) for b, a in enabled), default=0.0)
+        requests, inputs, outputs = self._for(key, now)
+        # Unrolled (no generator, list or max over three): this runs for every request, before dispatch.
+        wait = 0.0
+        if requests.rate > 0:
+            wait = requests.wait(1.0, now)
+        if inputs.rate > 0:
+            wait = max(wait, inputs.wait(input_tokens, now))
+        if outputs.rate > 0:
+            wait = max(wait, outputs.wait(output_tokens, now))
         if wait > 0:
             return wait
-        for b, a in enabled:
-            b.take(a)
+        if requests.rate > 0:
+            requests.take(1.0)
+        if inputs.rate > 0:
+            inputs.take(input_tokens)
+        if outputs.rate > 0:
+            outputs.take(output_tokens)
         return 0.0
 
 

@@ -88,3 +88,28 @@ def test_token_buckets_refuse_without_charging_the_request_bucket() -> None:
     assert wait == pytest.approx(30.0)  # 30 output tokens at 1 per second
     assert lim.check("k", 30.0, input_tokens=10, output_tokens=30) == 0.0
     assert math.isinf(RateLimiter(RateLimits(0, 0, 0, 0)).check("k", 0.0)) is False
+
+
+@given(
+    st.lists(st.tuples(st.floats(0, 2), st.integers(0, 500), st.integers(0, 500)), max_size=60),
+    st.integers(1, 5),
+)
+def test_the_limiter_never_admits_more_than_its_buckets_allow(steps: list[tuple[float, int, int]], rps: int) -> None:
+    limits = RateLimits(requests_per_s=rps, burst=4, input_tokens_per_min=1200, output_tokens_per_min=600)
+    lim = RateLimiter(limits)
+    now = 0.0
+    requests = inputs = outputs = 0
+    for dt, tokens_in, tokens_out in steps:
+        now += dt
+        wait = lim.check("k", now, tokens_in, tokens_out)
+        if wait > 0:
+            # Refused, and nothing taken: waiting as long as it says is enough.
+            now += wait + 1e-9
+            assert lim.check("k", now, tokens_in, tokens_out) == 0.0
+        requests += 1
+        inputs += min(tokens_in, limits.input_tokens_per_min)
+        outputs += min(tokens_out, limits.output_tokens_per_min)
+    # A bucket admits at most what it starts with plus what it refills in the time that passed.
+    assert requests <= limits.burst + rps * now + 1e-6
+    assert inputs <= limits.input_tokens_per_min * (1 + now / 60) + 1e-6
+    assert outputs <= limits.output_tokens_per_min * (1 + now / 60) + 1e-6
