@@ -120,6 +120,34 @@ def check_fleet_limits(request: Request, model: str, max_tokens: int, param: str
         )
 
 
+class _RandomIds:
+    """128 random bits as 32 hex digits (as ``uuid4().hex``), drawn from the OS 4 KiB at a time.
+
+    One ``getrandom`` system call per 256 ids instead of one per request; a
+    forked child starts a pool of its own, so no two processes share ids.
+    """
+
+    __slots__ = ("_pool", "_at")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(4096), 0
+        self._at = at + 16
+        return self._pool[at : at + 16].hex()
+
+
+_random_id = _RandomIds()
+
+
 def new_job(
     consumer: ApiKeyRecord,
     id_prefix: str,
@@ -135,7 +163,7 @@ def new_job(
     ``extra`` sets the job's optional fields (a sealed envelope, a prompt-token hint).
     """
     return gateway.InferenceJob(
-        request_id=f"{id_prefix}{os.urandom(16).hex()}",  # 128 random bits, as uuid4 but without its object
+        request_id=f"{id_prefix}{_random_id()}",
         model=model,
         messages=messages,
         params=params,

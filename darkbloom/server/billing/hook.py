@@ -26,7 +26,7 @@ from darkbloom.protocol.sealed import sealed_plaintext_bytes
 from darkbloom.server.billing.book import ReservationBook
 from darkbloom.server.billing.ledger import InsufficientFunds
 from darkbloom.server.billing.ledger import consumer as ledger_consumer
-from darkbloom.server.billing.pricing import Price, cost, prompt_token_bound, worst_case
+from darkbloom.server.billing.pricing import Price, cost, prompt_token_bound
 from darkbloom.server.billing.ratelimit import RateLimiter, RateLimits, rate_limited
 from darkbloom.server.gateway import InferenceJob
 from darkbloom.server.settings import Settings
@@ -128,10 +128,10 @@ class BillingHook:
         extra = prompt_bytes_outside_messages(job)
         prompt_bound = prompt_token_bound(job.messages, extra)
         self.limit_rate(job, prompt_bound, job.params.max_tokens)
-        messages, max_tokens, min_charge = job.messages, job.params.max_tokens, self.min_charge
+        max_tokens, min_charge = max(0, job.params.max_tokens), self.min_charge
 
-        def amount_for(price: Price) -> int:
-            return worst_case(price, messages, max_tokens, min_charge, extra)
+        def amount_for(price: Price) -> int:  # ``worst_case``, with the prompt's bound worked out once
+            return cost(price, prompt_bound, max_tokens, min_charge)
 
         price = self._known_prices.get(job.model)
         if price is None:
