@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,6 +13,11 @@ import asyncpg
 
 from darkbloom.server.store.base import ApiKeyRecord, StoreError, redact_url
 from darkbloom.server.store.migrations import POSTGRES, newer_schema_message
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 10.0
+"""How long ``close`` waits for running ops and busy connections before it cuts them off."""
 
 _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked, last_used_at"
 _PLACEHOLDER = re.compile(r"\?")
@@ -63,6 +69,7 @@ class PostgresStore:
         self.schema = schema
         self._pool: asyncpg.Pool | None = None
         self._submitted: set[asyncio.Future[Any]] = set()  # ops submitted and still running
+        self.close_timeout_s = CLOSE_TIMEOUT_S
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -96,13 +103,33 @@ class PostgresStore:
         return len(POSTGRES)
 
     async def close(self) -> None:
-        # Ops submitted and still running (settlements written behind an answer) finish first: the pool
-        # refuses new work once it is closing, and a settlement lost here would leave its hold open.
-        while self._submitted:
-            await asyncio.wait(list(self._submitted))
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        """Let running ops finish, then close the pool; within ``close_timeout_s`` in all.
+
+        Ops submitted and still running (settlements written behind an
+        answer) finish first: the pool refuses new work once it is closing,
+        and a settlement lost here would leave its hold open. A database that
+        stopped answering must not hang the coordinator's shutdown, though:
+        past the time limit the pool is terminated. A hold left open that way
+        is released (not charged) when the coordinator next starts.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout_s
+        while self._submitted and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._submitted), timeout=left)
+        if self._submitted:
+            log.error(
+                "closing the store with %d ledger write(s) still running after %.0f s; "
+                "their holds are released, not charged, at the next start",
+                len(self._submitted), self.close_timeout_s,
+            )
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), max(0.1, deadline - loop.time()))
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("the database did not let its connections go (%s); cutting them off", type(exc).__name__)
+            pool.terminate()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTx]:
