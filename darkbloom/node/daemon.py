@@ -167,11 +167,21 @@ def format_status(st: NodeStatus, home: Path) -> str:
         )
     child = node_pid(home)
     under = f" (node process {child}, kept up by supervisor {st.pid})" if child not in (None, st.pid) else ""
-    out = [f"node running, pid {st.pid}{under}, log {log_file(home)}"]
+    what = "node supervisor running" if child is None else "node running"
+    out = [f"{what}, pid {st.pid}{under}, log {log_file(home)}"]
     if st.restarts.get("restarts"):
         ago = max(0, time.time() - float(st.restarts.get("last_exit_at", time.time())))
         out.append(f"restarted {st.restarts['restarts']} time(s) after it died; last: {st.restarts.get('last_exit')}, {ago:.0f} s ago")
     rep = st.report
+    # A report left by a node that has since died must not pass for this one's.
+    if child is None:  # the supervisor runs, its node does not (yet): starting, or between a death and a restart
+        doing = "restarting it after it died" if st.restarts else "starting it"
+        out.append(f"the node process is not up: the supervisor is {doing}")
+        out.append(f"last log lines ({log_file(home)}):\n{st.log_tail}")
+        return "\n".join(out)
+    if rep.get("pid", child) != child:
+        out.append("the node is starting (loading its models); it has not reported yet")
+        return "\n".join(out)
     if rep:
         out.append(f"coordinator {rep.get('coordinator')}: {'connected' if rep.get('connected') else 'not connected'}")
         out.append(f"free for load: {rep.get('free_for_load_gb')} GiB of {rep.get('total_memory_gb')} GiB RAM")

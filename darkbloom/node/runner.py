@@ -105,6 +105,7 @@ async def _report_status(cfg: NodeConfig, session: NodeSession, period: float = 
     while True:
         cap = session.slots.capacity(0, session.hardware.memory_gb)
         report = {
+            "pid": os.getpid(),  # `node status` tells a report of this run from one a dead node left behind
             "coordinator": cfg.coordinator,
             "connected": session.connected.is_set(),
             "total_memory_gb": cap.total_memory_gb,

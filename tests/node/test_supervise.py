@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import subprocess
@@ -74,3 +76,58 @@ def test_a_node_that_fails_as_it_starts_is_left_down(tmp_path: Path) -> None:
     out, _ = sup.communicate(timeout=30)
     assert sup.returncode == 1
     assert "not restarting it" in out and out.count("no model could be loaded") == 1
+
+
+# ---- `node status` between a death and a restart -----------------------------------------
+
+
+def _home_with(tmp_path: Path, *, node: int | None, report_pid: int | None, restarts: int = 0) -> Path:
+    """A home as ``node start`` leaves it: this process as the supervisor, ``node`` in the lock, a report."""
+    from darkbloom.node.daemon import log_file, pid_file, status_file, supervisor_file
+    from darkbloom.node.homelock import LOCK_NAME
+
+    home = tmp_path / "home"
+    home.mkdir(parents=True)
+    pid_file(home).write_text(str(os.getpid()))
+    if node is not None:
+        (home / LOCK_NAME).write_text(str(node))
+    report = {"coordinator": "http://c", "connected": True, "total_memory_gb": 8, "free_for_load_gb": 4, "slots": []}
+    if report_pid is not None:
+        report["pid"] = report_pid
+    status_file(home).write_text(json.dumps(report))
+    if restarts:
+        supervisor_file(home).write_text(json.dumps({"restarts": restarts, "last_exit": "killed by SIGKILL", "last_exit_at": 0}))
+    log_file(home).write_text("supervisor: the node stopped (killed by SIGKILL) after 30 s; restarting it in 1 s (restart 1)\n")
+    return home
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_status_does_not_pass_off_a_dead_nodes_report_as_the_running_one(tmp_path: Path) -> None:
+    from darkbloom.node.daemon import format_status, status
+
+    dead = _dead_pid()
+    # Between a death and the restart: no node process, only the supervisor and the old report.
+    home = _home_with(tmp_path / "a", node=dead, report_pid=dead, restarts=1)
+    shown = format_status(status(home), home)
+    assert "the node process is not up: the supervisor is restarting it after it died" in shown
+    assert "connected" not in shown and "supervisor: the node stopped" in shown
+
+    # Restarted, still loading: a live node, but the report is its predecessor's.
+    with subprocess.Popen(["sleep", "30"]) as fresh:
+        try:
+            home = _home_with(tmp_path / "b", node=fresh.pid, report_pid=dead, restarts=1)
+            shown = format_status(status(home), home)
+            assert "the node is starting (loading its models); it has not reported yet" in shown
+            assert "connected" not in shown
+
+            # Once it reports, its report is shown.
+            home = _home_with(tmp_path / "c", node=fresh.pid, report_pid=fresh.pid, restarts=1)
+            shown = format_status(status(home), home)
+            assert f"(node process {fresh.pid}, kept up by supervisor {os.getpid()})" in shown
+            assert "coordinator http://c: connected" in shown
+        finally:
+            fresh.kill()
