@@ -139,6 +139,8 @@ def _refuse_unsupported(req: MessagesRequest | CountTokensRequest) -> None:
         )
     if req.tool_choice is not None and not req.tools:
         raise RequestError(400, "tool_choice: only allowed when tools are given", param="tool_choice")
+    if not isinstance((req.tool_choice or {}).get("disable_parallel_tool_use", False), bool):
+        raise RequestError(400, "tool_choice.disable_parallel_tool_use: must be a boolean", param="tool_choice")
 
 
 def tools_json(req: MessagesRequest | CountTokensRequest) -> str | None:
@@ -250,6 +252,7 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
         stop=tuple(s for s in req.stop_sequences or () if s),
         continue_final=prefill,
         tools=tools_json(req),
+        parallel_tool_calls=not (req.tool_choice or {}).get("disable_parallel_tool_use", False),
     )
     return req, tuple(messages), params
 

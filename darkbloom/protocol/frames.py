@@ -150,6 +150,9 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     count_only: bool = False
     """Only count the prompt's tokens (Anthropic ``count_tokens``): the node renders the prompt and answers
     ``complete`` with the count and nothing generated. One that predates it generates ``max_tokens``."""
+    parallel_tool_calls: bool = True
+    """``False``: the answer carries one tool call at most (OpenAI ``parallel_tool_calls``, Anthropic
+    ``disable_parallel_tool_use``). The coordinator keeps the first call a node reports, whatever the node."""
 
 
 class SignedAttestation(msgspec.Struct, frozen=True):

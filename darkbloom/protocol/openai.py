@@ -107,6 +107,7 @@ class ChatCompletionRequest(msgspec.Struct, frozen=True):
     tools: list[dict[str, Any]] | None = None
     """Kept as sent (key order included) so the node renders exactly what the caller wrote; checked against ``ToolSpec``."""
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     continue_final_message: bool = False
@@ -308,6 +309,7 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         response_format="json_object" if req.response_format and req.response_format.type == "json_object" else None,
         tools=tools_json(req),
         continue_final=req.continue_final_message,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     return messages, params
 

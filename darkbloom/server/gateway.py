@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
+import msgspec
 
 from darkbloom.logging_setup import set_request_id
 from darkbloom.protocol import ChatMessage, Chunk, Complete, Error, Frame, SamplingParams, SealedEnvelope, Usage
@@ -149,6 +150,8 @@ class Relay:
         """The watcher for the consumer going away (``api.adapter.Hangup``), when the adapter started one."""
         self.admission: list[asyncio.Future[None]] = []
         """Admission still finishing behind the request (a hold being written; see ``BillingHook.admit_early``)."""
+        self._one_call = not job.params.parallel_tool_calls
+        self._calls = 0  # tool calls relayed so far (counted when only one may pass)
 
     @property
     def node_id(self) -> str:
@@ -323,7 +326,10 @@ class Relay:
                 self.terminal = frame
                 yield frame
                 return
-            yield frame
+            if self._one_call and isinstance(frame, Chunk) and frame.tool_calls:
+                frame = self._first_call_only(frame)
+            if frame is not None:
+                yield frame
             nxt = self.flight.pop()
             frame = nxt if nxt is not None else await self._next(timeout)
             if self.abandoned:
@@ -334,6 +340,21 @@ class Relay:
                 for tap in self._taps:
                     tap.chunk(self.job, now - last, nbytes)
                 last = now
+
+    def _first_call_only(self, frame: Chunk) -> Chunk | None:
+        """``parallel_tool_calls`` off: the answer's first tool call passes, any later one is dropped.
+
+        Whatever the node does (one that predates the flag calls as many tools
+        as its model writes), the consumer gets one call at most; a chunk left
+        with nothing to say is skipped. (A sealed answer's calls are inside
+        its ciphertext, out of the coordinator's sight.)
+        """
+        keep = max(0, 1 - self._calls)
+        self._calls += len(frame.tool_calls)
+        if len(frame.tool_calls) <= keep:
+            return frame
+        frame = msgspec.structs.replace(frame, tool_calls=frame.tool_calls[:keep])
+        return frame if frame.text or frame.tool_calls else None
 
     def refuse(self) -> None:
         """Admission failed after dispatch: end as failed (settled as such) and cancel the node's work in ``close``."""

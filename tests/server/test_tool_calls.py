@@ -30,6 +30,8 @@ TOOLS = [
 ]
 T = TypeVar("T")
 CALL = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+CALL_2 = ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}')
+CALL_3 = ToolCall(id="call_3", name="get_weather", arguments='{"city": "Rome"}')
 
 
 def _tool_node(ws: Any) -> None:
@@ -50,12 +52,25 @@ def _answer_with_a_call(ws: Any, holder: dict[str, Any]) -> None:
     ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(30, 14), finish_reason="tool_calls")))
 
 
-def _asked(coordinator: Coordinator, ask: Callable[[], T]) -> tuple[T, InferenceRequest]:
-    """Run ``ask`` (an SDK call) against a stand-in tool-capable node that answers with text and one call."""
+def _answer_with_three_calls(ws: Any, holder: dict[str, Any]) -> None:
+    """A model that calls tools in parallel: two calls in one chunk, a third in the next."""
+    req = decode(ws.receive_bytes())
+    assert isinstance(req, InferenceRequest)
+    holder["request"] = req
+    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="Checking all three. ")))
+    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=1, text="", tokens=20, tool_calls=(CALL, CALL_2))))
+    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=2, text="", tokens=10, tool_calls=(CALL_3,))))
+    ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(30, 34), finish_reason="tool_calls")))
+
+
+def _asked(
+    coordinator: Coordinator, ask: Callable[[], T], answer: Callable[[Any, dict[str, Any]], None] = _answer_with_a_call
+) -> tuple[T, InferenceRequest]:
+    """Run ``ask`` (an SDK call) against a stand-in tool-capable node; by default it answers with text and one call."""
     holder: dict[str, Any] = {}
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         _tool_node(ws)
-        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+        node = threading.Thread(target=answer, args=(ws, holder))
         node.start()
         out = ask()
         node.join(10)
@@ -228,3 +243,52 @@ def test_anthropic_forced_tool_choice_and_bad_tools_are_400s(coordinator: Coordi
             resp = coordinator.client.post("/v1/messages", json=body, headers=coordinator.auth)
             assert resp.status_code == 400 and resp.json()["type"] == "error", resp.text
             assert param in resp.json()["error"]["message"]
+
+
+def test_parallel_tool_calls_false_gives_the_first_call_only(coordinator: Coordinator) -> None:
+    ask: dict[str, Any] = {"model": "m1", "messages": [{"role": "user", "content": "weather in three cities?"}], "tools": TOOLS}
+
+    def streamed(**extra: Any) -> list[str]:
+        ids: dict[int, str] = {}
+        for chunk in _sdk(coordinator).chat.completions.create(**ask, **extra, stream=True):
+            for call in chunk.choices[0].delta.tool_calls or []:
+                ids[call.index] = ids.get(call.index, "") + (call.id or "")
+        return [ids[i] for i in sorted(ids)]
+
+    # As asked by default: every call the model made.
+    resp, request = _asked(coordinator, lambda: _sdk(coordinator).chat.completions.create(**ask), _answer_with_three_calls)
+    assert [c.id for c in resp.choices[0].message.tool_calls or []] == ["call_1", "call_2", "call_3"]
+    assert request.params.parallel_tool_calls is True
+
+    resp, request = _asked(
+        coordinator, lambda: _sdk(coordinator).chat.completions.create(**ask, parallel_tool_calls=False), _answer_with_three_calls
+    )
+    choice = resp.choices[0]
+    assert [c.id for c in choice.message.tool_calls or []] == ["call_1"]
+    assert (choice.message.content, choice.finish_reason) == ("Checking all three. ", "tool_calls")
+    assert request.params.parallel_tool_calls is False  # the node is told too
+
+    ids, _ = _asked(coordinator, lambda: streamed(parallel_tool_calls=False), _answer_with_three_calls)
+    assert ids == ["call_1"]
+
+
+def test_anthropic_disable_parallel_tool_use_gives_one_tool_use_block(coordinator: Coordinator) -> None:
+    ask: dict[str, Any] = {
+        "model": "m1", "max_tokens": 64, "tools": CLAUDE_TOOLS, "messages": [{"role": "user", "content": "three cities?"}],
+        "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+    }  # fmt: skip
+
+    def streamed() -> anthropic.types.Message:
+        with _claude(coordinator).messages.stream(**ask) as events:
+            return events.get_final_message()
+
+    for ask_it in (lambda: _claude(coordinator).messages.create(**ask), streamed):
+        msg, request = _asked(coordinator, ask_it, _answer_with_three_calls)
+        assert [b.type for b in msg.content] == ["text", "tool_use"]
+        assert msg.content[1].id == "call_1" and msg.stop_reason == "tool_use"  # type: ignore[union-attr]
+        assert request.params.parallel_tool_calls is False
+
+    resp = coordinator.client.post(
+        "/v1/messages", json={**ask, "tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}}, headers=coordinator.auth
+    )
+    assert resp.status_code == 400 and "disable_parallel_tool_use: must be a boolean" in resp.json()["error"]["message"]
