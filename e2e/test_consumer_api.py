@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from darkbloom.node.engine.mlx_engine import hidden_token_ids
 from e2e.conftest import Network
 
 PROMPT = [{"role": "user", "content": "what is the capital of france?"}]
@@ -42,7 +43,8 @@ def reference(model_dir: Path, max_tokens: int, *, chat: bool = True) -> str:
     if not chat:
         return continuation(model_dir, tok.encode(RAW_PROMPT), max_tokens)
     prompt = tok.apply_chat_template(PROMPT, add_generation_prompt=True)
-    return "".join(r.text for r in mlx_lm.stream_generate(model, tok, prompt, max_tokens=max_tokens))
+    hidden = hidden_token_ids(tok)  # special tokens the model samples show nothing, as on the node
+    return "".join(r.text for r in mlx_lm.stream_generate(model, tok, prompt, max_tokens=max_tokens) if r.token not in hidden)
 
 
 def continuation(model_dir: Path, prompt: list[int], max_tokens: int) -> str:
@@ -51,7 +53,7 @@ def continuation(model_dir: Path, prompt: list[int], max_tokens: int) -> str:
 
     model, tok = _model(model_dir)
     tokens = [r.token for r in mlx_lm.stream_generate(model, tok, prompt, max_tokens=max_tokens)]
-    return str(tok.decode(prompt + tokens))[len(tok.decode(prompt)) :]
+    return str(tok.decode(prompt + tokens, skip_special_tokens=True))[len(tok.decode(prompt, skip_special_tokens=True)) :]
 
 
 def stop_in(text: str) -> tuple[str, str]:

@@ -236,7 +236,7 @@ async def test_a_raw_prompt_continuation_keeps_its_leading_space(engine: MLXEngi
     for prompt in PROMPTS[:3] + ["one two three", "once upon a time"]:
         ids = tok.encode(prompt)
         tokens = [r.token for r in mlx_lm.stream_generate(model, tok, ids, max_tokens=8)]
-        expected = tok.decode(ids + tokens)[len(tok.decode(ids)) :]
+        expected = tok.decode(ids + tokens, skip_special_tokens=True)[len(tok.decode(ids, skip_special_tokens=True)) :]
         spaced += expected.startswith(" ")
         assert (await generate(engine, "", temperature=0.0, max_tokens=8, raw_prompt=prompt)).text == expected
     assert spaced, "no prompt here continues with a space: the test checks nothing"
@@ -333,3 +333,59 @@ async def test_a_repeated_prefix_is_served_from_the_prompt_cache_with_the_same_a
     finally:
         eng.close()
         cold.close()
+
+
+def _chatty_with_special_tokens(src: Path, dst: Path) -> Path:
+    """``src`` with an untied output layer that always picks ``<|endoftext|>`` or ``<|im_start|>``.
+
+    Rows 0 and 1 of the head are ``v`` and ``-v``, every other row zero: for any
+    hidden state one of the two special tokens (neither is the EOS) scores highest.
+    """
+    import json
+    import shutil
+
+    import mlx.core as mx
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    weights = mx.load(str(dst / "model.safetensors"))
+    vocab, hidden = weights["model.embed_tokens.weight"].shape
+    v = mx.random.normal((hidden,), key=mx.random.key(3))
+    head = mx.zeros((vocab, hidden))
+    head[0] = v
+    head[1] = -v
+    weights["lm_head.weight"] = head
+    mx.save_safetensors(str(dst / "model.safetensors"), weights, metadata={"format": "mlx"})
+    config["tie_word_embeddings"] = False
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+async def test_special_tokens_the_model_samples_never_reach_the_answer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A chat model that samples ``<|im_start|>`` (SmolLM2 does at temperature 1) shows nothing of it; it is still counted."""
+    eng = MLXEngine(_chatty_with_special_tokens(tiny_model_dir, tmp_path / "special"), "special", max_concurrency=2)
+    eng.wait_ready(timeout=60)
+    try:
+        out = await generate(eng, "hello", temperature=0.0, max_tokens=12)
+    finally:
+        eng.close()
+    assert out.text == ""  # without the filter: "<|im_start|><|im_start|>..." or "<|endoftext|>..."
+    assert out.finished.usage.completion_tokens == 12 == sum(d.tokens for d in out.deltas)
+    assert out.finished.finish_reason == "length"
+
+
+def test_tool_call_markers_stay_visible_even_when_special() -> None:
+    from types import SimpleNamespace
+
+    from darkbloom.node.engine.mlx_engine import hidden_token_ids
+
+    added = {
+        0: SimpleNamespace(content="<s>", special=True),
+        5: SimpleNamespace(content="[TOOL_CALLS]", special=True),  # Mistral marks its tool calls with a special token
+        6: SimpleNamespace(content="<think>", special=False),
+    }
+    tok = SimpleNamespace(
+        tool_call_start="[TOOL_CALLS]", tool_call_end="", added_tokens_decoder=added,
+        all_special_ids=[0, 5], convert_ids_to_tokens=lambda i: added[i].content,
+    )  # fmt: skip
+    assert hidden_token_ids(tok) == {0}

@@ -61,6 +61,23 @@ def template_messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]
     return out
 
 
+def hidden_token_ids(tok: Any) -> frozenset[int]:
+    """Tokens whose text never reaches an answer: the tokenizer's special tokens.
+
+    As Hugging Face's ``skip_special_tokens`` (vLLM's default): a chat
+    model that samples ``<|im_start|>`` must not show it to the consumer.
+    The tokens that mark tool calls stay, even where they are special: the
+    tool-call parser reads them. The tokens are still generated and counted.
+    """
+    markers = {getattr(tok, "tool_call_start", None), getattr(tok, "tool_call_end", None)} - {None, ""}
+    added = getattr(tok, "added_tokens_decoder", None) or {}
+    ids = {i for i, t in added.items() if getattr(t, "special", False) and getattr(t, "content", None) not in markers}
+    for i in getattr(tok, "all_special_ids", None) or ():
+        if tok.convert_ids_to_tokens(i) not in markers:
+            ids.add(i)
+    return frozenset(ids)
+
+
 def _continuing(detok: Any, prompt: list[int]) -> Any:
     """``detok`` primed with the prompt's last token, so the answer's first word keeps its leading space.
 
@@ -236,6 +253,7 @@ class MLXEngine:
                 from mlx_lm.models.cache import LRUPromptCache
 
                 self._prompt_cache = LRUPromptCache(max_size=self._cache_size, max_bytes=self._cache_bytes)
+            self._hidden = hidden_token_ids(self._tok)
             eos = [[t] for t in sorted(self._tok.eos_token_ids)]
             self._gen = BatchGenerator(
                 self._model,
@@ -429,7 +447,7 @@ class MLXEngine:
                 continue
             act.generated += 1
             act.unsent_tokens += 1
-            if r.finish_reason != "stop":
+            if r.finish_reason != "stop" and r.token not in self._hidden:
                 act.detok.add_token(r.token)
             text, hit_stop = act.stops.feed(act.detok.last_segment)
             self._emit_text(act, text)
