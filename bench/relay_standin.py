@@ -77,8 +77,8 @@ async def run_node(url: str, rate: float, tokens: int) -> None:
                     print(f"cancel {frame.request_id} {time.monotonic():.6f}", flush=True)
 
 
-def run_http(port: int, rate: float, tokens: int) -> None:
-    import uvicorn
+def direct_app(rate: float, tokens: int):  # type: ignore[no-untyped-def]
+    """The direct baseline as an ASGI app: the same SSE stream, served by the stand-in itself."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import StreamingResponse
@@ -99,7 +99,13 @@ def run_http(port: int, rate: float, tokens: int) -> None:
 
         return StreamingResponse(gen(), media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def run_http(port: int, rate: float, tokens: int) -> None:
+    import uvicorn
+
+    app = direct_app(rate, tokens)
     print("listening", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
