@@ -308,7 +308,7 @@ class CoordinatorMetrics:
 
     def ledger_posted(self, kind: str, count: int = 1) -> None:
         """Count ledger entries posted (``hold``, ``charge``, ``credit``, ``deposit``, ``payout``...)."""
-        self.ledger_postings.labels(kind).inc(count)
+        self._child(self.ledger_postings, kind).inc(count)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP response (called by the access middleware)."""
