@@ -1,24 +1,30 @@
 """OpenAI Responses API shapes (``POST /v1/responses``): request, response object, stream events.
 
 The request translates to the same chat messages and sampling as a chat
-completion; the response is a ``response`` object with one assistant
-``message`` output item holding one ``output_text`` part. Streams follow the
-documented sequence: ``response.created``, ``response.in_progress``,
-``response.output_item.added``, ``response.content_part.added``,
+completion (function ``tools`` to the chat tools the node's template renders;
+``function_call`` and ``function_call_output`` input items to the assistant's
+calls and ``tool`` messages). The response is a ``response`` object whose
+output is an assistant ``message`` item holding one ``output_text`` part,
+followed by a ``function_call`` item per tool call. Streams follow the
+documented sequence: ``response.created``, ``response.in_progress``, then per
+item ``response.output_item.added``, its content (``response.content_part.added``,
 ``response.output_text.delta``..., ``response.output_text.done``,
-``response.content_part.done``, ``response.output_item.done``, then
-``response.completed`` (or ``response.incomplete`` when the token limit cut
-it short, ``response.failed`` on an error), each with a ``sequence_number``.
+``response.content_part.done``; or ``response.function_call_arguments.delta``
+and ``.done``), ``response.output_item.done``; then ``response.completed``
+(or ``response.incomplete`` when the token limit cut it short,
+``response.failed`` on an error), each with a ``sequence_number``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
-from darkbloom.protocol.frames import ChatMessage, SamplingParams
+from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
 from darkbloom.protocol.openai import DEFAULT_MAX_TOKENS, RequestError, check_sampling, decode_body
 
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
@@ -30,9 +36,25 @@ class InputPart(msgspec.Struct, frozen=True):
 
 
 class InputItem(msgspec.Struct, frozen=True):
+    """A message, or one of a tool turn's items: ``function_call`` (the model's) and ``function_call_output``."""
+
     role: Literal["system", "developer", "user", "assistant"] | None = None
     content: str | list[InputPart] | None = None
     type: str = "message"
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | list[InputPart] | None = None
+
+
+class FunctionTool(msgspec.Struct, frozen=True):
+    """A Responses ``tools`` entry (flat, unlike chat's ``{"function": {...}}``)."""
+
+    type: str
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
 
 
 class TextFormat(msgspec.Struct, frozen=True):
@@ -56,6 +78,7 @@ class ResponsesRequest(msgspec.Struct, frozen=True):
     text: TextConfig | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
     reasoning: dict[str, Any] | None = None
     store: bool | None = None
@@ -66,12 +89,7 @@ class ResponsesRequest(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(ResponsesRequest)
 
 
-def _item_text(item: InputItem) -> str:
-    if item.type != "message":
-        raise RequestError(400, f"input item type {item.type!r} is not supported; only 'message'", param="input")
-    if item.role is None:
-        raise RequestError(400, "each input message needs a role", param="input")
-    content = item.content
+def _text(content: str | list[InputPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     out = []
@@ -82,6 +100,70 @@ def _item_text(item: InputItem) -> str:
     return "".join(out)
 
 
+def _input_messages(items: list[InputItem]) -> list[ChatMessage]:
+    """Input items as chat messages: a ``function_call`` joins the assistant turn before it (or opens
+    one), a ``function_call_output`` is a ``tool`` message answering its ``call_id``."""
+    out: list[ChatMessage] = []
+    for i, item in enumerate(items):
+        if item.type == "message":
+            if item.role is None:
+                raise RequestError(400, "each input message needs a role", param="input")
+            out.append(ChatMessage(role="system" if item.role == "developer" else item.role, content=_text(item.content)))
+        elif item.type == "function_call":
+            if not item.call_id or not item.name:
+                raise RequestError(400, f"input[{i}]: a function_call needs its call_id and name", param="input")
+            call = ToolCall(item.call_id, item.name, item.arguments or "{}")
+            if out and out[-1].role == "assistant":
+                out[-1] = msgspec.structs.replace(out[-1], tool_calls=(*out[-1].tool_calls, call))
+            else:
+                out.append(ChatMessage(role="assistant", tool_calls=(call,)))
+        elif item.type == "function_call_output":
+            if not item.call_id:
+                raise RequestError(400, f"input[{i}]: a function_call_output needs the call_id it answers", param="input")
+            out.append(ChatMessage(role="tool", content=_text(item.output), tool_call_id=item.call_id))
+        else:
+            raise RequestError(
+                400,
+                f"input item type {item.type!r} is not supported; only 'message', 'function_call' and 'function_call_output'",
+                param="input",
+            )
+    return out
+
+
+def _tools_json(req: ResponsesRequest) -> str | None:
+    """The function tools in the chat shape the node's template renders (none for ``tool_choice`` none).
+
+    Raises:
+        RequestError: 400 for a tool that is not a well-formed function, or a forced ``tool_choice``.
+    """
+    if req.tool_choice not in (None, "none") and not req.tools:
+        raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
+    if req.tool_choice not in (None, "none", "auto"):
+        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
+        raise RequestError(
+            400, f"tool_choice {req.tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'", param="tool_choice"
+        )
+    chat_tools = []
+    for i, raw in enumerate(req.tools or ()):
+        try:
+            tool = msgspec.convert(raw, FunctionTool)
+        except msgspec.ValidationError as exc:
+            raise RequestError(400, f"invalid tools[{i}]: {exc}", param="tools") from None
+        if tool.type != "function":
+            raise RequestError(400, f"tools[{i}]: tool type {tool.type!r} is not supported; only 'function'", param="tools")
+        if not tool.name:
+            raise RequestError(400, f"tools[{i}]: a function tool needs a name", param="tools")
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description is not None:
+            function["description"] = tool.description
+        if tool.parameters is not None:
+            function["parameters"] = tool.parameters
+        chat_tools.append({"type": "function", "function": function})
+    if not chat_tools or req.tool_choice == "none":
+        return None
+    return json.dumps(chat_tools, ensure_ascii=False)
+
+
 def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMessage, ...], SamplingParams]:
     """Decode and validate a Responses body and translate it for the node.
 
@@ -89,16 +171,15 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
     ``user`` stay on the coordinator.
 
     Raises:
-        RequestError: 400 for invalid JSON or fields, empty input, tools,
-            ``previous_response_id`` (nothing is stored), reasoning options or
-            a structured text format.
+        RequestError: 400 for invalid JSON or fields, empty input, tools other
+            than functions, a forced ``tool_choice``, ``previous_response_id``
+            (nothing is stored), reasoning options or a structured text format.
     """
     req: ResponsesRequest = decode_body(_decoder, body)
     if not req.model:
         raise RequestError(400, "model must be a non-empty string", param="model")
     check_sampling(temperature=req.temperature, top_p=req.top_p, max_output_tokens=req.max_output_tokens)
-    if req.tools:
-        raise RequestError(400, f"tools are not supported for model {req.model!r} on this network", param="tools")
+    tools = _tools_json(req)
     if req.previous_response_id:
         raise RequestError(
             400, "previous_response_id is not supported: responses are not stored", param="previous_response_id"
@@ -117,46 +198,57 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
     else:
         if not req.input:
             raise RequestError(400, "input must be a non-empty string or list of items", param="input")
-        for item in req.input:
-            role = "system" if item.role == "developer" else item.role
-            messages.append(ChatMessage(role=role or "user", content=_item_text(item)))
+        messages += _input_messages(req.input)
     json_mode = req.text is not None and req.text.format.type == "json_object"
     params = SamplingParams(
         max_tokens=req.max_output_tokens or DEFAULT_MAX_TOKENS,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         response_format="json_object" if json_mode else None,
+        tools=tools,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     return req, tuple(messages), params
 
 
 @dataclass
 class ResponseState:
-    """One response as it is built, and the stream events that describe it."""
+    """One response as it is built, and the stream events that describe it.
+
+    Its output is a list of items in the order they opened: an assistant
+    ``message`` (opened by the first text, and again by text that follows a
+    call) and a ``function_call`` for each tool call the model made. Each
+    item is added, filled and done before the next one is added.
+    """
 
     response_id: str
     message_id: str
     model: str
     created_at: int
     request: ResponsesRequest
-    text: str = ""
     seq: int = 0
     status: str = "in_progress"
     usage: dict[str, Any] | None = None
     incomplete_reason: str | None = None
     error: dict[str, str] | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    _open: dict[str, Any] | None = None  # the message item taking text deltas now
 
-    def _part(self) -> dict[str, Any]:
-        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+    @property
+    def text(self) -> str:
+        """All the answer's text, across its message items."""
+        return "".join(p["text"] for it in self.items if it["type"] == "message" for p in it["content"])
 
-    def _item(self, status: str) -> dict[str, Any]:
-        content = [] if status == "in_progress" and not self.text else [self._part()]
-        return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": content}
+    def _message(self) -> dict[str, Any]:
+        item_id = self.message_id if not self.items else f"msg_{os.urandom(16).hex()}"
+        return {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
 
     def body(self) -> dict[str, Any]:
         """The ``response`` object in its current state."""
         req = self.request
-        item_status = "completed" if self.status == "completed" else "incomplete"
+        output = [] if self.status in ("in_progress", "failed") else self.items
+        if self.status not in ("in_progress", "failed") and not output:  # nothing generated: one empty message
+            output = [{**self._message(), "status": self._item_status(), "content": [_text_part("")]}]
         return {
             "id": self.response_id,
             "object": "response",
@@ -167,15 +259,15 @@ class ResponseState:
             "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens,
             "model": self.model,
-            "output": [] if self.status in ("in_progress", "failed") else [self._item(item_status)],
-            "parallel_tool_calls": True,
+            "output": output,
+            "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
             "store": False,
             "temperature": 1.0 if req.temperature is None else req.temperature,
             "text": {"format": {"type": req.text.format.type if req.text else "text"}},
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
+            "tools": req.tools or [],
             "top_p": 1.0 if req.top_p is None else req.top_p,
             "truncation": "disabled",
             "usage": self.usage,
@@ -183,31 +275,65 @@ class ResponseState:
             "metadata": req.metadata or {},
         }
 
+    def _item_status(self) -> str:
+        return "incomplete" if self.incomplete_reason else "completed"
+
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
         return event
 
-    def _at(self) -> dict[str, Any]:
-        return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-
     def opening(self) -> list[dict[str, Any]]:
-        """The events before the first text delta."""
-        return [
-            self._event("response.created", response=self.body()),
-            self._event("response.in_progress", response=self.body()),
-            self._event("response.output_item.added", output_index=0, item=self._item("in_progress")),
-            self._event(
-                "response.content_part.added",
-                **self._at(),
-                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-            ),
-        ]
+        """The events before any output."""
+        return [self._event("response.created", response=self.body()), self._event("response.in_progress", response=self.body())]
 
-    def delta(self, text: str) -> dict[str, Any]:
-        """One ``response.output_text.delta`` event; the text is added to the response."""
-        self.text += text
-        return self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[])
+    def _open_message(self) -> list[dict[str, Any]]:
+        item = self._open = self._message()
+        self.items.append(item)
+        added = self._event("response.output_item.added", output_index=len(self.items) - 1, item=_copy(item))
+        item["content"].append(_text_part(""))
+        return [added, self._event("response.content_part.added", **self._at(), part=_text_part(""))]
+
+    def add_text(self, text: str) -> list[dict[str, Any]]:
+        """Text the model wrote: into the open message item (opening one first if need be), with its events."""
+        events = self._open_message() if self._open is None else []
+        assert self._open is not None
+        self._open["content"][0]["text"] += text
+        events.append(self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[]))
+        return events
+
+    def _at(self) -> dict[str, Any]:
+        assert self._open is not None
+        return {"item_id": self._open["id"], "output_index": len(self.items) - 1, "content_index": 0}
+
+    def _close_message(self, status: str) -> list[dict[str, Any]]:
+        item = self._open
+        if item is None:
+            return []
+        part = item["content"][0]
+        events = [
+            self._event("response.output_text.done", **self._at(), text=part["text"], logprobs=[]),
+            self._event("response.content_part.done", **self._at(), part=_copy(part)),
+        ]
+        item["status"] = status
+        events.append(self._event("response.output_item.done", output_index=len(self.items) - 1, item=_copy(item)))
+        self._open = None
+        return events
+
+    def add_call(self, call: ToolCall) -> list[dict[str, Any]]:
+        """A tool call the model made, as a ``function_call`` item, with its events (after closing any open text)."""
+        events = self._close_message("completed")
+        item = {"id": f"fc_{os.urandom(16).hex()}", "type": "function_call", "status": "in_progress",
+                "arguments": "", "call_id": call.id, "name": call.name}  # fmt: skip
+        self.items.append(item)
+        index = len(self.items) - 1
+        events.append(self._event("response.output_item.added", output_index=index, item=_copy(item)))
+        at = {"item_id": item["id"], "output_index": index}
+        events.append(self._event("response.function_call_arguments.delta", **at, delta=call.arguments))
+        item["arguments"], item["status"] = call.arguments, "completed"
+        events.append(self._event("response.function_call_arguments.done", **at, arguments=call.arguments))
+        events.append(self._event("response.output_item.done", output_index=index, item=_copy(item)))
+        return events
 
     def finish(self, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Record how the generation ended and its usage."""
@@ -216,21 +342,30 @@ class ResponseState:
             self.status, self.incomplete_reason = "incomplete", "max_output_tokens"
         else:
             self.status = "completed"
+        if self._open is not None:
+            self._open["status"] = self._item_status()
 
     def closing(self) -> list[dict[str, Any]]:
-        """The events after the last delta, ending in ``response.completed`` or ``response.incomplete``."""
-        item_status = "completed" if self.status == "completed" else "incomplete"
-        return [
-            self._event("response.output_text.done", **self._at(), text=self.text, logprobs=[]),
-            self._event("response.content_part.done", **self._at(), part=self._part()),
-            self._event("response.output_item.done", output_index=0, item=self._item(item_status)),
-            self._event(f"response.{self.status}", response=self.body()),
-        ]
+        """The events after the last output, ending in ``response.completed`` or ``response.incomplete``."""
+        events = self._close_message(self._item_status())
+        if not self.items:  # nothing generated at all: the one empty message a client expects
+            events += self._open_message()
+            events += self._close_message(self._item_status())
+        return [*events, self._event(f"response.{self.status}", response=self.body())]
 
     def failed(self, code: str, message: str) -> dict[str, Any]:
         """The ``response.failed`` event for an error after the stream started."""
         self.status, self.error = "failed", {"code": code, "message": message}
         return self._event("response.failed", response=self.body())
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _copy(obj: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot for an event: the item goes on changing after it is announced."""
+    return msgspec.json.decode(msgspec.json.encode(obj))  # type: ignore[no-any-return]
 
 
 def response_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

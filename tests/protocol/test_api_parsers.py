@@ -98,7 +98,9 @@ def test_responses_instructions_and_items_become_chat_messages() -> None:
 @pytest.mark.parametrize(
     ("item", "hint"),
     [
-        ({"type": "function_call_output", "call_id": "x"}, "function_call_output"),
+        ({"type": "function_call_output", "output": "18C"}, "call_id"),
+        ({"type": "function_call", "call_id": "c1"}, "call_id and name"),
+        ({"type": "reasoning", "summary": []}, "'reasoning' is not supported"),
         ({"role": "user", "content": [{"type": "input_image"}]}, "input_image"),
     ],
 )
@@ -111,7 +113,7 @@ def test_non_text_responses_items_are_refused(item: dict[str, Any], hint: str) -
 def test_response_state_event_sequence_numbers_are_consecutive() -> None:
     req, _, _ = parse_responses_request(b'{"model": "m", "input": "hi"}')
     state = ResponseState("resp_1", "msg_1", "m", 0, req)
-    events = state.opening() + [state.delta("a"), state.delta("b")]
+    events = state.opening() + state.add_text("a") + state.add_text("b")
     state.finish("stop", 3, 2)
     events += state.closing()
     assert [e["sequence_number"] for e in events] == list(range(len(events)))

@@ -292,3 +292,80 @@ def test_anthropic_disable_parallel_tool_use_gives_one_tool_use_block(coordinato
         "/v1/messages", json={**ask, "tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}}, headers=coordinator.auth
     )
     assert resp.status_code == 400 and "disable_parallel_tool_use: must be a boolean" in resp.json()["error"]["message"]
+
+
+# ---- the Responses API ---------------------------------------------------------------------
+
+RESPONSES_TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
+
+
+def test_responses_function_calls_reach_the_sdk_whole_and_streamed(coordinator: Coordinator) -> None:
+    ask: dict[str, Any] = {"model": "m1", "input": "weather in Paris?", "tools": RESPONSES_TOOLS}
+    seen: list[Any] = []
+
+    def streamed() -> Any:
+        with _sdk(coordinator).responses.stream(**ask) as events:
+            seen.extend(events)
+            return events.get_final_response()
+
+    for ask_it in (lambda: _sdk(coordinator).responses.create(**ask), streamed):
+        resp, request = _asked(coordinator, ask_it)
+        message, call = resp.output
+        assert (message.type, resp.output_text) == ("message", "Let me check. ")
+        assert (call.type, call.call_id, call.name, json.loads(call.arguments)) == ("function_call", "call_1", "get_weather", {"city": "Paris"})
+        assert call.status == "completed" and resp.status == "completed"
+        assert resp.tools[0].name == "get_weather"  # type: ignore[union-attr]
+        # The node got the tools in the chat shape its template renders.
+        (tool,) = json.loads(request.params.tools)
+        assert tool == {"type": "function", "function": {k: v for k, v in RESPONSES_TOOLS[0].items() if k != "type"}}
+    kinds = [e.type for e in seen]
+    assert kinds[kinds.index("response.output_item.done") + 1 :][:4] == [
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+    ]  # fmt: skip
+    assert [e.sequence_number for e in seen] == list(range(len(seen)))
+
+
+def test_responses_tool_turn_reaches_the_node_and_parallel_calls_can_be_limited(coordinator: Coordinator) -> None:
+    resp, request = _asked(
+        coordinator,
+        lambda: _sdk(coordinator).responses.create(
+            model="m1",
+            tools=RESPONSES_TOOLS,  # type: ignore[arg-type]
+            parallel_tool_calls=False,
+            input=[
+                {"role": "user", "content": "weather in three cities?"},
+                {"type": "function_call", "call_id": "call_0", "name": "get_weather", "arguments": '{"city":"Lima"}'},
+                {"type": "function_call_output", "call_id": "call_0", "output": "21C"},
+            ],
+        ),
+        _answer_with_three_calls,
+    )
+    msgs = request.messages
+    assert [m.role for m in msgs] == ["user", "assistant", "tool"]
+    assert msgs[1].tool_calls == (ToolCall("call_0", "get_weather", '{"city":"Lima"}'),)
+    assert (msgs[2].tool_call_id, msgs[2].content) == ("call_0", "21C")
+    assert [o.call_id for o in resp.output if o.type == "function_call"] == ["call_1"]  # one call at most
+    assert request.params.parallel_tool_calls is False and resp.parallel_tool_calls is False
+
+
+def test_responses_tools_other_than_functions_and_forced_choices_are_400s(coordinator: Coordinator) -> None:
+    base = {"model": "m1", "input": "hi", "tools": RESPONSES_TOOLS}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws)
+        for body, hint in (
+            ({**base, "tools": [{"type": "web_search"}]}, "tool type 'web_search' is not supported"),
+            ({**base, "tools": [{"type": "function"}]}, "needs a name"),
+            ({**base, "tool_choice": "required"}, "tool_choice 'required' is not supported"),
+            ({"model": "m1", "input": "hi", "tool_choice": "auto"}, "only allowed when tools are specified"),
+        ):
+            resp = coordinator.client.post("/v1/responses", json=body, headers=coordinator.auth)
+            assert resp.status_code == 400, resp.text
+            assert hint in resp.json()["error"]["message"]

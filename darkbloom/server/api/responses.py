@@ -15,7 +15,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error
+from darkbloom.protocol import Chunk, Complete, Error, ToolCall
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
@@ -27,6 +27,7 @@ from darkbloom.server.api.adapter import (
     new_job,
     stream_response,
 )
+from darkbloom.server.api.chat import check_tool_support
 from darkbloom.server.api.errors import error_response
 from darkbloom.server.store import ApiKeyRecord
 
@@ -43,14 +44,20 @@ async def responses(request: Request) -> Response:
 
 async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req, messages, params = parse_responses_request(body)
+    if params.tools is not None:
+        check_tool_support(request, req.model)
     check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "resp_", "responses", req.model, messages, params, req.stream)
     relay = await dispatch(request, job, timing)
     state = ResponseState(job.request_id, f"msg_{uuid.uuid4().hex}", job.model, int(time.time()), req)
     if not req.stream:
-        text, done = await collect(request, relay)
-        state.text = text
+        calls: list[ToolCall] = []
+        text, done = await collect(request, relay, calls)
+        if text:
+            state.add_text(text)
+        for call in calls:
+            state.add_call(call)
         state.finish(done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens)
         return json_response(state.body(), relay)
 
@@ -60,7 +67,11 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
                 if frame.text:
-                    yield _event(state.delta(frame.text))
+                    for event in state.add_text(frame.text):
+                        yield _event(event)
+                for call in frame.tool_calls:
+                    for event in state.add_call(call):
+                        yield _event(event)
             elif isinstance(frame, Complete):
                 state.finish(frame.finish_reason, frame.usage.prompt_tokens, frame.usage.completion_tokens)
                 for event in state.closing():
