@@ -198,6 +198,23 @@ def check_stream_options(stream: bool, options: StreamOptions | None) -> None:
         raise RequestError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
 
+def check_tool_choice(tool_choice: str | dict[str, Any] | None, tools_given: bool) -> None:
+    """``tool_choice`` as chat and responses take it: ``auto`` or ``none``, and only beside tools.
+
+    Raises:
+        RequestError: 400 naming ``tool_choice``.
+    """
+    if tool_choice not in (None, "none") and not tools_given:
+        raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
+    if tool_choice not in (None, "none", "auto"):
+        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
+        raise RequestError(
+            400,
+            f"tool_choice {tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'",
+            param="tool_choice",
+        )
+
+
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Decode and validate a chat completion body.
 
@@ -225,20 +242,12 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise RequestError(
             400, "logprobs are not supported by this network", param="logprobs" if req.logprobs else "top_logprobs"
         )
-    if req.tool_choice not in (None, "none") and not req.tools:
-        raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
     if req.tools:
         try:
             msgspec.convert(req.tools, list[ToolSpec])
         except msgspec.ValidationError as exc:
             raise RequestError(400, f"invalid tools: {exc}", param="tools") from None
-    if req.tool_choice not in (None, "none", "auto"):
-        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
-        raise RequestError(
-            400,
-            f"tool_choice {req.tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'",
-            param="tool_choice",
-        )
+    check_tool_choice(req.tool_choice, bool(req.tools))
     if req.continue_final_message:
         last = req.messages[-1]
         if last.role != "assistant" or not _text_of(last.content) or last.tool_calls:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import msgspec
 
 from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
-from darkbloom.protocol.openai import DEFAULT_MAX_TOKENS, RequestError, check_sampling, decode_body
+from darkbloom.protocol.openai import DEFAULT_MAX_TOKENS, RequestError, check_sampling, check_tool_choice, decode_body
 
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
 
@@ -136,13 +136,7 @@ def _tools_json(req: ResponsesRequest) -> str | None:
     Raises:
         RequestError: 400 for a tool that is not a well-formed function, or a forced ``tool_choice``.
     """
-    if req.tool_choice not in (None, "none") and not req.tools:
-        raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
-    if req.tool_choice not in (None, "none", "auto"):
-        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
-        raise RequestError(
-            400, f"tool_choice {req.tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'", param="tool_choice"
-        )
+    check_tool_choice(req.tool_choice, bool(req.tools))
     chat_tools = []
     for i, raw in enumerate(req.tools or ()):
         try:
@@ -233,11 +227,6 @@ class ResponseState:
     error: dict[str, str] | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
     _open: dict[str, Any] | None = None  # the message item taking text deltas now
-
-    @property
-    def text(self) -> str:
-        """All the answer's text, across its message items."""
-        return "".join(p["text"] for it in self.items if it["type"] == "message" for p in it["content"])
 
     def _message(self) -> dict[str, Any]:
         item_id = self.message_id if not self.items else f"msg_{os.urandom(16).hex()}"
