@@ -151,6 +151,35 @@ def test_anthropic_tools_are_rendered_as_the_same_tools(shared_network: Network,
     assert counted.input_tokens == len(prompt)
 
 
+def test_responses_tools_and_tool_turns_are_rendered_as_chat_would(shared_network: Network, oai: openai.OpenAI) -> None:
+    """The Responses shapes (flat tools, function_call items) reach the template as chat's: the same prompt, token for token."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather", "parameters": schema}}]
+    _, tok = _model(shared_network.model_dir)
+    turn = [
+        *PROMPT,
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "18C"},
+    ]  # fmt: skip
+    for chat_messages, items in (
+        (PROMPT, PROMPT),
+        (turn, [
+            *PROMPT,
+            {"type": "function_call", "call_id": "call_0", "name": "weather", "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "call_0", "output": "18C"},
+        ]),
+    ):  # fmt: skip
+        prompt = tok.apply_chat_template(chat_messages, tools=tools, add_generation_prompt=True)
+        resp = oai.responses.create(
+            model=shared_network.model, input=items, max_output_tokens=8, temperature=0,  # type: ignore[arg-type]
+            tools=[{"type": "function", "name": "weather", "description": "Weather", "parameters": schema}],  # type: ignore[list-item]
+        )
+        assert resp.usage is not None and resp.usage.input_tokens == len(prompt)
+        assert resp.status in ("completed", "incomplete") and resp.output
+
+
 def test_json_mode_and_seeded_sampling_are_accepted(shared_network: Network, oai: openai.OpenAI) -> None:
     def ask() -> str:
         r = oai.chat.completions.create(
