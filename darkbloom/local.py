@@ -13,7 +13,6 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -132,16 +131,17 @@ async def run_local(home: Path, *, port: int, models: tuple[Path, ...], say: Cal
         raise
     server = uvicorn_server(settings, log_level="warning")
     node_task: asyncio.Task[None] | None = None
-    loop = asyncio.get_running_loop()
-    stop_server = server.handle_exit
 
-    def handle_exit(sig: int, frame: Any) -> None:
-        # Ctrl-C: the node stops first, so it does not report losing the coordinator and retrying.
-        if node_task is not None:
-            loop.call_soon_threadsafe(node_task.cancel)
-        stop_server(sig, frame)
+    async def stop_node() -> None:
+        # Ctrl-C: the coordinator first lets the requests in flight finish (its node still serving them;
+        # a second Ctrl-C stops waiting), then the node stops, before the sockets close, so that it does
+        # not report losing the coordinator and retrying.
+        if node_task is not None and not node_task.done():
+            node_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await node_task
 
-    server.handle_exit = handle_exit  # type: ignore[method-assign]  # uvicorn installs it as the signal handler
+    server.before_close = stop_node
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

@@ -141,3 +141,27 @@ def test_sigint_while_the_node_is_still_loading_stops_up_at_once(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ctrl_c_lets_a_stream_in_flight_finish_before_up_stops(tmp_path: Path) -> None:
+    """A newcomer stopping `up` mid-answer: the answer ends whole, then `up` exits cleanly."""
+    port = free_port()
+    env = {"DARKBLOOM_DEMO_MODEL": "tiny", "DARKBLOOM_NODE_METRICS_PORT": "off"}
+    up = start(["up", "--home", str(tmp_path / "home"), "--port", str(port)], tmp_path / "up.log", env=env)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=_wait_for_key(up), max_retries=0)
+        finish = []
+        stream = client.chat.completions.create(
+            model="darkbloom-tiny", messages=[{"role": "user", "content": "hello"}], stream=True, max_tokens=1000
+        )
+        for i, chunk in enumerate(stream):
+            if i == 1:
+                up.popen.send_signal(signal.SIGINT)  # Ctrl-C, once, while the answer streams
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish.append(chunk.choices[0].finish_reason)
+        assert finish in (["length"], ["stop"]), up.text()[-2000:]  # whole: no error event, no cut-off
+        assert up.popen.wait(timeout=30) == 0, up.text()[-2000:]
+    finally:
+        if up.popen.poll() is None:
+            up.kill(signal.SIGKILL)
+    assert "reconnecting" not in up.text() and "Traceback" not in up.text(), up.text()[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 
@@ -33,6 +34,8 @@ class CoordinatorServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
         super().__init__(config)
         self.drain_s = drain_s
+        self.before_close: Callable[[], Awaitable[None]] | None = None
+        """Run once the drain is over, before the sockets close (``darkbloom up`` stops its node here)."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -46,10 +49,12 @@ class CoordinatorServer(uvicorn.Server):
                 log.info("waiting up to %.0f s for %d request(s) in flight", self.drain_s, len(fleet.inflight))
             while fleet.inflight and not self.force_exit and loop.time() < deadline:
                 await asyncio.sleep(0.05)
+        if self.before_close is not None:
+            await self.before_close()
         await super().shutdown(sockets)
 
 
-def uvicorn_server(settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
+def uvicorn_server(settings: Settings, *, log_level: str = "info") -> CoordinatorServer:
     """A uvicorn server for the coordinator, not yet started."""
     config = uvicorn.Config(
         create_app(settings),
