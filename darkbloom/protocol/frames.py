@@ -152,7 +152,8 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     ``complete`` with the count and nothing generated. One that predates it generates ``max_tokens``."""
     parallel_tool_calls: bool = True
     """``False``: the answer carries one tool call at most (OpenAI ``parallel_tool_calls``, Anthropic
-    ``disable_parallel_tool_use``). The coordinator keeps the first call a node reports, whatever the node."""
+    ``disable_parallel_tool_use``). The node ends the answer at its first call; the coordinator keeps
+    only the first call a node reports, whatever the node (one that predates the flag goes on)."""
 
 
 class SignedAttestation(msgspec.Struct, frozen=True):

@@ -110,3 +110,83 @@ def test_engine_lifts_a_tool_call_out_of_generated_text(tiny_model_dir) -> None:
     assert sum(d.tokens for d in deltas) == len(PIECES)
     (done,) = [e for e in evs if isinstance(e, Finished)]
     assert done.finish_reason == "tool_calls" and done.usage.completion_tokens == len(PIECES)
+
+
+class _ScriptedGenerator:
+    """Stands in for mlx-lm's BatchGenerator: every request "decodes" the same scripted tokens, one per step."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+        self.running: dict[int, int] = {}  # uid -> tokens given so far
+        self.max_tokens: dict[int, int] = {}
+        self._uids = iter(range(1000, 10**6))
+
+    def insert(self, prompts, max_tokens, **_: object) -> list[int]:  # type: ignore[no-untyped-def]
+        uids = []
+        for limit in max_tokens:
+            uid = next(self._uids)
+            self.running[uid], self.max_tokens[uid] = 0, limit
+            uids.append(uid)
+        return uids
+
+    def next(self):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        out = []
+        for uid, sent in list(self.running.items()):
+            self.running[uid] = sent + 1
+            done = sent + 1 >= min(len(self.tokens), self.max_tokens[uid])
+            out.append(SimpleNamespace(uid=uid, token=self.tokens[sent], finish_reason="length" if done else None))
+            if done:
+                del self.running[uid]
+        return [], out
+
+    def remove(self, uids: list[int]) -> None:
+        for uid in uids:
+            self.running.pop(uid, None)
+
+    def close(self) -> None:
+        pass
+
+
+def test_with_parallel_tool_calls_off_the_engine_stops_after_the_first_call(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """The node ends the answer at its first call rather than decoding more calls the coordinator would drop."""
+    import asyncio
+
+    from darkbloom.node.engine.base import Finished, TextDelta
+    from darkbloom.node.engine.mlx_engine import MLXEngine
+    from darkbloom.protocol import ChatMessage, SamplingParams
+
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "%s"}}\n</tool_call>'
+    script = "Checking. " + call % "Paris" + call % "Oslo" + " and more text after the calls"
+    engine = MLXEngine(tiny_model_dir, "tiny", max_concurrency=2)
+    engine.wait_ready(60)
+    try:
+        tokens = engine._tok.encode(script, add_special_tokens=False)
+        engine._gen.close()
+        engine._gen = _ScriptedGenerator(tokens)
+        tools = json.dumps([{"type": "function", "function": {"name": "get_weather"}}])
+
+        async def answer(parallel: bool) -> tuple[list[TextDelta], Finished]:
+            events: asyncio.Queue = asyncio.Queue()  # type: ignore[type-arg]
+            params = SamplingParams(max_tokens=500, temperature=0.0, tools=tools, parallel_tool_calls=parallel)
+            engine.submit(f"r-{parallel}", (ChatMessage(role="user", content="weather?"),), params, events)
+            deltas = []
+            while True:
+                ev = await asyncio.wait_for(events.get(), 20)
+                if isinstance(ev, TextDelta):
+                    deltas.append(ev)
+                else:
+                    assert isinstance(ev, Finished), ev
+                    return deltas, ev
+
+        every, all_done = asyncio.run(answer(True))
+        first, first_done = asyncio.run(answer(False))
+    finally:
+        engine.close()
+    assert [json.loads(c.arguments)["city"] for d in every for c in d.tool_calls] == ["Paris", "Oslo"]
+    assert all_done.usage.completion_tokens == len(tokens)
+    assert [json.loads(c.arguments)["city"] for d in first for c in d.tool_calls] == ["Paris"]
+    assert first_done.finish_reason == "tool_calls"
+    # Stopped right there: fewer tokens decoded (and counted) than the whole script.
+    assert first_done.usage.completion_tokens == sum(d.tokens for d in first) < len(tokens)

@@ -36,6 +36,7 @@ class _Active:
     stops: StopMatcher
     prompt_tokens: int
     tools: ToolCallExtractor | None = None
+    one_call: bool = False  # ``parallel_tool_calls`` off: the answer ends with its first tool call
     reserved_tokens: int = 0
     cached_tokens: int = 0
     generated: int = 0
@@ -395,6 +396,7 @@ class MLXEngine:
             stops=StopMatcher(params.stop),
             prompt_tokens=len(prompt),
             tools=self._tool_extractor(params),
+            one_call=not params.parallel_tool_calls,
             reserved_tokens=len(prompt) + params.max_tokens,
             cached_tokens=len(prompt) - len(rest),
         )
@@ -451,7 +453,8 @@ class MLXEngine:
                 act.detok.add_token(r.token)
             text, hit_stop = act.stops.feed(act.detok.last_segment)
             self._emit_text(act, text)
-            if hit_stop:
+            if hit_stop or (act.one_call and act.tools is not None and act.tools.made_call):
+                # A stop string, or the one tool call asked for: decoding more would only be thrown away.
                 self._gen.remove([r.uid])
                 self._finish(r.uid, "stop", flush=False)
             elif r.finish_reason is not None:
