@@ -180,13 +180,10 @@ async def run_local(home: Path, *, port: int, models: tuple[Path, ...], say: Cal
         done, _ = await asyncio.wait({server_task, node_task}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is node_task and task.cancelled():
-                continue  # a signal stopped it first (handle_exit); the coordinator is on its way down too
+                continue  # stopped by the coordinator's shutdown (stop_node); the coordinator ends next
             task.result()
     finally:
-        if node_task is not None:
-            node_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await node_task
+        await stop_node()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await server_task

@@ -43,24 +43,25 @@ def _sdk(coordinator: Coordinator) -> openai.OpenAI:
     return openai.OpenAI(base_url="http://testserver/v1", api_key=coordinator.key, http_client=coordinator.client, max_retries=0)
 
 
-def _answer_with_a_call(ws: Any, holder: dict[str, Any]) -> None:
-    req = decode(ws.receive_bytes())
-    assert isinstance(req, InferenceRequest)
-    holder["request"] = req
-    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="Let me check. ")))
-    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=1, text="", tokens=12, tool_calls=(CALL,))))
-    ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(30, 14), finish_reason="tool_calls")))
+def _answering(text: str, *call_chunks: tuple[tuple[ToolCall, ...], int], usage: Usage) -> Callable[[Any, dict[str, Any]], None]:
+    """A stand-in node's answer: ``text``, then a chunk per group of calls (with its token count), then ``complete``."""
+
+    def answer(ws: Any, holder: dict[str, Any]) -> None:
+        req = decode(ws.receive_bytes())
+        assert isinstance(req, InferenceRequest)
+        holder["request"] = req
+        rid = req.request_id
+        ws.send_bytes(encode(Chunk(request_id=rid, seq=0, text=text)))
+        for seq, (calls, tokens) in enumerate(call_chunks, 1):
+            ws.send_bytes(encode(Chunk(request_id=rid, seq=seq, text="", tokens=tokens, tool_calls=calls)))
+        ws.send_bytes(encode(Complete(request_id=rid, usage=usage, finish_reason="tool_calls")))
+
+    return answer
 
 
-def _answer_with_three_calls(ws: Any, holder: dict[str, Any]) -> None:
-    """A model that calls tools in parallel: two calls in one chunk, a third in the next."""
-    req = decode(ws.receive_bytes())
-    assert isinstance(req, InferenceRequest)
-    holder["request"] = req
-    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=0, text="Checking all three. ")))
-    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=1, text="", tokens=20, tool_calls=(CALL, CALL_2))))
-    ws.send_bytes(encode(Chunk(request_id=req.request_id, seq=2, text="", tokens=10, tool_calls=(CALL_3,))))
-    ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(30, 34), finish_reason="tool_calls")))
+_answer_with_a_call = _answering("Let me check. ", ((CALL,), 12), usage=Usage(30, 14))
+# A model that calls tools in parallel: two calls in one chunk, a third in the next.
+_answer_with_three_calls = _answering("Checking all three. ", ((CALL, CALL_2), 20), ((CALL_3,), 10), usage=Usage(30, 34))
 
 
 def _asked(
