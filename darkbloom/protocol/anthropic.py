@@ -133,7 +133,7 @@ def _refuse_unsupported(req: MessagesRequest | CountTokensRequest) -> None:
             raise RequestError(400, f"{name}: not supported for model {req.model!r} on this network", param=name)
     choice = (req.tool_choice or {}).get("type", "auto")
     if choice not in ("auto", "none"):
-        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
+        # Forcing a call would need a grammar for each model's own tool-call format: refuse rather than ignore.
         raise RequestError(
             400, f"tool_choice: {choice!r} is not supported; use 'auto' (the model decides) or 'none'", param="tool_choice"
         )

@@ -72,6 +72,8 @@ class ModelInfo(msgspec.Struct, frozen=True):
     context_length: Count = 0
     supports_tools: bool = False
     """The chat template renders ``tools`` and the node can parse the model's tool calls."""
+    supports_json: bool = False
+    """The node can constrain this model's answers to a JSON schema (``SamplingParams.response_format``)."""
 
 
 SlotState = Literal["running", "idle", "idle_shutdown", "crashed", "reloading"]
@@ -139,7 +141,10 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     response_format: str | None = None
-    """``"json_object"`` when the caller asked for JSON output (OpenAI ``response_format``)."""
+    """``"json_object"`` or ``"json_schema"`` when the caller asked for JSON output (OpenAI
+    ``response_format``): the node constrains decoding to JSON (``json_schema``), or to any JSON object."""
+    json_schema: str | None = None
+    """With ``response_format`` ``"json_schema"``: the JSON text of the schema the answer must match."""
     raw_prompt: str | None = None
     """A legacy-completions prompt: tokenized verbatim instead of rendering ``messages`` with the chat template."""
     tools: str | None = None

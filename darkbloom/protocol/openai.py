@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from darkbloom.protocol import structured
 from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
 
 
@@ -80,9 +81,18 @@ class Message(msgspec.Struct, frozen=True):
     tool_calls: list[MessageToolCall] | None = None
 
 
+class JsonSchemaFormat(msgspec.Struct, frozen=True):
+    """``response_format.json_schema``: the schema the answer must match (``strict`` is always so here)."""
+
+    name: str
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
 class ResponseFormat(msgspec.Struct, frozen=True):
     type: str
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(msgspec.Struct, frozen=True):
@@ -207,11 +217,26 @@ def check_tool_choice(tool_choice: str | dict[str, Any] | None, tools_given: boo
     if tool_choice not in (None, "none") and not tools_given:
         raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
     if tool_choice not in (None, "none", "auto"):
-        # Forcing a call needs constrained decoding, which the nodes do not do: refuse rather than ignore.
+        # Forcing a call would need a grammar for each model's own tool-call format: refuse rather than ignore.
         raise RequestError(
             400,
             f"tool_choice {tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'",
             param="tool_choice",
+        )
+
+
+def check_json_with_tools(tools: list[Any] | None, tool_choice: Any, param: str) -> None:
+    """JSON output and tools the model may call do not mix: the grammar leaves no room for a call.
+
+    Raises:
+        RequestError: 400 naming ``param`` when tools are given and not turned off.
+    """
+    if tools and tool_choice != "none":
+        raise RequestError(
+            400,
+            f"{param} (JSON output) cannot be combined with tools the model may call; "
+            "send tool_choice 'none' or leave one of them out",
+            param=param,
         )
 
 
@@ -258,16 +283,10 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
             )
     fmt = req.response_format
     if fmt is not None:
-        if fmt.type == "json_schema":
-            raise RequestError(
-                400, "response_format type 'json_schema' is not supported; use 'json_object'", param="response_format"
-            )
-        if fmt.type not in ("text", "json_object"):
-            raise RequestError(
-                400,
-                f"response_format type {fmt.type!r} is invalid: expected 'text' or 'json_object'",
-                param="response_format",
-            )
+        spec = fmt.json_schema
+        structured.check_format(fmt.type, spec and spec.name, spec and spec.schema, "response_format")
+        if fmt.type != "text":
+            check_json_with_tools(req.tools, req.tool_choice, "response_format")
         if fmt.type == "json_object" and not any("json" in _text_of(m.content).lower() for m in req.messages):
             # OpenAI's own rule: without the word the model may emit whitespace until max_tokens.
             raise RequestError(
@@ -307,6 +326,10 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         for m in req.messages
     )
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    fmt, schema = None, None
+    if req.response_format is not None:
+        spec = req.response_format.json_schema
+        fmt, schema = structured.node_format(req.response_format.type, spec and spec.schema)
     params = SamplingParams(
         max_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -315,7 +338,8 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         stop=stop,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        response_format="json_object" if req.response_format and req.response_format.type == "json_object" else None,
+        response_format=fmt,
+        json_schema=schema,
         tools=tools_json(req),
         continue_final=req.continue_final_message,
         parallel_tool_calls=req.parallel_tool_calls is not False,

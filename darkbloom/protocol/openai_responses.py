@@ -25,7 +25,15 @@ from typing import Any, Literal
 import msgspec
 
 from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
-from darkbloom.protocol.openai import DEFAULT_MAX_TOKENS, RequestError, check_sampling, check_tool_choice, decode_body
+from darkbloom.protocol import structured
+from darkbloom.protocol.openai import (
+    DEFAULT_MAX_TOKENS,
+    RequestError,
+    check_json_with_tools,
+    check_sampling,
+    check_tool_choice,
+    decode_body,
+)
 
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
 
@@ -58,7 +66,22 @@ class FunctionTool(msgspec.Struct, frozen=True):
 
 
 class TextFormat(msgspec.Struct, frozen=True):
+    """``text.format``: ``text``, ``json_object``, or ``json_schema`` with its ``name`` and ``schema`` (flat)."""
+
     type: str = "text"
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+    def echo(self) -> dict[str, Any]:
+        """The format as the response object repeats it."""
+        if self.type != "json_schema":
+            return {"type": self.type}
+        return {
+            "type": self.type, "name": self.name, "description": self.description,
+            "schema": self.schema or {}, "strict": bool(self.strict),
+        }
 
 
 class TextConfig(msgspec.Struct, frozen=True):
@@ -167,7 +190,8 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
     Raises:
         RequestError: 400 for invalid JSON or fields, empty input, tools other
             than functions, a forced ``tool_choice``, ``previous_response_id``
-            (nothing is stored), reasoning options or a structured text format.
+            (nothing is stored), reasoning options, an unknown ``text.format``
+            or a schema no node can enforce.
     """
     req: ResponsesRequest = decode_body(_decoder, body)
     if not req.model:
@@ -180,8 +204,10 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
         )
     if req.reasoning:
         raise RequestError(400, "reasoning options are not supported by this network's models", param="reasoning")
-    if req.text is not None and req.text.format.type not in ("text", "json_object"):
-        raise RequestError(400, f"text.format type {req.text.format.type!r} is not supported", param="text")
+    fmt = req.text.format if req.text is not None else TextFormat()
+    structured.check_format(fmt.type, fmt.name, fmt.schema, "text.format")
+    if fmt.type != "text":
+        check_json_with_tools(req.tools, req.tool_choice, "text.format")
     messages: list[ChatMessage] = []
     if req.instructions:
         messages.append(ChatMessage(role="system", content=req.instructions))
@@ -193,12 +219,13 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
         if not req.input:
             raise RequestError(400, "input must be a non-empty string or list of items", param="input")
         messages += _input_messages(req.input)
-    json_mode = req.text is not None and req.text.format.type == "json_object"
+    response_format, json_schema = structured.node_format(fmt.type, fmt.schema)
     params = SamplingParams(
         max_tokens=req.max_output_tokens or DEFAULT_MAX_TOKENS,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
-        response_format="json_object" if json_mode else None,
+        response_format=response_format,
+        json_schema=json_schema,
         tools=tools,
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
@@ -254,7 +281,7 @@ class ResponseState:
             "reasoning": {"effort": None, "summary": None},
             "store": False,
             "temperature": 1.0 if req.temperature is None else req.temperature,
-            "text": {"format": {"type": req.text.format.type if req.text else "text"}},
+            "text": {"format": (req.text.format if req.text else TextFormat()).echo()},
             "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
             "tools": req.tools or [],
             "top_p": 1.0 if req.top_p is None else req.top_p,

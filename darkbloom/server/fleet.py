@@ -276,7 +276,10 @@ class Fleet:
         """
         tokens = prompt_tokens if prompt_tokens is not None else estimate_prompt_tokens(messages)
         only = frozenset(sealed.recipients) if sealed is not None else None
-        req = RouteRequest(request_id, model, tokens, params.max_tokens, exclude, needs_tools=params.tools is not None, only=only)
+        req = RouteRequest(
+            request_id, model, tokens, params.max_tokens, exclude,
+            needs_tools=params.tools is not None, needs_json=params.response_format is not None, only=only,
+        )
         while True:
             decision = route(req, self.state, self.clock())
             if isinstance(decision, Dispatch):

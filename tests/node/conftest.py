@@ -1,10 +1,25 @@
-"""Node test helpers: copies of the tiny model under other names."""
+"""Node test helpers: an engine on the tiny model, copies of the tiny model under other names."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from darkbloom.node.engine.mlx_engine import MLXEngine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[MLXEngine]:
+    """One engine (8 slots) per test module, shut down cleanly at its end."""
+    eng = MLXEngine(tiny_model_dir, "tiny", max_concurrency=8)
+    eng.wait_ready(timeout=60)
+    yield eng
+    eng.close()
+    assert not eng._thread.is_alive()
 
 
 def copy_model(src: Path, dest: Path, model_id: str | None = None) -> Path:

@@ -12,7 +12,6 @@ import itertools
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +36,6 @@ PROMPTS = [
 """Different lengths on purpose: batched prompts are padded, and padding must not change the answer."""
 
 _ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Iterator[MLXEngine]:
-    eng = MLXEngine(tiny_model_dir, "tiny", max_concurrency=8)
-    eng.wait_ready(timeout=60)
-    yield eng
-    eng.close()
-    assert not eng._thread.is_alive()
 
 
 @dataclass

@@ -52,8 +52,9 @@ def check_error(route: str, resp: Any, status: int) -> dict[str, Any]:
     return body["error"]
 
 
-def register_node(ws: Any, context_length: int = 0) -> None:
-    ws.send_bytes(encode(Register(node_id="node-a", models=(ModelInfo(id="m1", context_length=context_length),))))  # type: ignore[arg-type]
+def register_node(ws: Any, context_length: int = 0, supports_json: bool = True) -> None:
+    model = ModelInfo(id="m1", context_length=context_length, supports_json=supports_json)
+    ws.send_bytes(encode(Register(node_id="node-a", models=(model,))))  # type: ignore[arg-type]
     assert type(decode(ws.receive_bytes())).__name__ == "Registered"
 
 
@@ -156,6 +157,23 @@ def test_tools_are_refused_naming_the_model(coordinator: Coordinator) -> None:
             400,
         )
     assert err["param"] == "tools" and "m1" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("route", "param", "fmt"),
+    [
+        ("/v1/chat/completions", "response_format", {"response_format": {"type": "json_object"}}),
+        ("/v1/responses", "text.format", {"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}),
+    ],
+)
+def test_json_output_is_refused_when_no_node_can_constrain_the_model(
+    coordinator: Coordinator, route: str, param: str, fmt: dict[str, Any]
+) -> None:
+    body = {**GOOD[route], **fmt, "input": "in json", "messages": [{"role": "user", "content": "in json"}]}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register_node(ws, supports_json=False)  # an older node: it would ignore the format
+        err = check_error(route, coordinator.client.post(route, json=body, headers=coordinator.auth), 400)
+    assert err["param"] == param and "m1" in err["message"] and "JSON" in err["message"]
 
 
 def test_json_mode_needs_the_word_json(coordinator: Coordinator) -> None:

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
+from darkbloom.node.engine.constrain import JsonConstraint, grammar_tokenizer
 from darkbloom.node.engine.stops import StopMatcher
 from darkbloom.node.engine.tools import ToolCallExtractor
 from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, ToolCall, Usage
+from darkbloom.protocol.structured import JSON_OBJECT_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class _Active:
     prompt_tokens: int
     tools: ToolCallExtractor | None = None
     one_call: bool = False  # ``parallel_tool_calls`` off: the answer ends with its first tool call
+    constraint: JsonConstraint | None = None  # ``response_format``: decoding kept inside a JSON schema
     reserved_tokens: int = 0
     cached_tokens: int = 0
     generated: int = 0
@@ -164,6 +167,7 @@ class MLXEngine:
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self.context_length = context_length or 0
+        self._grammar_tok: Any = None  # llguidance's view of the tokenizer, built at the first JSON request
         self._thread = threading.Thread(target=self._run, name=f"mlx-{model_id}", daemon=True)
         self._thread.start()
 
@@ -367,6 +371,15 @@ class MLXEngine:
 
         processors = [make_presence_penalty(params.presence_penalty)] if params.presence_penalty else []
         processors += [make_frequency_penalty(params.frequency_penalty)] if params.frequency_penalty else []
+        constraint = None
+        if params.response_format in ("json_object", "json_schema"):
+            try:
+                constraint = self._json_constraint(params)
+            except Exception as exc:
+                msg = f"response_format: cannot constrain the answer to this schema: {exc}"
+                self._emit(None, loop, events, Failed(request_id, msg, "invalid_json_schema", 400))
+                return
+            processors.append(constraint)  # last: the penalties must not lift a masked token back
 
         if params.temperature <= 0:
             sampler = None
@@ -397,11 +410,18 @@ class MLXEngine:
             prompt_tokens=len(prompt),
             tools=self._tool_extractor(params),
             one_call=not params.parallel_tool_calls,
+            constraint=constraint,
             reserved_tokens=len(prompt) + params.max_tokens,
             cached_tokens=len(prompt) - len(rest),
         )
         self._loops[uid] = loop
         self._by_request[request_id] = uid
+
+    def _json_constraint(self, params: SamplingParams) -> JsonConstraint:
+        if self._grammar_tok is None:
+            self._grammar_tok = grammar_tokenizer(self._tok)
+        schema = params.json_schema if params.response_format == "json_schema" and params.json_schema else JSON_OBJECT_SCHEMA
+        return JsonConstraint(self._grammar_tok, schema)
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
         """A copy of the longest cached KV prefix of ``prompt`` and the tokens still to prefill."""
@@ -475,6 +495,12 @@ class MLXEngine:
             act.unsent_tokens = 0
         if reason == "stop" and act.tools is not None and act.tools.made_call:
             reason = "tool_calls"
+        if act.constraint is not None and act.constraint.error and reason != "cancelled":
+            # Never let an answer that left its schema pass as a finished one.
+            failed = Failed(act.request_id, f"the answer left its JSON schema: {act.constraint.error}")
+            self._emit(act, loop, act.events, failed)
+            self._forget(uid)
+            return
         usage = Usage(prompt_tokens=act.prompt_tokens, completion_tokens=act.generated, cached_tokens=act.cached_tokens)
         self._emit(act, loop, act.events, Finished(act.request_id, usage, reason, act.stops.matched))  # type: ignore[arg-type]
         self._forget(uid)

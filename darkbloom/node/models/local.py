@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from darkbloom.node.engine.constrain import can_constrain
 from darkbloom.protocol import ModelInfo
 
 PROBE = [
@@ -91,5 +92,6 @@ def describe(path: Path) -> tuple[ModelInfo, str]:
         template_render_ok=ok,
         context_length=int(config.get("max_position_embeddings") or 0),
         supports_tools=tools,
+        supports_json=ok and can_constrain(path),
     )
     return info, err

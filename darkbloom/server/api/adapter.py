@@ -120,6 +120,29 @@ def check_fleet_limits(request: Request, model: str, max_tokens: int, param: str
         )
 
 
+def some_node_has(request: Request, model: str, feature: str) -> bool:
+    """Whether a connected node serving ``model`` advertises ``feature`` (a ``ModelInfo`` flag), or none serves it yet."""
+    nodes = request.app.state.fleet.registry.candidates(model)
+    return not nodes or any(getattr(n.models[model], feature) for n in nodes)
+
+
+def check_json_support(request: Request, model: str, param: str) -> None:
+    """Refuse JSON output for a model none of whose connected nodes can constrain its answers.
+
+    Such a request would otherwise wait in the queue for a node that can.
+
+    Raises:
+        RequestError: 400 naming ``param``.
+    """
+    if not some_node_has(request, model, "supports_json"):
+        raise RequestError(
+            400,
+            f"model {model!r} is served only by nodes that cannot constrain its answers to JSON "
+            f"(their software predates it, or the model has no fast tokenizer); send the request without {param}",
+            param=param,
+        )
+
+
 class _RandomIds:
     """128 random bits as 32 hex digits (as ``uuid4().hex``), drawn from the OS 4 KiB at a time.
 

@@ -22,6 +22,8 @@ from darkbloom.protocol.openai import (
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
     check_fleet_limits,
+    check_json_support,
+    some_node_has,
     collect,
     dispatch,
     handle,
@@ -61,8 +63,7 @@ def check_tool_support(request: Request, model: str) -> None:
     Raises:
         RequestError: 400 naming ``tools``.
     """
-    nodes = request.app.state.fleet.registry.candidates(model)
-    if nodes and not any(n.models[model].supports_tools for n in nodes):
+    if not some_node_has(request, model, "supports_tools"):
         raise RequestError(
             400,
             f"model {model!r} does not support tools: its chat template has no tool-calling format "
@@ -81,6 +82,8 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     messages, params = to_internal(req)
     if params.tools is not None:
         check_tool_support(request, req.model)
+    if params.response_format is not None:
+        check_json_support(request, req.model, "response_format")
     check_fleet_limits(
         request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     )

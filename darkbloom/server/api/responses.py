@@ -20,6 +20,7 @@ from darkbloom.protocol.openai_responses import ResponseState, parse_responses_r
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
     check_fleet_limits,
+    check_json_support,
     collect,
     dispatch,
     handle,
@@ -46,6 +47,8 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
     req, messages, params = parse_responses_request(body)
     if params.tools is not None:
         check_tool_support(request, req.model)
+    if params.response_format is not None:
+        check_json_support(request, req.model, "text.format")
     check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "resp_", "responses", req.model, messages, params, req.stream)

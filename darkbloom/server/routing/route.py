@@ -61,6 +61,7 @@ def _eligible(node: NodeState, slot: Slot | None, req: RouteRequest, now: float)
         and node.routable(now)
         and slot.budget.fits(req.need)
         and (not req.needs_tools or node.models[req.model].supports_tools)
+        and (not req.needs_json or node.models[req.model].supports_json)
         and (req.only is None or node.node_id in req.only)
     )
 

@@ -47,6 +47,8 @@ class RouteRequest:
     exclude: frozenset[str] = frozenset()
     needs_tools: bool = False
     """Only nodes whose copy of the model can render tools and parse calls (``ModelInfo.supports_tools``)."""
+    needs_json: bool = False
+    """Only nodes that can constrain the model's answer to JSON (``ModelInfo.supports_json``)."""
     only: frozenset[str] | None = None
     """When set, the only nodes allowed (a sealed request can go only to the nodes it is sealed to)."""
 

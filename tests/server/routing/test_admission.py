@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,21 +104,22 @@ def test_a_request_larger_than_any_node_is_refused_with_400() -> None:
     assert isinstance(d, Reject) and d.status == 400
 
 
-def test_a_request_with_tools_goes_only_to_nodes_that_support_them() -> None:
+@pytest.mark.parametrize("need", ["tools", "json"])
+def test_a_request_that_needs_a_feature_goes_only_to_nodes_that_have_it(need: str) -> None:
     fleet = FleetState()
-    for nid, tools in (("plain", False), ("toolful", True)):
+    for nid, has in (("plain", False), ("capable", True)):
         cap = Capacity(capacity_seq=1, slots=(SlotCapacity(model=MODEL, max_concurrency=8),))
-        fleet.registry.add(nid, (ModelInfo(id=MODEL, supports_tools=tools),), Hardware(), 0.0, capacity=cap)
+        fleet.registry.add(nid, (ModelInfo(id=MODEL, **{f"supports_{need}": has}),), Hardware(), 0.0, capacity=cap)
     picks = set()
     for i in range(12):
-        req = RouteRequest(f"t{i}", MODEL, 10, 10, needs_tools=True)
+        req = RouteRequest(f"t{i}", MODEL, 10, 10, **{f"needs_{need}": True})  # type: ignore[arg-type]
         d = route(req, fleet, 1.0)
         if isinstance(d, Dispatch):
             fleet.commit(req, d.node_id, 1.0)
             picks.add(d.node_id)
         else:
-            assert isinstance(d, Enqueue)  # the tool-capable node is full: wait for it, never the other
-    assert picks == {"toolful"}
+            assert isinstance(d, Enqueue)  # the capable node is full: wait for it, never the other
+    assert picks == {"capable"}
 
 
 def test_a_sealed_request_goes_only_to_a_node_it_is_sealed_to() -> None:
