@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
-from darkbloom.protocol.openai import RequestError, check_sampling, decode_body
+from darkbloom.protocol.openai import RequestError, check_sampling, decode_body, named_tool
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "cancelled": "end_turn"}
 """Node finish reasons as Anthropic stop reasons."""
@@ -132,10 +132,9 @@ def _refuse_unsupported(req: MessagesRequest | CountTokensRequest) -> None:
         if getattr(req, name, None) is not None:
             raise RequestError(400, f"{name}: not supported for model {req.model!r} on this network", param=name)
     choice = (req.tool_choice or {}).get("type", "auto")
-    if choice not in ("auto", "none"):
-        # Forcing a call would need a grammar for each model's own tool-call format: refuse rather than ignore.
+    if choice not in ("auto", "none", "any", "tool"):
         raise RequestError(
-            400, f"tool_choice: {choice!r} is not supported; use 'auto' (the model decides) or 'none'", param="tool_choice"
+            400, f"tool_choice: {choice!r} is not supported; use 'auto', 'none', 'any' or 'tool'", param="tool_choice"
         )
     if req.tool_choice is not None and not req.tools:
         raise RequestError(400, "tool_choice: only allowed when tools are given", param="tool_choice")
@@ -238,13 +237,14 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
     Raises:
         RequestError: 400 for invalid JSON or fields, a missing
             ``max_tokens``, empty ``messages``, blocks other than text and
-            tool use/results, a forced ``tool_choice``, ``top_k`` or extended
+            tool use/results, a ``tool_choice`` naming no tool, ``top_k`` or extended
             thinking (not supported here).
     """
     req: MessagesRequest = decode_body(_decoder, body)
     _refuse_unsupported(req)
     check_sampling(temperature=req.temperature, top_p=req.top_p, max_temperature=1.0, max_tokens=req.max_tokens)
     messages, prefill = _chat(req)
+    forced, tool_name = forced_tool(req)
     params = SamplingParams(
         max_tokens=req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -252,9 +252,26 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
         stop=tuple(s for s in req.stop_sequences or () if s),
         continue_final=prefill,
         tools=tools_json(req),
+        tool_required=forced,
+        tool_name=tool_name,
         parallel_tool_calls=not (req.tool_choice or {}).get("disable_parallel_tool_use", False),
     )
     return req, tuple(messages), params
+
+
+def forced_tool(req: MessagesRequest) -> tuple[bool, str | None]:
+    """``tool_choice`` ``any`` (some tool) or ``tool`` (the one named) force a call; returns (forced, name).
+
+    Raises:
+        RequestError: 400 naming ``tool_choice`` for a ``tool`` whose name is not one of the tools.
+    """
+    choice = req.tool_choice or {}
+    if choice.get("type") == "any":
+        return True, None
+    if choice.get("type") == "tool":
+        names = [t.get("name") for t in req.tools or () if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        return True, named_tool(choice.get("name"), names)  # type: ignore[arg-type]
+    return False, None
 
 
 EPOCH = "1970-01-01T00:00:00Z"

@@ -74,6 +74,9 @@ class ModelInfo(msgspec.Struct, frozen=True):
     """The chat template renders ``tools`` and the node can parse the model's tool calls."""
     supports_json: bool = False
     """The node can constrain this model's answers to a JSON schema (``SamplingParams.response_format``)."""
+    supports_tool_choice: bool = False
+    """The node can force this model to call a tool (``SamplingParams.tool_required``): its tool-call
+    format is one the node has a grammar for (JSON between ``<tool_call>`` markers)."""
 
 
 SlotState = Literal["running", "idle", "idle_shutdown", "crashed", "reloading"]
@@ -155,6 +158,11 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     count_only: bool = False
     """Only count the prompt's tokens (Anthropic ``count_tokens``): the node renders the prompt and answers
     ``complete`` with the count and nothing generated. One that predates it generates ``max_tokens``."""
+    tool_required: bool = False
+    """The answer must be tool calls and nothing else (OpenAI ``tool_choice`` ``"required"`` or a named
+    function, Anthropic ``any`` or ``tool``): the node constrains decoding to its tool-call format."""
+    tool_name: str | None = None
+    """With ``tool_required``: the one tool the model must call."""
     parallel_tool_calls: bool = True
     """``False``: the answer carries one tool call at most (OpenAI ``parallel_tool_calls``, Anthropic
     ``disable_parallel_tool_use``). The node ends the answer at its first call; the coordinator keeps

@@ -208,21 +208,57 @@ def check_stream_options(stream: bool, options: StreamOptions | None) -> None:
         raise RequestError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
 
-def check_tool_choice(tool_choice: str | dict[str, Any] | None, tools_given: bool) -> None:
-    """``tool_choice`` as chat and responses take it: ``auto`` or ``none``, and only beside tools.
+def check_tool_choice(tool_choice: str | dict[str, Any] | None, tools: list[Any] | None) -> tuple[bool, str | None]:
+    """``tool_choice`` as chat and responses take it, only beside tools.
+
+    ``auto`` and ``none``; ``required`` (the answer is one or more calls);
+    a named function, as chat (``{"type": "function", "function": {"name"}}``)
+    or the Responses API (``{"type": "function", "name"}``) spell it.
+
+    Returns:
+        Whether a call is forced, and the one function it must call (if named).
+
+    Raises:
+        RequestError: 400 naming ``tool_choice``: without tools, another
+            value, or a name that is not one of ``tools``.
+    """
+    if tool_choice not in (None, "none") and not tools:
+        raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
+    if tool_choice in (None, "none", "auto"):
+        return False, None
+    if tool_choice == "required":
+        return True, None
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        inner = tool_choice.get("function")
+        name = inner.get("name") if isinstance(inner, dict) else tool_choice.get("name")
+        return True, named_tool(name, tool_names(tools or []))
+    raise RequestError(
+        400,
+        f"tool_choice {tool_choice!r} is not supported: use 'auto', 'none', 'required' or a named function",
+        param="tool_choice",
+    )
+
+
+def tool_names(tools: list[Any]) -> list[str]:
+    """The function names of chat (``{"function": {"name"}}``) or flat (``{"name"}``) tools."""
+    out = []
+    for t in tools:
+        spec = t.get("function", t) if isinstance(t, dict) else {}
+        out.append(spec.get("name") if isinstance(spec, dict) else None)
+    return [n for n in out if isinstance(n, str)]
+
+
+def named_tool(name: Any, names: list[str]) -> str:
+    """A forced call's function name, checked against the request's tools.
 
     Raises:
         RequestError: 400 naming ``tool_choice``.
     """
-    if tool_choice not in (None, "none") and not tools_given:
-        raise RequestError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
-    if tool_choice not in (None, "none", "auto"):
-        # Forcing a call would need a grammar for each model's own tool-call format: refuse rather than ignore.
+    if not isinstance(name, str) or name not in names:
         raise RequestError(
-            400,
-            f"tool_choice {tool_choice!r} is not supported: use 'auto' (the model decides) or 'none'",
-            param="tool_choice",
+            400, f"tool_choice names the function {name!r}, which is not one of the tools given: {names}", param="tool_choice"
         )
+    return name
 
 
 def check_json_with_tools(tools: list[Any] | None, tool_choice: Any, param: str) -> None:
@@ -272,7 +308,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
             msgspec.convert(req.tools, list[ToolSpec])
         except msgspec.ValidationError as exc:
             raise RequestError(400, f"invalid tools: {exc}", param="tools") from None
-    check_tool_choice(req.tool_choice, bool(req.tools))
+    check_tool_choice(req.tool_choice, req.tools)
     if req.continue_final_message:
         last = req.messages[-1]
         if last.role != "assistant" or not _text_of(last.content) or last.tool_calls:
@@ -326,6 +362,7 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         for m in req.messages
     )
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    forced, tool_name = check_tool_choice(req.tool_choice, req.tools)
     fmt, schema = None, None
     if req.response_format is not None:
         spec = req.response_format.json_schema
@@ -342,6 +379,8 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         json_schema=schema,
         tools=tools_json(req),
         continue_final=req.continue_final_message,
+        tool_required=forced,
+        tool_name=tool_name,
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     return messages, params

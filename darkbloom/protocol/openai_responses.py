@@ -157,9 +157,8 @@ def _tools_json(req: ResponsesRequest) -> str | None:
     """The function tools in the chat shape the node's template renders (none for ``tool_choice`` none).
 
     Raises:
-        RequestError: 400 for a tool that is not a well-formed function, or a forced ``tool_choice``.
+        RequestError: 400 for a tool that is not a well-formed function.
     """
-    check_tool_choice(req.tool_choice, bool(req.tools))
     chat_tools = []
     for i, raw in enumerate(req.tools or ()):
         try:
@@ -189,7 +188,7 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
 
     Raises:
         RequestError: 400 for invalid JSON or fields, empty input, tools other
-            than functions, a forced ``tool_choice``, ``previous_response_id``
+            than functions, a bad ``tool_choice``, ``previous_response_id``
             (nothing is stored), reasoning options, an unknown ``text.format``
             or a schema no node can enforce.
     """
@@ -197,6 +196,7 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
     if not req.model:
         raise RequestError(400, "model must be a non-empty string", param="model")
     check_sampling(temperature=req.temperature, top_p=req.top_p, max_output_tokens=req.max_output_tokens)
+    forced, tool_name = check_tool_choice(req.tool_choice, req.tools)
     tools = _tools_json(req)
     if req.previous_response_id:
         raise RequestError(
@@ -227,6 +227,8 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
         response_format=response_format,
         json_schema=json_schema,
         tools=tools,
+        tool_required=forced,
+        tool_name=tool_name,
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     return req, tuple(messages), params

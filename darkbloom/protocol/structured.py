@@ -22,14 +22,14 @@ SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Between JSON tokens: nothing, one space, or a line break and up to 20 columns of indent. Compact
 # and pretty-printed JSON both fit; a model that keeps sampling whitespace (JSON mode's classic
 # failure) cannot fill max_tokens with it.
-_OPTIONS: dict[str, Any] = {"whitespace_flexible": True, "whitespace_pattern": r"[ ]|\r?\n[ \t]{0,20}"}
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": True, "whitespace_pattern": r"[ ]|\r?\n[ \t]{0,20}"}
 
 
 def grammar(schema: str) -> str:
     """The llguidance grammar for a JSON schema given as JSON text."""
     from llguidance import LLMatcher
 
-    return LLMatcher.grammar_from_json_schema(schema, defaults=_OPTIONS)
+    return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
 
 
 def schema_error(schema: Any) -> str:

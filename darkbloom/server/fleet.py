@@ -278,7 +278,8 @@ class Fleet:
         only = frozenset(sealed.recipients) if sealed is not None else None
         req = RouteRequest(
             request_id, model, tokens, params.max_tokens, exclude,
-            needs_tools=params.tools is not None, needs_json=params.response_format is not None, only=only,
+            needs_tools=params.tools is not None, needs_json=params.response_format is not None,
+            needs_tool_choice=params.tool_required, only=only,
         )
         while True:
             decision = route(req, self.state, self.clock())

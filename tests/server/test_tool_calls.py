@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import anthropic
 import openai
+import pytest
 
 from darkbloom.protocol import Chunk, Complete, InferenceRequest, ModelInfo, Register, ToolCall, Usage, decode, encode
 from tests.server.conftest import Coordinator
@@ -34,8 +35,10 @@ CALL_2 = ToolCall(id="call_2", name="get_weather", arguments='{"city": "Oslo"}')
 CALL_3 = ToolCall(id="call_3", name="get_weather", arguments='{"city": "Rome"}')
 
 
-def _tool_node(ws: Any) -> None:
-    ws.send_bytes(encode(Register(node_id="tools-node", models=(ModelInfo(id="m1", supports_tools=True),))))  # type: ignore[arg-type]
+def _tool_node(ws: Any, forcing: bool = False) -> None:
+    """A stand-in tool-capable node; ``forcing``: it can also force a call (``supports_tool_choice``)."""
+    model = ModelInfo(id="m1", supports_tools=True, supports_tool_choice=forcing)
+    ws.send_bytes(encode(Register(node_id="tools-node", models=(model,))))  # type: ignore[arg-type]
     decode(ws.receive_bytes())
 
 
@@ -143,12 +146,13 @@ def test_tool_results_round_trip_to_the_node(coordinator: Coordinator) -> None:
     assert (msgs[2].role, msgs[2].tool_call_id, msgs[2].content) == ("tool", "call_1", "18C and sunny")
 
 
-def test_tool_choice_none_sends_no_tools_and_required_is_refused(coordinator: Coordinator) -> None:
+def test_tool_choice_none_sends_no_tools_and_required_needs_a_node_that_can_force(coordinator: Coordinator) -> None:
     base = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
-        _tool_node(ws)
+        _tool_node(ws)  # an older node, or a model whose tool-call format has no grammar
         resp = coordinator.client.post("/v1/chat/completions", json={**base, "tool_choice": "required"}, headers=coordinator.auth)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "tool_choice"
+        assert "cannot be made to call a tool" in resp.json()["error"]["message"]
 
         holder: dict[str, Any] = {}
         node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
@@ -364,9 +368,54 @@ def test_responses_tools_other_than_functions_and_forced_choices_are_400s(coordi
         for body, hint in (
             ({**base, "tools": [{"type": "web_search"}]}, "tool type 'web_search' is not supported"),
             ({**base, "tools": [{"type": "function"}]}, "needs a name"),
-            ({**base, "tool_choice": "required"}, "tool_choice 'required' is not supported"),
+            ({**base, "tool_choice": "required"}, "cannot be made to call a tool"),
+            ({**base, "tool_choice": {"type": "function", "name": "nope"}}, "'nope', which is not one of the tools"),
+            ({**base, "tool_choice": {"type": "allowed_tools"}}, "is not supported"),
             ({"model": "m1", "input": "hi", "tool_choice": "auto"}, "only allowed when tools are specified"),
         ):
             resp = coordinator.client.post("/v1/responses", json=body, headers=coordinator.auth)
             assert resp.status_code == 400, resp.text
             assert hint in resp.json()["error"]["message"]
+
+
+CHAT_ASK = {"model": "m1", "messages": [{"role": "user", "content": "weather?"}], "tools": TOOLS}
+CLAUDE_ASK = {"model": "m1", "max_tokens": 8, "messages": [{"role": "user", "content": "weather?"}], "tools": CLAUDE_TOOLS}
+RESPONSES_ASK = {"model": "m1", "input": "weather?", "tools": RESPONSES_TOOLS}
+FORCED = [
+    ("/v1/chat/completions", {**CHAT_ASK, "tool_choice": "required"}, None),
+    ("/v1/chat/completions", {**CHAT_ASK, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "get_weather"),
+    ("/v1/responses", {**RESPONSES_ASK, "tool_choice": "required"}, None),
+    ("/v1/responses", {**RESPONSES_ASK, "tool_choice": {"type": "function", "name": "get_weather"}}, "get_weather"),
+    ("/v1/messages", {**CLAUDE_ASK, "tool_choice": {"type": "any"}}, None),
+    ("/v1/messages", {**CLAUDE_ASK, "tool_choice": {"type": "tool", "name": "get_weather"}}, "get_weather"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("route", "body", "name"), FORCED)
+def test_a_forced_tool_choice_reaches_a_node_that_can_force_it(
+    coordinator: Coordinator, route: str, body: dict[str, Any], name: str | None
+) -> None:
+    holder: dict[str, Any] = {}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws, forcing=True)
+        node = threading.Thread(target=_answer_with_a_call, args=(ws, holder))
+        node.start()
+        resp = coordinator.client.post(route, json=body, headers=coordinator.auth)
+        node.join(10)
+    assert resp.status_code == 200, resp.text
+    params = holder["request"].params
+    assert (params.tool_required, params.tool_name) == (True, name)
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT_ASK, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+        ("/v1/messages", {**CLAUDE_ASK, "tool_choice": {"type": "tool", "name": "nope"}}),
+    ],
+)
+def test_forcing_a_tool_that_was_not_given_is_a_400(coordinator: Coordinator, route: str, body: dict[str, Any]) -> None:
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _tool_node(ws, forcing=True)
+        resp = coordinator.client.post(route, json=body, headers=coordinator.auth)
+    assert resp.status_code == 400 and "'nope'" in resp.text and "tool_choice" in resp.text

@@ -1,19 +1,25 @@
-"""Constrained decoding: a logits processor that keeps an answer inside a JSON schema.
+"""Constrained decoding: a logits processor that keeps an answer inside a grammar.
 
-llguidance walks the grammar (``darkbloom.protocol.structured``) token by
-token and gives, for each step, the set of tokens that keep the text a
-prefix of a valid answer; every other token's logit becomes -inf before the
-sampler sees it. Once the JSON is complete only the end-of-sequence tokens
-are left, so the answer stops there.
+Two grammars: a JSON schema (``response_format``; see
+``darkbloom.protocol.structured``) and the model's own tool-call format with
+the request's tools (a forced ``tool_choice``). llguidance walks the grammar
+token by token and gives, for each step, the set of tokens that keep the
+text a prefix of a valid answer; every other token's logit becomes -inf
+before the sampler sees it. Once the answer is complete only the
+end-of-sequence tokens are left, so it stops there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from darkbloom.protocol.structured import grammar
+from darkbloom.protocol.structured import JSON_OPTIONS
+
+FORCEABLE_FORMATS = ("json_tools",)
+"""mlx-lm tool-call formats a call can be forced in: ``<tool_call>{"name", "arguments"}</tool_call>``."""
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +44,80 @@ def grammar_tokenizer(tok: Any) -> Any:
     return llguidance.hf.from_tokenizer(tok._tokenizer, eos_token=eos)
 
 
-class JsonConstraint:
+def tool_format(tok: Any) -> str:
+    """The name of mlx-lm's tool-call parser for ``tok`` (``json_tools``, ``mistral``...), or ""."""
+    parser = getattr(tok, "tool_parser", None)
+    return str(getattr(parser, "__module__", "")).rpartition(".")[2] if parser is not None else ""
+
+
+def tool_call_grammar(tok: Any, grammar_tok: Any, tools: list[dict[str, Any]], name: str | None, many: bool) -> str:
+    """A grammar for an answer that is tool calls and nothing else, in the model's ``json_tools`` format.
+
+    Each call is ``<tool_call>{"name": N, "arguments": A}</tool_call>`` where
+    N names one of ``tools`` (only ``name`` when given) and A matches that
+    tool's ``parameters``. ``many``: one call or more (parallel calls), else
+    exactly one. A marker the tokenizer holds as one special token is
+    matched as that token.
+
+    Raises:
+        ValueError: the format is not one calls can be forced in, or ``name`` is not among ``tools``.
+    """
+    if tool_format(tok) not in FORCEABLE_FORMATS:
+        raise ValueError(f"this model's tool-call format ({tool_format(tok) or 'none'}) cannot be forced")
+    functions = [t.get("function", t) for t in tools]
+    if name is not None:
+        functions = [f for f in functions if f.get("name") == name]
+        if not functions:
+            raise ValueError(f"no tool named {name!r} among the request's tools")
+    calls, defs = [], {}
+    for f in functions:
+        params = dict(f.get("parameters") or {"type": "object"})
+        # ``$ref``s point at the root (``#/$defs/X``): the parameters' own definitions move to the root.
+        for key, schema in params.pop("$defs", {}).items():
+            if defs.setdefault(key, schema) != schema:
+                raise ValueError(f"two tools define {key!r} differently in their $defs")
+        calls.append({
+            "type": "object",
+            "properties": {"name": {"const": f["name"]}, "arguments": params},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        })  # fmt: skip
+    body = {**({"anyOf": calls} if len(calls) > 1 else calls[0]), "x-guidance": JSON_OPTIONS}
+    if defs:
+        body["$defs"] = defs
+    start, end = _marker(tok, grammar_tok, tok.tool_call_start), _marker(tok, grammar_tok, tok.tool_call_end)
+    return "\n".join([
+        f"start: call{'+' if many else ''}",
+        f"call: {start} WS? body WS? {end} WS?",
+        f"body: %json {json.dumps(body)}",
+        r"WS: /[ \n]{1,2}/",
+    ])  # fmt: skip
+
+
+def _marker(tok: Any, grammar_tok: Any, text: str) -> str:
+    """A marker as a grammar terminal: its special token where it is one, else its text."""
+    ids = tok.encode(text, add_special_tokens=False)
+    if len(ids) == 1 and grammar_tok.is_special_token(ids[0]):
+        return f"<[{ids[0]}]>"
+    return json.dumps(text)
+
+
+class GrammarConstraint:
     """An mlx-lm logits processor: ``(tokens so far, logits) -> logits`` with disallowed tokens at -inf.
 
     Args:
         tokenizer: From ``grammar_tokenizer``.
-        schema: JSON text of the schema the answer must match.
+        grammar: An llguidance grammar (``protocol.structured.grammar``, ``tool_call_grammar``).
 
     Raises:
-        ValueError: the schema does not compile (the message says why).
+        ValueError: the grammar does not compile (the message says why).
     """
 
-    def __init__(self, tokenizer: Any, schema: str) -> None:
+    def __init__(self, tokenizer: Any, grammar: str) -> None:
         from llguidance import LLMatcher
         from llguidance.numpy import allocate_token_bitmask
 
-        self.matcher = LLMatcher(tokenizer, grammar(schema))
+        self.matcher = LLMatcher(tokenizer, grammar)
         if self.matcher.is_error():
             raise ValueError(self.matcher.get_error())
         self._vocab = tokenizer.vocab_size

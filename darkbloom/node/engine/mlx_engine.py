@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
-from darkbloom.node.engine.constrain import JsonConstraint, can_constrain, grammar_tokenizer
+from darkbloom.node.engine.constrain import GrammarConstraint, can_constrain, grammar_tokenizer, tool_call_grammar
 from darkbloom.node.engine.stops import StopMatcher
 from darkbloom.node.engine.tools import ToolCallExtractor
 from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, ToolCall, Usage
 from darkbloom.protocol.structured import JSON_OBJECT_SCHEMA
+from darkbloom.protocol.structured import grammar as json_grammar
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class _Active:
     prompt_tokens: int
     tools: ToolCallExtractor | None = None
     one_call: bool = False  # ``parallel_tool_calls`` off: the answer ends with its first tool call
-    constraint: JsonConstraint | None = None  # ``response_format``: decoding kept inside a JSON schema
+    constraint: GrammarConstraint | None = None  # ``response_format`` or a forced tool call: decoding kept in a grammar
     reserved_tokens: int = 0
     cached_tokens: int = 0
     generated: int = 0
@@ -379,13 +380,17 @@ class MLXEngine:
         processors = [make_presence_penalty(params.presence_penalty)] if params.presence_penalty else []
         processors += [make_frequency_penalty(params.frequency_penalty)] if params.frequency_penalty else []
         constraint = None
-        if params.response_format in ("json_object", "json_schema"):
-            try:
-                constraint = self._json_constraint(params)
-            except Exception as exc:
+        try:
+            constraint = self._constraint(params)
+        except Exception as exc:
+            if params.tool_required:
+                failed = Failed(request_id, f"tool_choice: cannot force a call here: {exc}", "invalid_tool_choice", 400)
+            else:
                 msg = f"response_format: cannot constrain the answer to this schema: {exc}"
-                self._emit(None, loop, events, Failed(request_id, msg, "invalid_json_schema", 400))
-                return
+                failed = Failed(request_id, msg, "invalid_json_schema", 400)
+            self._emit(None, loop, events, failed)
+            return
+        if constraint is not None:
             processors.append(constraint)  # last: the penalties must not lift a masked token back
 
         if params.temperature <= 0:
@@ -424,11 +429,20 @@ class MLXEngine:
         self._loops[uid] = loop
         self._by_request[request_id] = uid
 
-    def _json_constraint(self, params: SamplingParams) -> JsonConstraint:
+    def _constraint(self, params: SamplingParams) -> GrammarConstraint | None:
+        """The grammar a request's answer must keep to: its forced tool calls, or its JSON; else none."""
+        forced = params.tool_required and params.tools
+        if not forced and params.response_format not in ("json_object", "json_schema"):
+            return None
         if self._grammar_tok is None:
             raise ValueError("this node cannot constrain this model's answers (no llguidance, or no tokenizer.json)")
-        schema = params.json_schema if params.response_format == "json_schema" and params.json_schema else JSON_OBJECT_SCHEMA
-        return JsonConstraint(self._grammar_tok, schema)
+        if forced:
+            tools = json.loads(params.tools or "[]")
+            grammar = tool_call_grammar(self._tok, self._grammar_tok, tools, params.tool_name, params.parallel_tool_calls)
+        else:
+            schema = params.json_schema if params.response_format == "json_schema" and params.json_schema else JSON_OBJECT_SCHEMA
+            grammar = json_grammar(schema)
+        return GrammarConstraint(self._grammar_tok, grammar)
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
         """A copy of the longest cached KV prefix of ``prompt`` and the tokens still to prefill."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from darkbloom.node.engine.constrain import can_constrain
+from darkbloom.node.engine.constrain import FORCEABLE_FORMATS, can_constrain, tool_format
 from darkbloom.protocol import ModelInfo
 
 PROBE = [
@@ -38,12 +38,13 @@ def read_config(path: Path) -> dict:
 PROBE_TOOLS = [{"type": "function", "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}}}]
 
 
-def template_check(path: Path) -> tuple[bool, str, bool]:
+def template_check(path: Path) -> tuple[bool, str, str]:
     """Render a probe conversation with the model's chat template.
 
     Returns:
-        Whether it rendered, the error if not, and whether the model supports
-        tools (mlx-lm knows its tool-call format and the template renders tools).
+        Whether it rendered, the error if not, and the model's tool-call
+        format (mlx-lm's parser, e.g. ``json_tools``) when it supports tools
+        (mlx-lm knows the format and the template renders tools), else "".
     """
     try:
         from mlx_lm.tokenizer_utils import load as load_tokenizer
@@ -51,9 +52,9 @@ def template_check(path: Path) -> tuple[bool, str, bool]:
         tok = load_tokenizer(path)
         out = tok.apply_chat_template(PROBE, add_generation_prompt=True, tokenize=False)
         if not out:
-            return False, "template rendered an empty prompt", False
+            return False, "template rendered an empty prompt", ""
     except Exception as exc:  # any failure means: never route to this model
-        return False, f"{type(exc).__name__}: {exc}", False
+        return False, f"{type(exc).__name__}: {exc}", ""
     tools = False
     if tok.has_tool_calling and tok.tool_parser is not None:
         try:
@@ -61,7 +62,7 @@ def template_check(path: Path) -> tuple[bool, str, bool]:
             tools = '"probe"' in with_tools
         except Exception:  # a template that cannot render tools simply does not support them
             tools = False
-    return True, "", tools
+    return True, "", tool_format(tok) if tools else ""
 
 
 def template_renders(path: Path) -> tuple[bool, str]:
@@ -84,6 +85,7 @@ def describe(path: Path) -> tuple[ModelInfo, str]:
     if not weights:
         raise ModelDirError(f"{path} holds no .safetensors weights")
     ok, err, tools = template_check(path)
+    json_ok = ok and can_constrain(path)
     quant = config.get("quantization") or {}
     info = ModelInfo(
         id=model_id_for(path, config),
@@ -91,7 +93,8 @@ def describe(path: Path) -> tuple[ModelInfo, str]:
         quantization=f"q{quant['bits']}" if isinstance(quant, dict) and "bits" in quant else str(config.get("torch_dtype", "")),
         template_render_ok=ok,
         context_length=int(config.get("max_position_embeddings") or 0),
-        supports_tools=tools,
-        supports_json=ok and can_constrain(path),
+        supports_tools=bool(tools),
+        supports_json=json_ok,
+        supports_tool_choice=json_ok and tools in FORCEABLE_FORMATS,
     )
     return info, err

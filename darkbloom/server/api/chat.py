@@ -57,11 +57,12 @@ def content_sse(completion_id: str, model: str, created: int) -> Callable[[str],
     return event
 
 
-def check_tool_support(request: Request, model: str) -> None:
-    """Refuse ``tools`` for a model no connected node can render and parse tool calls for.
+def check_tool_support(request: Request, model: str, forced: bool = False) -> None:
+    """Refuse ``tools`` for a model no connected node can render and parse tool calls for, and a
+    forced call (``forced``) for one no connected node can force a call of.
 
     Raises:
-        RequestError: 400 naming ``tools``.
+        RequestError: 400 naming ``tools`` or ``tool_choice``.
     """
     if not some_node_has(request, model, "supports_tools"):
         raise RequestError(
@@ -69,6 +70,13 @@ def check_tool_support(request: Request, model: str) -> None:
             f"model {model!r} does not support tools: its chat template has no tool-calling format "
             f"this network can parse. Send the request without 'tools', or pick a tool-capable model",
             param="tools",
+        )
+    if forced and not some_node_has(request, model, "supports_tool_choice"):
+        raise RequestError(
+            400,
+            f"model {model!r} cannot be made to call a tool on this network: its tool-call format has no grammar "
+            f"here (JSON between <tool_call> markers has), or its nodes predate forced calls. Use tool_choice 'auto'",
+            param="tool_choice",
         )
 
 
@@ -81,7 +89,7 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     req = parse_chat_request(body)
     messages, params = to_internal(req)
     if params.tools is not None:
-        check_tool_support(request, req.model)
+        check_tool_support(request, req.model, params.tool_required)
     if params.response_format is not None:
         check_json_support(request, req.model, "response_format")
     check_fleet_limits(

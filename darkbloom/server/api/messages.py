@@ -83,7 +83,7 @@ async def _count_tokens(request: Request, consumer: ApiKeyRecord, body: bytes, t
 async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req, chat, params = parse_messages_request(body)
     if params.tools is not None:
-        check_tool_support(request, req.model)
+        check_tool_support(request, req.model, params.tool_required)
     check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "msg_", "messages", req.model, chat, params, req.stream)

@@ -46,7 +46,7 @@ async def responses(request: Request) -> Response:
 async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req, messages, params = parse_responses_request(body)
     if params.tools is not None:
-        check_tool_support(request, req.model)
+        check_tool_support(request, req.model, params.tool_required)
     if params.response_format is not None:
         check_json_support(request, req.model, "text.format")
     check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")

@@ -62,6 +62,7 @@ def _eligible(node: NodeState, slot: Slot | None, req: RouteRequest, now: float)
         and slot.budget.fits(req.need)
         and (not req.needs_tools or node.models[req.model].supports_tools)
         and (not req.needs_json or node.models[req.model].supports_json)
+        and (not req.needs_tool_choice or node.models[req.model].supports_tool_choice)
         and (req.only is None or node.node_id in req.only)
     )
 

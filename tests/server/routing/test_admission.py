@@ -104,7 +104,7 @@ def test_a_request_larger_than_any_node_is_refused_with_400() -> None:
     assert isinstance(d, Reject) and d.status == 400
 
 
-@pytest.mark.parametrize("need", ["tools", "json"])
+@pytest.mark.parametrize("need", ["tools", "json", "tool_choice"])
 def test_a_request_that_needs_a_feature_goes_only_to_nodes_that_have_it(need: str) -> None:
     fleet = FleetState()
     for nid, has in (("plain", False), ("capable", True)):

@@ -1,16 +1,18 @@
-"""Structured output end to end: the openai SDK's own parse helpers against a coordinator and a real node.
+"""Constrained output end to end: JSON schemas and forced tool calls, through the openai and anthropic SDKs.
 
-The node runs the tiny random model, which left alone writes noise: the
-answers parse into the caller's pydantic model only because the node
-constrains decoding to the schema the SDK sent.
+The node runs the tiny random model, which left alone writes noise and
+never calls a tool: the answers parse into the caller's pydantic model, and
+the forced calls name the right tool with arguments that match its schema,
+only because the node constrains decoding.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
+import anthropic
 import openai
 import pytest
 from pydantic import BaseModel, Field
@@ -69,3 +71,38 @@ def test_a_schema_the_network_cannot_enforce_is_a_400_before_anything_runs(
             response_format={"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "tuple"}}},
         )  # fmt: skip
     assert err.value.body["param"] == "response_format" and "tuple" in err.value.body["message"]  # type: ignore[index]
+
+
+# ---- forced tool calls ----------------------------------------------------------------------------
+
+CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"], "additionalProperties": False}
+
+
+def test_chat_named_tool_choice_calls_that_tool(shared_network: Network, oai: openai.OpenAI) -> None:
+    tools: Any = [
+        {"type": "function", "function": {"name": "weather", "parameters": CITY}},
+        {"type": "function", "function": {"name": "news", "parameters": CITY}},
+    ]
+    for seed in (1, 2):
+        done = oai.chat.completions.create(
+            model=shared_network.model, messages=[{"role": "user", "content": "weather in Rome?"}], tools=tools,
+            tool_choice={"type": "function", "function": {"name": "news"}}, parallel_tool_calls=False,
+            max_tokens=120, temperature=1, seed=seed,
+        )  # fmt: skip
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice.message.content
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "news" and json.loads(call.function.arguments)["city"] in ("Paris", "Rome")
+
+
+def test_anthropic_tool_choice_tool_gives_a_tool_use_block(shared_network: Network) -> None:
+    with anthropic.Anthropic(base_url=shared_network.base_url, api_key=shared_network.key, max_retries=0) as claude:
+        msg = claude.messages.create(
+            model=shared_network.model, max_tokens=120, messages=[{"role": "user", "content": "weather in Rome?"}],
+            tools=[{"name": "weather", "description": "Weather", "input_schema": CITY}],  # type: ignore[list-item]
+            tool_choice={"type": "tool", "name": "weather", "disable_parallel_tool_use": True},
+            extra_body={"temperature": 0},
+        )  # fmt: skip
+    assert msg.stop_reason == "tool_use"
+    (use,) = [b for b in msg.content if b.type == "tool_use"]
+    assert use.name == "weather" and use.input in ({"city": "Paris"}, {"city": "Rome"})  # type: ignore[union-attr]
