@@ -81,6 +81,12 @@ async def test_a_schema_the_grammar_compiler_refuses_fails_with_400(engine: MLXE
     assert_verdict((await generate(engine, "answer in json", temperature=0.0, max_tokens=200, **AS_VERDICT)).text)
 
 
+async def test_a_schema_too_large_to_compile_between_steps_is_a_400(engine: MLXEngine) -> None:
+    huge = json.dumps({"type": "object", "properties": {f"p{i}": {"description": "x" * 100} for i in range(2000)}})
+    out = await generate(engine, "hi", max_tokens=5, response_format="json_schema", json_schema=huge)
+    assert isinstance(out.end, Failed) and out.end.status == 400 and "at most" in out.end.message
+
+
 def test_a_node_advertises_json_only_with_a_fast_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert describe(tiny_model_dir)[0].supports_json
     slow = shutil.copytree(tiny_model_dir, tmp_path / "slow")

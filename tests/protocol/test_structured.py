@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from darkbloom.protocol import structured
 from darkbloom.protocol.openai import RequestError, parse_chat_request, to_internal
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+HUGE = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100} for i in range(2000)}}
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 
 
@@ -44,16 +46,26 @@ def test_a_json_schema_without_a_schema_means_any_json() -> None:
     [
         ({"type": "json_schema"}, "name"),
         ({"type": "json_schema", "json_schema": {"name": "has space", "schema": SCHEMA}}, "name"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}, "objekt"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}, "nowhere"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "shoe"}}}, "shoe"),
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": HUGE}}, "too large"),
         ({"type": "xml"}, "'xml'"),
     ],
 )
-def test_a_format_that_cannot_be_enforced_is_a_400_naming_response_format(fmt: dict[str, Any], needle: str) -> None:
+def test_a_malformed_format_is_a_400_naming_response_format(fmt: dict[str, Any], needle: str) -> None:
     with pytest.raises(RequestError) as err:
         chat(response_format=fmt)
     assert err.value.status == 400 and err.value.param == "response_format" and needle in str(err.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("schema", "needle"),
+    [({"type": "objekt"}, "objekt"), ({"$ref": "#/nowhere"}, "nowhere"), ({"type": "string", "format": "shoe"}, "shoe")],
+)
+async def test_a_schema_the_compiler_refuses_is_a_400_with_its_reason(schema: dict[str, Any], needle: str) -> None:
+    with pytest.raises(RequestError) as err:
+        await structured.check_schema(json.dumps(schema), "response_format")
+    assert err.value.status == 400 and err.value.param == "response_format" and needle in str(err.value)
+    await structured.check_schema(json.dumps(SCHEMA), "response_format")  # a good one passes
 
 
 def test_a_json_schema_field_of_the_wrong_shape_is_a_400() -> None:
@@ -80,7 +92,7 @@ def test_responses_text_format_json_schema_reaches_the_node_and_is_echoed() -> N
 
 @pytest.mark.parametrize(
     ("fmt", "needle"),
-    [({"type": "json_schema", "schema": SCHEMA}, "name"), ({"type": "json_schema", "name": "x", "schema": {"type": 3}}, "type"), ({"type": "yaml"}, "yaml")],
+    [({"type": "json_schema", "schema": SCHEMA}, "name"), ({"type": "json_schema", "name": "x", "schema": HUGE}, "too large"), ({"type": "yaml"}, "yaml")],
 )
 def test_responses_text_format_refusals_name_text_format(fmt: dict[str, Any], needle: str) -> None:
     with pytest.raises(RequestError) as err:

@@ -176,6 +176,23 @@ def test_json_output_is_refused_when_no_node_can_constrain_the_model(
     assert err["param"] == param and "m1" in err["message"] and "JSON" in err["message"]
 
 
+@pytest.mark.parametrize(
+    ("route", "param", "fmt"),
+    [
+        ("/v1/chat/completions", "response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}}),
+        ("/v1/responses", "text.format", {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "objekt"}}}}),
+    ],
+)  # fmt: skip
+def test_a_schema_no_node_could_enforce_is_a_400_before_routing(
+    coordinator: Coordinator, route: str, param: str, fmt: dict[str, Any]
+) -> None:
+    body = {**GOOD[route], **fmt}
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        register_node(ws)  # can constrain: the schema itself is the problem
+        err = check_error(route, coordinator.client.post(route, json=body, headers=coordinator.auth), 400)
+    assert err["param"] == param and "objekt" in err["message"]
+
+
 def test_json_mode_needs_the_word_json(coordinator: Coordinator) -> None:
     body = {**GOOD["/v1/chat/completions"], "response_format": {"type": "json_object"}}
     err = check_error(

@@ -24,7 +24,7 @@ from darkbloom.node.engine.constrain import GrammarConstraint, can_constrain, gr
 from darkbloom.node.engine.stops import StopMatcher
 from darkbloom.node.engine.tools import ToolCallExtractor
 from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, ToolCall, Usage
-from darkbloom.protocol.structured import JSON_OBJECT_SCHEMA
+from darkbloom.protocol.structured import JSON_OBJECT_SCHEMA, MAX_SCHEMA_CHARS
 from darkbloom.protocol.structured import grammar as json_grammar
 
 log = logging.getLogger(__name__)
@@ -436,6 +436,9 @@ class MLXEngine:
             return None
         if self._grammar_tok is None:
             raise ValueError("this node cannot constrain this model's answers (no llguidance, or no tokenizer.json)")
+        size = len(params.tools or "") if forced else len(params.json_schema or "")
+        if size > MAX_SCHEMA_CHARS:  # compiling happens here, between decode steps: keep it short
+            raise ValueError(f"{size} characters of JSON to compile, at most {MAX_SCHEMA_CHARS}")
         if forced:
             tools = json.loads(params.tools or "[]")
             grammar = tool_call_grammar(self._tok, self._grammar_tok, tools, params.tool_name, params.parallel_tool_calls)

@@ -9,7 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error, ToolCall
+from darkbloom.protocol import Chunk, Complete, Error, ToolCall, structured
 from darkbloom.protocol.openai import (
     RequestError,
     chat_chunk,
@@ -92,6 +92,7 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
         check_tool_support(request, req.model, params.tool_required)
     if params.response_format is not None:
         check_json_support(request, req.model, "response_format")
+        await structured.check_schema(params.json_schema, "response_format")
     check_fleet_limits(
         request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     )

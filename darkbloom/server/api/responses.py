@@ -15,7 +15,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error, ToolCall
+from darkbloom.protocol import Chunk, Complete, Error, ToolCall, structured
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
@@ -49,6 +49,7 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
         check_tool_support(request, req.model, params.tool_required)
     if params.response_format is not None:
         check_json_support(request, req.model, "text.format")
+        await structured.check_schema(params.json_schema, "text.format")
     check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "resp_", "responses", req.model, messages, params, req.stream)
