@@ -80,6 +80,19 @@ async def test_a_tool_name_not_among_the_tools_is_a_400(engine: MLXEngine) -> No
     assert "nope" in out.end.message
 
 
+async def test_parameters_with_draft_7_definitions_are_forced_too(engine: MLXEngine) -> None:
+    clock = {"type": "function", "function": {"name": "clock", "parameters": {
+        "type": "object", "properties": {"zone": {"$ref": "#/definitions/zone"}}, "required": ["zone"],
+        "additionalProperties": False, "definitions": {"zone": {"enum": ["UTC", "CET"]}},
+    }}}  # fmt: skip
+    out = await generate(
+        engine, "what now?", temperature=1.0, seed=3, max_tokens=120, tools=json.dumps([clock]), tool_required=True,
+        parallel_tool_calls=False,
+    )  # fmt: skip
+    (call,) = calls(out)
+    assert json.loads(call.arguments) in ARGS["clock"]
+
+
 def test_a_format_without_a_grammar_cannot_be_forced() -> None:
     mistral = SimpleNamespace(tool_parser=SimpleNamespace(__module__="mlx_lm.tool_parsers.mistral"))
     with pytest.raises(ValueError, match="mistral"):

@@ -69,13 +69,15 @@ def tool_call_grammar(tok: Any, grammar_tok: Any, tools: list[dict[str, Any]], n
         functions = [f for f in functions if f.get("name") == name]
         if not functions:
             raise ValueError(f"no tool named {name!r} among the request's tools")
-    calls, defs = [], {}
+    calls: list[dict[str, Any]] = []
+    defs: dict[str, dict[str, Any]] = {"$defs": {}, "definitions": {}}
     for f in functions:
         params = dict(f.get("parameters") or {"type": "object"})
         # ``$ref``s point at the root (``#/$defs/X``): the parameters' own definitions move to the root.
-        for key, schema in params.pop("$defs", {}).items():
-            if defs.setdefault(key, schema) != schema:
-                raise ValueError(f"two tools define {key!r} differently in their $defs")
+        for where, known in defs.items():
+            for key, schema in (params.pop(where, None) or {}).items():
+                if known.setdefault(key, schema) != schema:
+                    raise ValueError(f"two tools define {key!r} differently in their {where}")
         calls.append({
             "type": "object",
             "properties": {"name": {"const": f["name"]}, "arguments": params},
@@ -83,8 +85,7 @@ def tool_call_grammar(tok: Any, grammar_tok: Any, tools: list[dict[str, Any]], n
             "additionalProperties": False,
         })  # fmt: skip
     body = {**({"anyOf": calls} if len(calls) > 1 else calls[0]), "x-guidance": JSON_OPTIONS}
-    if defs:
-        body["$defs"] = defs
+    body.update({where: known for where, known in defs.items() if known})
     start, end = _marker(tok, grammar_tok, tok.tool_call_start), _marker(tok, grammar_tok, tok.tool_call_end)
     return "\n".join([
         f"start: call{'+' if many else ''}",
