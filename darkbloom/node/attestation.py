@@ -30,6 +30,7 @@ from darkbloom.protocol import (
     InferenceRequest,
     SamplingParams,
     SignedAttestation,
+    TokenLogprob,
     ToolCall,
     Usage,
 )
@@ -156,15 +157,18 @@ class ResponseSealer:
     def sealed(self) -> bool:
         return self._key is not None
 
-    def chunk_fields(self, seq: int, text: str, tool_calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
-        """``text``/``tool_calls``/``sealed`` fields for the chunk frame carrying this piece.
+    def chunk_fields(
+        self, seq: int, text: str, tool_calls: tuple[ToolCall, ...] = (), logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> dict[str, Any]:
+        """``text``/``tool_calls``/``logprobs``/``sealed`` fields for the chunk frame carrying this piece.
 
-        Sealed, the piece travels as ``{"text": ..., "tool_calls": [...]}`` encrypted
-        under the response key; nothing of it is left in the clear.
+        Sealed, the piece travels as ``{"text": ..., "tool_calls": [...], "logprobs": [...]}``
+        encrypted under the response key; nothing of it is left in the clear (the log
+        probabilities' tokens would spell the text out).
         """
         if self._key is None:
-            return {"text": text, "tool_calls": tool_calls}
-        return {"text": "", "sealed": seal_chunk(bytes(self._key), seq, encode_piece(text, tool_calls))}
+            return {"text": text, "tool_calls": tool_calls, "logprobs": logprobs}
+        return {"text": "", "sealed": seal_chunk(bytes(self._key), seq, encode_piece(text, tool_calls, logprobs))}
 
     def forget(self) -> None:
         """Overwrite and drop the per-request key (called when the request ends)."""

@@ -286,7 +286,8 @@ class NodeSession:
         while True:
             ev = await events.get()
             if isinstance(ev, TextDelta):
-                await self._send(ws, Chunk(request_id=req.request_id, seq=seq, tokens=ev.tokens, **sealer.chunk_fields(seq, ev.text, ev.tool_calls)))  # type: ignore[arg-type]
+                fields = sealer.chunk_fields(seq, ev.text, ev.tool_calls, ev.logprobs)
+                await self._send(ws, Chunk(request_id=req.request_id, seq=seq, tokens=ev.tokens, **fields))  # type: ignore[arg-type]
                 seq += 1
             elif isinstance(ev, Finished):
                 await self._send(ws, complete_frame(self.attestor, req, sealer, ev.usage, ev.finish_reason, ev.stop_sequence))

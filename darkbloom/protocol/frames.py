@@ -74,6 +74,8 @@ class ModelInfo(msgspec.Struct, frozen=True):
     """The chat template renders ``tools`` and the node can parse the model's tool calls."""
     supports_json: bool = False
     """The node can constrain this model's answers to a JSON schema (``SamplingParams.response_format``)."""
+    supports_logprobs: bool = False
+    """The node reports token log probabilities (``SamplingParams.top_logprobs``)."""
     supports_tool_choice: bool = False
     """The node can force this model to call a tool (``SamplingParams.tool_required``): its tool-call
     format is one the node has a grammar for (JSON between ``<tool_call>`` markers)."""
@@ -123,6 +125,28 @@ class ToolCall(msgspec.Struct, frozen=True):
     arguments: str
 
 
+class TopLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """A token and its log probability.
+
+    ``token`` is its text; ``raw`` its bytes in hex, only when they are not
+    whole UTF-8 on their own (part of a character split across tokens).
+    """
+
+    token: str
+    logprob: float
+    raw: str = ""
+
+    @property
+    def bytes(self) -> list[int]:
+        return list(bytes.fromhex(self.raw)) if self.raw else list(self.token.encode())
+
+
+class TokenLogprob(TopLogprob, frozen=True, array_like=True):
+    """One generated token's log probability, and (``top``) the likeliest tokens at its position."""
+
+    top: tuple[TopLogprob, ...] = ()
+
+
 class ChatMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     """One message of the conversation a node renders with its chat template."""
 
@@ -158,6 +182,9 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     count_only: bool = False
     """Only count the prompt's tokens (Anthropic ``count_tokens``): the node renders the prompt and answers
     ``complete`` with the count and nothing generated. One that predates it generates ``max_tokens``."""
+    top_logprobs: int | None = None
+    """Report each generated token's log probability and this many (0-20) likeliest alternatives
+    (OpenAI ``logprobs``/``top_logprobs``); ``None``: none. Never in the clear for a sealed request."""
     tool_required: bool = False
     """The answer must be tool calls and nothing else (OpenAI ``tool_choice`` ``"required"`` or a named
     function, Anthropic ``any`` or ``tool``): the node constrains decoding to its tool-call format."""
@@ -224,6 +251,8 @@ class Chunk(_Frame, frozen=True, tag="chunk", omit_defaults=True):
     tokens: Count = 1
     sealed: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """With ``top_logprobs`` asked for: the tokens this chunk reports, in order."""
 
 
 class Complete(_Frame, frozen=True, tag="complete"):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from darkbloom.protocol import structured
-from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
+from darkbloom.protocol.frames import ChatMessage, SamplingParams, TokenLogprob, ToolCall
 
 
 class RequestError(Exception):
@@ -299,10 +299,11 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         frequency_penalty=req.frequency_penalty,
         presence_penalty=req.presence_penalty,
     )
-    if req.logprobs or req.top_logprobs:
-        raise RequestError(
-            400, "logprobs are not supported by this network", param="logprobs" if req.logprobs else "top_logprobs"
-        )
+    if req.top_logprobs is not None:
+        if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise RequestError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs")
+        if not req.logprobs:
+            raise RequestError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.tools:
         try:
             msgspec.convert(req.tools, list[ToolSpec])
@@ -379,11 +380,27 @@ def to_internal(req: ChatCompletionRequest) -> tuple[tuple[ChatMessage, ...], Sa
         json_schema=schema,
         tools=tools_json(req),
         continue_final=req.continue_final_message,
+        top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         tool_required=forced,
         tool_name=tool_name,
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     return messages, params
+
+
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's limit for ``top_logprobs``."""
+
+
+def logprob_entries(logprobs: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> list[dict[str, Any]]:
+    """OpenAI ``logprobs.content`` entries: each token with its bytes and its ``top_logprobs``."""
+    return [
+        {
+            "token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+            "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top],
+        }
+        for t in logprobs
+    ]  # fmt: skip
 
 
 def tools_json(req: ChatCompletionRequest) -> str | None:
@@ -423,8 +440,9 @@ def chat_chunk(
     usage: dict[str, int] | None = None,
     empty_choices: bool = False,
     tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk`` object for a stream."""
+    """One ``chat.completion.chunk`` object for a stream (``logprobs``: its ``logprobs.content`` entries)."""
     delta: dict[str, Any] = {}
     if role is not None:
         delta["role"] = role
@@ -439,7 +457,7 @@ def chat_chunk(
         "model": model,
         "choices": []
         if empty_choices
-        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        else [{"index": 0, "delta": delta, "logprobs": _logprobs(logprobs), "finish_reason": finish_reason}],
     }
     if usage is not None:
         chunk["usage"] = usage
@@ -454,8 +472,9 @@ def chat_completion(
     finish_reason: str,
     usage: dict[str, int],
     tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A whole ``chat.completion`` object for a non-streaming answer."""
+    """A whole ``chat.completion`` object for a non-streaming answer (``logprobs``: as in ``chat_chunk``)."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message = {"role": "assistant", "content": content or None, "tool_calls": tool_calls}
@@ -468,12 +487,16 @@ def chat_completion(
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": _logprobs(logprobs),
                 "finish_reason": finish_reason,
             }
         ],
         "usage": usage,
     }
+
+
+def _logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return None if entries is None else {"content": entries, "refusal": None}
 
 
 def model_list(model_ids: list[str], created: int = 0) -> dict[str, Any]:

@@ -27,7 +27,15 @@ from nacl import bindings, exceptions, public, signing, utils
 from nacl.encoding import RawEncoder
 from nacl.hash import blake2b
 
-from darkbloom.protocol.frames import ChatMessage, Hardware, SamplingParams, SealedEnvelope, SignedAttestation, ToolCall
+from darkbloom.protocol.frames import (
+    ChatMessage,
+    Hardware,
+    SamplingParams,
+    SealedEnvelope,
+    SignedAttestation,
+    TokenLogprob,
+    ToolCall,
+)
 
 ENVELOPE_VERSION = 1
 ALGORITHM = "x25519-xsalsa20poly1305+xchacha20poly1305"
@@ -330,15 +338,17 @@ def _chunk_aad(seq: int) -> bytes:
 
 
 class SealedPiece(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What one sealed chunk holds: generated text and any tool calls completed in it."""
+    """What one sealed chunk holds: generated text, any tool calls completed in it, and (when
+    asked for) its tokens' log probabilities, which would spell the text out in the clear."""
 
     text: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
-def encode_piece(text: str, tool_calls: tuple[ToolCall, ...] = ()) -> str:
-    """The plaintext of a sealed chunk: ``{"text": ..., "tool_calls": [...]}`` as JSON."""
-    return msgspec.json.encode(SealedPiece(text, tool_calls)).decode()
+def encode_piece(text: str, tool_calls: tuple[ToolCall, ...] = (), logprobs: tuple[TokenLogprob, ...] = ()) -> str:
+    """The plaintext of a sealed chunk: ``{"text": ..., "tool_calls": [...], "logprobs": [...]}`` as JSON."""
+    return msgspec.json.encode(SealedPiece(text, tool_calls, logprobs)).decode()
 
 
 def decode_piece(plaintext: str) -> SealedPiece:

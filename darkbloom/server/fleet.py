@@ -279,7 +279,7 @@ class Fleet:
         req = RouteRequest(
             request_id, model, tokens, params.max_tokens, exclude,
             needs_tools=params.tools is not None, needs_json=params.response_format is not None,
-            needs_tool_choice=params.tool_required, only=only,
+            needs_tool_choice=params.tool_required, needs_logprobs=params.top_logprobs is not None, only=only,
         )
         while True:
             decision = route(req, self.state, self.clock())

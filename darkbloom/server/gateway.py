@@ -354,7 +354,7 @@ class Relay:
         if len(frame.tool_calls) <= keep:
             return frame
         frame = msgspec.structs.replace(frame, tool_calls=frame.tool_calls[:keep])
-        return frame if frame.text or frame.tool_calls else None
+        return frame if frame.text or frame.tool_calls or frame.logprobs else None
 
     def refuse(self) -> None:
         """Admission failed after dispatch: end as failed (settled as such) and cancel the node's work in ``close``."""

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, ToolCall, Usage
+from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, TokenLogprob, ToolCall, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,8 @@ class TextDelta:
     text: str
     tokens: int
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """With ``top_logprobs`` asked for: the generated tokens this delta reports, in order."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
 from darkbloom.node.engine.constrain import GrammarConstraint, can_constrain, grammar_tokenizer, tool_call_grammar
 from darkbloom.node.engine.stops import StopMatcher
 from darkbloom.node.engine.tools import ToolCallExtractor
-from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, ToolCall, Usage
+from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, TokenLogprob, ToolCall, TopLogprob, Usage
 from darkbloom.protocol.structured import JSON_OBJECT_SCHEMA, MAX_SCHEMA_CHARS
 from darkbloom.protocol.structured import grammar as json_grammar
 
@@ -41,6 +41,8 @@ class _Active:
     tools: ToolCallExtractor | None = None
     one_call: bool = False  # ``parallel_tool_calls`` off: the answer ends with its first tool call
     constraint: GrammarConstraint | None = None  # ``response_format`` or a forced tool call: decoding kept in a grammar
+    top_logprobs: int | None = None  # report each token's log probability, and this many alternatives
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # for the tokens not reported yet
     reserved_tokens: int = 0
     cached_tokens: int = 0
     generated: int = 0
@@ -169,6 +171,7 @@ class MLXEngine:
         self._load_error: BaseException | None = None
         self.context_length = context_length or 0
         self._grammar_tok: Any = None  # llguidance's view of the tokenizer (JSON output)
+        self._token_texts: dict[int, tuple[str, str]] = {}  # token id -> (text, raw hex if not whole UTF-8)
         self._thread = threading.Thread(target=self._run, name=f"mlx-{model_id}", daemon=True)
         self._thread.start()
 
@@ -423,6 +426,7 @@ class MLXEngine:
             tools=self._tool_extractor(params),
             one_call=not params.parallel_tool_calls,
             constraint=constraint,
+            top_logprobs=params.top_logprobs,
             reserved_tokens=len(prompt) + params.max_tokens,
             cached_tokens=len(prompt) - len(rest),
         )
@@ -495,6 +499,8 @@ class MLXEngine:
             act.unsent_tokens += 1
             if r.finish_reason != "stop" and r.token not in self._hidden:
                 act.detok.add_token(r.token)
+                if act.top_logprobs is not None:
+                    act.logprobs.append(self._logprob(r.token, r.logprobs, act.top_logprobs))
             text, hit_stop = act.stops.feed(act.detok.last_segment)
             self._emit_text(act, text)
             if hit_stop or (act.one_call and act.tools is not None and act.tools.made_call):
@@ -514,9 +520,10 @@ class MLXEngine:
             tail, _ = act.stops.feed(act.detok.last_segment)
             self._emit_text(act, tail + act.stops.flush(), final=True)
         # Tokens that produced no text (EOS, a stop string) still count: deltas sum to usage.
-        if act.unsent_tokens:
-            self._emit(act, loop, act.events, TextDelta(act.request_id, "", act.unsent_tokens))
+        if act.unsent_tokens or act.logprobs:
+            self._emit(act, loop, act.events, TextDelta(act.request_id, "", act.unsent_tokens, (), tuple(act.logprobs)))
             act.unsent_tokens = 0
+            act.logprobs.clear()
         if reason == "stop" and act.tools is not None and act.tools.made_call:
             reason = "tool_calls"
         if act.constraint is not None and act.constraint.error and reason != "cancelled":
@@ -545,9 +552,37 @@ class MLXEngine:
                 rest, more = act.tools.flush()
                 text, calls = text + rest, calls + more
         if text or calls:
-            delta = TextDelta(act.request_id, text, act.unsent_tokens, tuple(calls))
+            delta = TextDelta(act.request_id, text, act.unsent_tokens, tuple(calls), tuple(act.logprobs))
             self._emit(act, self._loops[act.uid], act.events, delta)
             act.unsent_tokens = 0
+            act.logprobs.clear()
+
+    def _logprob(self, token: int, logprobs: Any, k: int) -> TokenLogprob:
+        """``token``'s log probability in ``logprobs`` (the distribution it was sampled from) and the ``k`` likeliest."""
+        top: tuple[TopLogprob, ...] = ()
+        if k:
+            mx = self._mx
+            ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
+            pairs = sorted(zip(ids.tolist(), logprobs[ids].tolist()), key=lambda p: -p[1])
+            top = tuple(TopLogprob(*self._token_logprob(i, v)) for i, v in pairs)
+        return TokenLogprob(*self._token_logprob(token, logprobs[token].item()), top)
+
+    def _token_logprob(self, token: int, logprob: float) -> tuple[str, float, str]:
+        """``token``'s text, ``logprob`` as reported, and its bytes in hex when they are not whole UTF-8."""
+        text = self._token_texts.get(token)
+        if text is None:
+            raw = (
+                bytes(self._grammar_tok.decode_bytes([token]))
+                if self._grammar_tok is not None
+                else str(self._tok.decode([token])).encode()
+            )
+            try:
+                text = (raw.decode("utf-8"), "")
+            except UnicodeDecodeError:  # part of a character: the text shows a replacement, the bytes are exact
+                text = (raw.decode("utf-8", "replace"), raw.hex())
+            self._token_texts[token] = text
+        # A token the constraint ruled out has probability 0: -9999, as OpenAI reports it (JSON has no -inf).
+        return text[0], max(float(logprob), -9999.0), text[1]
 
     def _forget(self, uid: int) -> None:
         act = self._active.pop(uid)

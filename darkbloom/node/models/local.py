@@ -95,6 +95,7 @@ def describe(path: Path) -> tuple[ModelInfo, str]:
         context_length=int(config.get("max_position_embeddings") or 0),
         supports_tools=bool(tools),
         supports_json=json_ok,
+        supports_logprobs=ok,
         supports_tool_choice=json_ok and tools in FORCEABLE_FORMATS,
     )
     return info, err

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from darkbloom.protocol import ToolCall
+from darkbloom.protocol import TokenLogprob, ToolCall
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
 from darkbloom.server.api.auth import require_consumer
@@ -255,11 +255,15 @@ async def dispatch(request: Request, job: gateway.InferenceJob, timing: gateway.
 
 
 async def collect(
-    request: Request, relay: gateway.Relay, tool_calls: list[ToolCall] | None = None
+    request: Request,
+    relay: gateway.Relay,
+    tool_calls: list[ToolCall] | None = None,
+    logprobs: list[TokenLogprob] | None = None,
 ) -> tuple[str, gateway.Complete]:
     """A whole (non-streamed) answer: its text and the terminal frame. Closes the relay.
 
-    Tool calls the model made are appended to ``tool_calls`` when given.
+    Tool calls the model made are appended to ``tool_calls``, and its tokens'
+    log probabilities to ``logprobs``, when given.
 
     A caller that hangs up while waiting gets its generation cancelled on the
     node at once, as a streaming caller does.
@@ -273,7 +277,7 @@ async def collect(
 
         async def gather() -> None:
             try:
-                outcome["answer"] = await _collect(relay, tool_calls)
+                outcome["answer"] = await _collect(relay, tool_calls, logprobs)
             except RequestError as err:
                 outcome["error"] = err
             finally:
@@ -289,7 +293,9 @@ async def collect(
     raise outcome.get("error") or RequestError(499, "client closed the request", code="client_closed_request")
 
 
-async def _collect(relay: gateway.Relay, tool_calls: list[ToolCall] | None) -> tuple[str, gateway.Complete]:
+async def _collect(
+    relay: gateway.Relay, tool_calls: list[ToolCall] | None, logprobs: list[TokenLogprob] | None
+) -> tuple[str, gateway.Complete]:
     try:
         parts: list[str] = []
         async for frame in relay.frames():
@@ -297,6 +303,8 @@ async def _collect(relay: gateway.Relay, tool_calls: list[ToolCall] | None) -> t
                 parts.append(frame.text)
                 if tool_calls is not None:
                     tool_calls.extend(frame.tool_calls)
+                if logprobs is not None:
+                    logprobs.extend(frame.logprobs)
             elif isinstance(frame, gateway.Complete):
                 return "".join(parts), frame
             elif isinstance(frame, gateway.Error):

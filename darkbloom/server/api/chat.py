@@ -9,11 +9,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error, ToolCall, structured
+from darkbloom.protocol import Chunk, Complete, Error, TokenLogprob, ToolCall, structured
 from darkbloom.protocol.openai import (
     RequestError,
     chat_chunk,
     chat_completion,
+    logprob_entries,
     parse_chat_request,
     to_internal,
     tool_call_dicts,
@@ -93,6 +94,11 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     if params.response_format is not None:
         check_json_support(request, req.model, "response_format")
         await structured.check_schema(params.json_schema, "response_format")
+    if params.top_logprobs is not None and not some_node_has(request, req.model, "supports_logprobs"):
+        raise RequestError(
+            400, f"model {req.model!r} is served only by nodes that predate logprobs; send the request without them",
+            param="logprobs",
+        )
     check_fleet_limits(
         request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     )
@@ -100,12 +106,15 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     job = new_job(consumer, "chatcmpl-", "chat.completions", req.model, messages, params, req.stream)
     relay = await dispatch(request, job, timing)
     created = int(time.time())
+    with_logprobs = params.top_logprobs is not None
     if not req.stream:
         calls: list[ToolCall] = []
-        text, done = await collect(request, relay, calls)
+        logprobs: list[TokenLogprob] | None = [] if with_logprobs else None
+        text, done = await collect(request, relay, calls, logprobs)
         usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
         body = chat_completion(
-            job.request_id, job.model, created, text, done.finish_reason, usage, tool_call_dicts(calls) or None
+            job.request_id, job.model, created, text, done.finish_reason, usage, tool_call_dicts(calls) or None,
+            logprob_entries(logprobs) if logprobs is not None else None,
         )
         return json_response(body, relay)
 
@@ -118,7 +127,8 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
         n_calls = 0
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
-                if role_sent and frame.text and not frame.tool_calls:
+                lp = logprob_entries(frame.logprobs) if with_logprobs else None
+                if role_sent and frame.text and not frame.tool_calls and lp is None:
                     yield content_event(frame.text)  # the common chunk, from a template
                 elif frame.text or not frame.tool_calls or not role_sent:
                     yield sse(
@@ -128,13 +138,14 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
                             created,
                             content=frame.text,
                             role=None if role_sent else "assistant",
+                            logprobs=lp,
                         )
                     )
-                    role_sent = True
+                    role_sent, lp = True, None
                 if frame.tool_calls:
                     deltas = tool_call_dicts(frame.tool_calls, n_calls, indexed=True)
                     n_calls += len(deltas)
-                    yield sse(chat_chunk(job.request_id, job.model, created, tool_calls=deltas))
+                    yield sse(chat_chunk(job.request_id, job.model, created, tool_calls=deltas, logprobs=lp))
             elif isinstance(frame, Complete):
                 if not role_sent:
                     yield sse(chat_chunk(job.request_id, job.model, created, content="", role="assistant"))

@@ -115,10 +115,11 @@ class PrivacyRelay:
                     text=piece.text,
                     tokens=frame.tokens,
                     tool_calls=piece.tool_calls,
+                    logprobs=piece.logprobs,
                 )
             except SealedError as exc:
                 return _fail(flight, str(exc))
-        if isinstance(frame, Chunk) and privacy.mode == "sealed" and (frame.text or frame.tool_calls):
+        if isinstance(frame, Chunk) and privacy.mode == "sealed" and (frame.text or frame.tool_calls or frame.logprobs):
             return _fail(flight, "the provider sent a plaintext chunk for a sealed request")
         if isinstance(frame, Complete):
             trust = getattr(node, "attestation", None) if node is not None else None

@@ -63,6 +63,7 @@ def _eligible(node: NodeState, slot: Slot | None, req: RouteRequest, now: float)
         and (not req.needs_tools or node.models[req.model].supports_tools)
         and (not req.needs_json or node.models[req.model].supports_json)
         and (not req.needs_tool_choice or node.models[req.model].supports_tool_choice)
+        and (not req.needs_logprobs or node.models[req.model].supports_logprobs)
         and (req.only is None or node.node_id in req.only)
     )
 

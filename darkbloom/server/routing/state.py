@@ -49,6 +49,8 @@ class RouteRequest:
     """Only nodes whose copy of the model can render tools and parse calls (``ModelInfo.supports_tools``)."""
     needs_json: bool = False
     """Only nodes that can constrain the model's answer to JSON (``ModelInfo.supports_json``)."""
+    needs_logprobs: bool = False
+    """Only nodes that report token log probabilities (``ModelInfo.supports_logprobs``)."""
     needs_tool_choice: bool = False
     """Only nodes that can force the model to call a tool (``ModelInfo.supports_tool_choice``)."""
     only: frozenset[str] | None = None

@@ -1,0 +1,50 @@
+"""Token log probabilities end to end: the openai SDK against a coordinator and a real node.
+
+Greedy decoding picks the likeliest token, so each reported token must be
+its own first alternative; and the entries account for every token billed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from e2e.conftest import Network
+
+ASK = [{"role": "user", "content": "what is the capital of france?"}]
+
+
+@pytest.fixture(scope="module")
+def oai(shared_network: Network) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{shared_network.base_url}/v1", api_key=shared_network.key, max_retries=0) as client:
+        yield client
+
+
+def test_a_greedy_answer_reports_every_token_and_its_alternatives(shared_network: Network, oai: openai.OpenAI) -> None:
+    resp = oai.chat.completions.create(
+        model=shared_network.model, messages=ASK, max_tokens=10, temperature=0, logprobs=True, top_logprobs=3  # type: ignore[arg-type]
+    )
+    choice = resp.choices[0]
+    assert choice.finish_reason == "length" and choice.logprobs is not None and choice.logprobs.content
+    content = choice.logprobs.content
+    assert resp.usage is not None and len(content) == resp.usage.completion_tokens == 10
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token
+        assert entry.logprob <= 0 and math.isclose(entry.logprob, entry.top_logprobs[0].logprob)
+
+
+def test_a_stream_reports_the_same_tokens(shared_network: Network, oai: openai.OpenAI) -> None:
+    whole = oai.chat.completions.create(
+        model=shared_network.model, messages=ASK, max_tokens=10, temperature=0, logprobs=True  # type: ignore[arg-type]
+    )
+    stream = oai.chat.completions.create(
+        model=shared_network.model, messages=ASK, max_tokens=10, temperature=0, logprobs=True, stream=True  # type: ignore[arg-type]
+    )
+    streamed = [c for ch in stream if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content or []]
+    assert whole.choices[0].logprobs is not None
+    assert [(c.token, round(c.logprob, 4)) for c in streamed] == [
+        (c.token, round(c.logprob, 4)) for c in whole.choices[0].logprobs.content or []
+    ]
