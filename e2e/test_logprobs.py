@@ -48,3 +48,16 @@ def test_a_stream_reports_the_same_tokens(shared_network: Network, oai: openai.O
     assert [(c.token, round(c.logprob, 4)) for c in streamed] == [
         (c.token, round(c.logprob, 4)) for c in whole.choices[0].logprobs.content or []
     ]
+
+
+def test_a_legacy_completion_lists_the_tokens_of_its_text(shared_network: Network, oai: openai.OpenAI) -> None:
+    resp = oai.completions.create(model=shared_network.model, prompt="the quick brown fox", max_tokens=8, temperature=0, logprobs=2)
+    choice = resp.choices[0]
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset
+    assert resp.usage is not None and len(lp.tokens) == resp.usage.completion_tokens == 8
+    # The tokens spell the text, but for a character split across tokens: each part shows as U+FFFD.
+    assert "".join(lp.tokens).replace("\ufffd", "") == choice.text.replace("\ufffd", "")
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    # Greedy: the chosen token is the likeliest (two alternatives that read the same share one key).
+    assert all(1 <= len(top) <= 2 and max(top.values()) == p for top, p in zip(lp.top_logprobs, lp.token_logprobs))

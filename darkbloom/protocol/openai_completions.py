@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from darkbloom.protocol.frames import SamplingParams
+from darkbloom.protocol.frames import SamplingParams, TokenLogprob, TopLogprob
 from darkbloom.protocol.openai import (
     RequestError,
     StreamOptions,
@@ -58,7 +58,8 @@ def parse_completion_request(body: bytes) -> tuple[CompletionRequest, str]:
 
     Raises:
         RequestError: 400 for invalid JSON or fields, more than one prompt,
-            token-id prompts, ``n``/``best_of`` > 1, ``logprobs`` or ``suffix``.
+            token-id prompts, ``n``/``best_of`` > 1, ``logprobs`` out of 0-5 or
+            with ``echo`` (the prompt's own would be needed), or ``suffix``.
     """
     req: CompletionRequest = decode_body(_completion_decoder, body)
     if not req.model:
@@ -78,8 +79,14 @@ def parse_completion_request(body: bytes) -> tuple[CompletionRequest, str]:
     check_stream_options(req.stream, req.stream_options)
     if req.best_of is not None and req.best_of != 1:
         raise RequestError(400, f"best_of={req.best_of} is not supported: only 1", param="best_of")
-    if req.logprobs:
-        raise RequestError(400, "logprobs are not supported by this network", param="logprobs")
+    if req.logprobs is not None:
+        if not 0 <= req.logprobs <= MAX_LOGPROBS:
+            raise RequestError(400, f"logprobs must be between 0 and {MAX_LOGPROBS}", param="logprobs")
+        if req.echo:
+            raise RequestError(
+                400, "logprobs with echo would need the prompt's log probabilities, which nodes do not report",
+                param="logprobs",
+            )
     if req.suffix:
         raise RequestError(400, "suffix (insertion) is not supported by this network", param="suffix")
     check_sampling(
@@ -103,7 +110,34 @@ def completion_params(req: CompletionRequest, prompt: str) -> SamplingParams:
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         raw_prompt=prompt,
+        top_logprobs=req.logprobs,
     )
+
+
+def _by_text(top: tuple[TopLogprob, ...]) -> dict[str, float]:
+    """Alternatives keyed by text, likeliest first, as the legacy API has them: of two that read the same, the likelier."""
+    out: dict[str, float] = {}
+    for a in top:
+        out.setdefault(a.token, a.logprob)
+    return out
+
+
+MAX_LOGPROBS = 5
+"""OpenAI's limit for a legacy completion's ``logprobs``."""
+
+
+def completion_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """A legacy ``logprobs`` object for ``entries``; ``offset`` is where their text starts in the answer."""
+    offsets = []
+    for t in entries:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in entries],
+        "token_logprobs": [t.logprob for t in entries],
+        "top_logprobs": [_by_text(t.top) for t in entries],
+        "text_offset": offsets,
+    }
 
 
 def text_completion(
@@ -113,9 +147,10 @@ def text_completion(
     text: str | None,
     finish_reason: str | None,
     usage: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A ``text_completion`` object: the whole answer, or one stream chunk (``text`` None: a usage-only chunk)."""
-    choices = [] if text is None else [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]
+    choices = [] if text is None else [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}]
     obj: dict[str, Any] = {
         "id": completion_id,
         "object": "text_completion",

@@ -85,6 +85,40 @@ def test_bad_logprobs_options_are_400s(coordinator: Coordinator, extra: dict[str
     assert resp.status_code == 400 and resp.json()["error"]["param"] == param and hint in resp.json()["error"]["message"]
 
 
+def _complete(coordinator: Coordinator, **kw: Any) -> tuple[Any, Any]:
+    holder: dict[str, Any] = {}
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=coordinator.key, http_client=coordinator.client, max_retries=0)
+    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
+        _node(ws)
+        node = threading.Thread(target=_answer, args=(ws, holder))
+        node.start()
+        out = sdk.completions.create(model="m1", prompt="The capital of France is ", **kw)
+        if kw.get("stream"):
+            out = list(out)
+        node.join(10)
+    return out, holder["request"]
+
+
+def test_a_legacy_completion_has_the_legacy_logprobs_object(coordinator: Coordinator) -> None:
+    resp, request = _complete(coordinator, logprobs=2)
+    assert request.params.top_logprobs == 2
+    lp = resp.choices[0].logprobs
+    assert (lp.tokens, lp.token_logprobs, lp.text_offset) == (["Paris", "\ufffd"], [-0.25, -0.5], [0, 5])
+    assert lp.top_logprobs == [{"Paris": -0.25, "Lyon": -2.5}, {"\ufffd": -0.5, ".": -1.0}]
+    chunks, _ = _complete(coordinator, logprobs=2, stream=True)
+    streamed = [(t, o) for c in chunks if c.choices and c.choices[0].logprobs for t, o in zip(c.choices[0].logprobs.tokens, c.choices[0].logprobs.text_offset)]
+    assert streamed == [("Paris", 0), ("\ufffd", 5)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "hint"), [({"logprobs": 6}, "between 0 and 5"), ({"logprobs": 1, "echo": True}, "echo")]
+)
+def test_bad_legacy_logprobs_are_400s(coordinator: Coordinator, extra: dict[str, Any], hint: str) -> None:
+    body = {"model": "m1", "prompt": "hi", **extra}
+    resp = coordinator.client.post("/v1/completions", json=body, headers=coordinator.auth)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs" and hint in resp.json()["error"]["message"]
+
+
 def test_logprobs_from_a_model_whose_nodes_predate_them_is_a_400(coordinator: Coordinator) -> None:
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         _node(ws, supports=False)

@@ -143,6 +143,19 @@ def check_json_support(request: Request, model: str, param: str) -> None:
         )
 
 
+def check_logprobs_support(request: Request, model: str) -> None:
+    """Refuse ``logprobs`` for a model none of whose connected nodes reports them.
+
+    Raises:
+        RequestError: 400 naming ``logprobs``.
+    """
+    if not some_node_has(request, model, "supports_logprobs"):
+        raise RequestError(
+            400, f"model {model!r} is served only by nodes that predate logprobs; send the request without them",
+            param="logprobs",
+        )
+
+
 class _RandomIds:
     """128 random bits as 32 hex digits (as ``uuid4().hex``), drawn from the OS 4 KiB at a time.
 

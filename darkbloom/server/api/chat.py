@@ -24,6 +24,7 @@ from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
     check_fleet_limits,
     check_json_support,
+    check_logprobs_support,
     some_node_has,
     collect,
     dispatch,
@@ -94,11 +95,8 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
     if params.response_format is not None:
         check_json_support(request, req.model, "response_format")
         await structured.check_schema(params.json_schema, "response_format")
-    if params.top_logprobs is not None and not some_node_has(request, req.model, "supports_logprobs"):
-        raise RequestError(
-            400, f"model {req.model!r} is served only by nodes that predate logprobs; send the request without them",
-            param="logprobs",
-        )
+    if params.top_logprobs is not None:
+        check_logprobs_support(request, req.model)
     check_fleet_limits(
         request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     )

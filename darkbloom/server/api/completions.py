@@ -12,12 +12,18 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error
+from darkbloom.protocol import Chunk, Complete, Error, TokenLogprob
 from darkbloom.protocol.openai import usage_dict
-from darkbloom.protocol.openai_completions import completion_params, parse_completion_request, text_completion
+from darkbloom.protocol.openai_completions import (
+    completion_logprobs,
+    completion_params,
+    parse_completion_request,
+    text_completion,
+)
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
     check_fleet_limits,
+    check_logprobs_support,
     collect,
     dispatch,
     handle,
@@ -37,6 +43,9 @@ async def completions(request: Request) -> Response:
 async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req, prompt = parse_completion_request(body)
     params = completion_params(req, prompt)
+    with_logprobs = params.top_logprobs is not None
+    if with_logprobs:
+        check_logprobs_support(request, req.model)
     check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "cmpl-", "completions", req.model, (), params, req.stream)
@@ -44,10 +53,12 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
     created = int(time.time())
     echo = prompt if req.echo else ""
     if not req.stream:
-        text, done = await collect(request, relay)
+        entries: list[TokenLogprob] | None = [] if with_logprobs else None
+        text, done = await collect(request, relay, None, entries)
         usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
+        logprobs = completion_logprobs(entries) if entries is not None else None
         return json_response(
-            text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage), relay
+            text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage, logprobs), relay
         )
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -55,9 +66,14 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
     async def events() -> AsyncIterator[bytes]:
         if echo:
             yield sse(text_completion(job.request_id, job.model, created, echo, None))
+        offset = 0
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
-                if frame.text:
+                if with_logprobs and frame.logprobs:
+                    logprobs = completion_logprobs(frame.logprobs, offset)
+                    offset += sum(len(t.token) for t in frame.logprobs)
+                    yield sse(text_completion(job.request_id, job.model, created, frame.text, None, None, logprobs))
+                elif frame.text:
                     yield sse(text_completion(job.request_id, job.model, created, frame.text, None))
             elif isinstance(frame, Complete):
                 yield sse(text_completion(job.request_id, job.model, created, "", frame.finish_reason))
