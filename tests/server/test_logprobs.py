@@ -36,18 +36,27 @@ def _answer(ws: Any, holder: dict[str, Any]) -> None:
     ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(9, 2), finish_reason="length")))
 
 
-def _ask(coordinator: Coordinator, **kw: Any) -> tuple[Any, Any]:
+def _run(coordinator: Coordinator, call: Any, **kw: Any) -> tuple[Any, Any]:
+    """``call(sdk)`` (an SDK request; a stream is read whole) against the stand-in node; its output and the request the node got."""
     holder: dict[str, Any] = {}
     sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=coordinator.key, http_client=coordinator.client, max_retries=0)
     with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
         _node(ws)
         node = threading.Thread(target=_answer, args=(ws, holder))
         node.start()
-        out = sdk.chat.completions.create(**ASK, **kw)
+        out = call(sdk)
         if kw.get("stream"):
             out = list(out)
         node.join(10)
     return out, holder["request"]
+
+
+def _ask(coordinator: Coordinator, **kw: Any) -> tuple[Any, Any]:
+    return _run(coordinator, lambda sdk: sdk.chat.completions.create(**ASK, **kw), **kw)
+
+
+def _complete(coordinator: Coordinator, **kw: Any) -> tuple[Any, Any]:
+    return _run(coordinator, lambda sdk: sdk.completions.create(model="m1", prompt="The capital of France is ", **kw), **kw)
 
 
 def test_a_whole_answer_carries_each_token_with_its_alternatives(coordinator: Coordinator) -> None:
@@ -83,20 +92,6 @@ def test_logprobs_without_top_logprobs_and_none_when_not_asked(coordinator: Coor
 def test_bad_logprobs_options_are_400s(coordinator: Coordinator, extra: dict[str, Any], param: str, hint: str) -> None:
     resp = coordinator.client.post("/v1/chat/completions", json={**ASK, **extra}, headers=coordinator.auth)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == param and hint in resp.json()["error"]["message"]
-
-
-def _complete(coordinator: Coordinator, **kw: Any) -> tuple[Any, Any]:
-    holder: dict[str, Any] = {}
-    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=coordinator.key, http_client=coordinator.client, max_retries=0)
-    with coordinator.client.websocket_connect("/v1/provider/ws") as ws:
-        _node(ws)
-        node = threading.Thread(target=_answer, args=(ws, holder))
-        node.start()
-        out = sdk.completions.create(model="m1", prompt="The capital of France is ", **kw)
-        if kw.get("stream"):
-            out = list(out)
-        node.join(10)
-    return out, holder["request"]
 
 
 def test_a_legacy_completion_has_the_legacy_logprobs_object(coordinator: Coordinator) -> None:
