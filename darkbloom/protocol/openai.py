@@ -497,11 +497,3 @@ def chat_completion(
 
 def _logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     return None if entries is None else {"content": entries, "refusal": None}
-
-
-def model_list(model_ids: list[str], created: int = 0) -> dict[str, Any]:
-    """The ``GET /v1/models`` list object."""
-    return {
-        "object": "list",
-        "data": [{"id": m, "object": "model", "created": created, "owned_by": "darkbloom"} for m in model_ids],
-    }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from darkbloom.protocol import ModelInfo, Register, decode, encode
 from tests.server.conftest import Coordinator, register
 
 CHAT = "/v1/chat/completions"
@@ -88,6 +91,22 @@ def test_models_lists_only_served_models(coordinator: Coordinator) -> None:
         data = coordinator.client.get("/v1/models", headers=coordinator.auth).json()["data"]
         assert [m["id"] for m in data] == ["m1"] and data[0]["object"] == "model"
     assert coordinator.client.get("/v1/models", headers=coordinator.auth).json()["data"] == []
+
+
+def test_a_model_lists_the_parameters_some_node_serving_it_honours(coordinator: Coordinator) -> None:
+    def node(ws: Any, node_id: str, info: ModelInfo) -> None:
+        ws.send_bytes(encode(Register(node_id=node_id, models=(info,))))  # type: ignore[arg-type]
+        decode(ws.receive_bytes())
+
+    with coordinator.client.websocket_connect("/v1/provider/ws") as a, coordinator.client.websocket_connect("/v1/provider/ws") as b:
+        node(a, "node-a", ModelInfo(id="m1", context_length=2048, supports_json=True))
+        node(b, "node-b", ModelInfo(id="m1", context_length=4096, supports_logprobs=True))
+        listed = coordinator.client.get("/v1/models", headers=coordinator.auth).json()["data"][0]
+        one = coordinator.client.get("/v1/models/m1", headers=coordinator.auth).json()
+    assert listed == one and one["context_length"] == 4096
+    params = one["supported_parameters"]
+    assert {"temperature", "response_format", "structured_outputs", "logprobs", "top_logprobs"} <= set(params)
+    assert "tools" not in params  # neither node renders tools for m1
 
 
 def test_an_anthropic_client_gets_models_in_anthropics_shape(coordinator: Coordinator) -> None:

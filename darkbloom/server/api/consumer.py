@@ -6,9 +6,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from darkbloom.protocol.anthropic import model_page, wants_anthropic
-from darkbloom.protocol.openai import RequestError, model_list
+from darkbloom.protocol.openai import RequestError
 from darkbloom.server.api.auth import require_consumer
 from darkbloom.server.api.errors import anthropic_error, error_response
+from darkbloom.server.api.models import model_object
 from darkbloom.server.fleet import Fleet
 
 
@@ -20,7 +21,9 @@ async def list_models(request: Request) -> Response:
         return anthropic_error(err) if anthropic else error_response(err)
     fleet: Fleet = request.app.state.fleet
     models = fleet.registry.models()
-    return JSONResponse(model_page(models) if anthropic else model_list(models))
+    if anthropic:
+        return JSONResponse(model_page(models))
+    return JSONResponse({"object": "list", "data": [model_object(m, fleet.registry) for m in models]})
 
 
 async def health(request: Request) -> Response:

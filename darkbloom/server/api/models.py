@@ -75,9 +75,32 @@ def model_capacity(registry: Registry, model: str, service_s: float | None) -> d
     }
 
 
-def _model_object(model: str, registry: Registry) -> dict[str, Any]:
-    context = max((n.models[model].context_length for n in registry.candidates(model)), default=0)
-    return {"id": model, "object": "model", "created": 0, "owned_by": "darkbloom", "context_length": context}
+BASE_PARAMETERS = ("max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+FEATURE_PARAMETERS = (
+    ("supports_tools", ("tools", "tool_choice", "parallel_tool_calls")),
+    ("supports_json", ("response_format", "structured_outputs")),
+    ("supports_logprobs", ("logprobs", "top_logprobs")),
+)
+"""What a ``ModelInfo`` flag lets a request use, named as OpenRouter's ``supported_parameters`` name them."""
+
+
+def model_object(model: str, registry: Registry) -> dict[str, Any]:
+    """A model as ``GET /v1/models`` lists it: its largest context, and the parameters some node serving it honours.
+
+    ``supported_parameters`` (OpenRouter's field) is what a client can check
+    before sending ``tools``, ``response_format`` or ``logprobs``; a request
+    using one no node has is a 400.
+    """
+    nodes = registry.candidates(model)
+    context = max((n.models[model].context_length for n in nodes), default=0)
+    params = list(BASE_PARAMETERS)
+    for flag, names in FEATURE_PARAMETERS:
+        if any(getattr(n.models[model], flag) for n in nodes):
+            params += names
+    return {
+        "id": model, "object": "model", "created": 0, "owned_by": "darkbloom",
+        "context_length": context, "supported_parameters": params,
+    }  # fmt: skip
 
 
 async def retrieve_model(request: Request) -> Response:
@@ -86,7 +109,7 @@ async def retrieve_model(request: Request) -> Response:
         registry: Registry = request.app.state.fleet.registry
         if model not in registry.models():
             raise model_not_found(model)
-        return JSONResponse(model_info(model) if anthropic else _model_object(model, registry))
+        return JSONResponse(model_info(model) if anthropic else model_object(model, registry))
 
     anthropic = wants_anthropic(request.headers)
     return await handle(request, run, anthropic_error if anthropic else error_response)
