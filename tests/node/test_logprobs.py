@@ -7,7 +7,7 @@ import pytest
 from darkbloom.node.attestation import ResponseSealer
 from darkbloom.node.engine.mlx_engine import MLXEngine, template_messages
 from darkbloom.protocol import ChatMessage, TokenLogprob, TopLogprob
-from tests.node.test_engine import generate
+from tests.node.test_engine import collect, generate, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +37,16 @@ async def test_each_token_s_logprob_and_alternatives_are_mlx_lm_s(engine: MLXEng
         assert entry.top[0].token == entry.token  # greedy picks the likeliest
         assert entry.top[0].logprob >= entry.top[1].logprob >= entry.top[2].logprob
         assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+
+
+async def test_batch_mates_asking_for_different_counts_each_get_their_own(engine: MLXEngine) -> None:
+    alone = await generate(engine, "hello", temperature=0.0, max_tokens=6, top_logprobs=4)
+    many = [submit(engine, "hello", temperature=0.0, max_tokens=6, top_logprobs=k) for k in (1, 4)]
+    many.append(submit(engine, "hello", temperature=0.0, max_tokens=6))
+    one, four, none = [await collect(*s) for s in many]
+    assert [len(e.top) for d in one.deltas for e in d.logprobs] == [1] * 6
+    assert [e for d in four.deltas for e in d.logprobs] == [e for d in alone.deltas for e in d.logprobs]
+    assert not any(d.logprobs for d in none.deltas)
 
 
 async def test_no_logprobs_unless_asked_and_none_but_the_token_at_zero(engine: MLXEngine) -> None:

@@ -491,6 +491,7 @@ class MLXEngine:
         if p_tokens1 > p_tokens0 and p_time1 > p_time0:
             tps = (p_tokens1 - p_tokens0) / (p_time1 - p_time0)
             self._prefill_tps = tps if not self._prefill_tps else 0.8 * self._prefill_tps + 0.2 * tps
+        logprobs = self._logprobs(gen_resps)
         for r in gen_resps:
             act = self._active.get(r.uid)
             if act is None:
@@ -499,8 +500,8 @@ class MLXEngine:
             act.unsent_tokens += 1
             if r.finish_reason != "stop" and r.token not in self._hidden:
                 act.detok.add_token(r.token)
-                if act.top_logprobs is not None:
-                    act.logprobs.append(self._logprob(r.token, r.logprobs, act.top_logprobs))
+                if r.uid in logprobs:
+                    act.logprobs.append(logprobs[r.uid])
             text, hit_stop = act.stops.feed(act.detok.last_segment)
             self._emit_text(act, text)
             if hit_stop or (act.one_call and act.tools is not None and act.tools.made_call):
@@ -557,15 +558,32 @@ class MLXEngine:
             act.unsent_tokens = 0
             act.logprobs.clear()
 
-    def _logprob(self, token: int, logprobs: Any, k: int) -> TokenLogprob:
-        """``token``'s log probability in ``logprobs`` (the distribution it was sampled from) and the ``k`` likeliest."""
-        top: tuple[TopLogprob, ...] = ()
+    def _logprobs(self, resps: list[Any]) -> dict[int, TokenLogprob]:
+        """Each sampled token's log probability and likeliest alternatives, for the requests that asked.
+
+        One pass over the batch (stacked distributions, one ``argpartition``,
+        one transfer) rather than one per sequence: each is a device sync.
+        """
+        asked = [
+            (r, act.top_logprobs) for r in resps
+            if (act := self._active.get(r.uid)) is not None and act.top_logprobs is not None and r.token not in self._hidden
+        ]  # fmt: skip
+        if not asked:
+            return {}
+        mx = self._mx
+        dist = mx.stack([r.logprobs for r, _ in asked])
+        chosen = dist[mx.arange(len(asked)), mx.array([r.token for r, _ in asked])].tolist()
+        k = max(want for _, want in asked)
+        ids = vals = [[] for _ in asked]
         if k:
-            mx = self._mx
-            ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
-            pairs = sorted(zip(ids.tolist(), logprobs[ids].tolist()), key=lambda p: -p[1])
-            top = tuple(TopLogprob(*self._token_logprob(i, v)) for i, v in pairs)
-        return TokenLogprob(*self._token_logprob(token, logprobs[token].item()), top)
+            top_ids = mx.argpartition(-dist, kth=k - 1, axis=-1)[:, :k]
+            ids, vals = top_ids.tolist(), mx.take_along_axis(dist, top_ids, axis=-1).tolist()
+        out = {}
+        for (r, want), logprob, i, v in zip(asked, chosen, ids, vals):
+            pairs = sorted(zip(i, v), key=lambda p: -p[1])[:want]
+            top = tuple(TopLogprob(*self._token_logprob(t, lp)) for t, lp in pairs)
+            out[r.uid] = TokenLogprob(*self._token_logprob(r.token, logprob), top)
+        return out
 
     def _token_logprob(self, token: int, logprob: float) -> tuple[str, float, str]:
         """``token``'s text, ``logprob`` as reported, and its bytes in hex when they are not whole UTF-8."""

@@ -1,14 +1,15 @@
-"""What JSON output costs on a node: decode speed with and without the schema constraint.
+"""What JSON output and logprobs cost on a node: decode speed with and without them.
 
-    python -m bench.json_output [--model DIR] [--concurrency 1,8] [--tokens 64]
+    python -m bench.decode_extras [--model DIR] [--concurrency 1,8] [--tokens 64]
 
 Runs the node's engine (``MLXEngine``) on ``--model`` (default: the tiny
 random model, built in a temporary directory; ``darkbloom up``'s demo lives
 at ``~/.darkbloom/models/smollm2-135m-instruct``) and sends the same greedy
-requests free and constrained to a schema whose one string must be long
-(``minLength``), so both run for ``--tokens`` tokens. Prints decode tokens/s
-per concurrency, free and constrained, and their ratio, measured in this one
-run (alternating which goes first).
+requests three ways: free; constrained to a schema whose one string must be
+long (``minLength``, so it too runs for ``--tokens`` tokens); and with
+``logprobs`` and 5 alternatives per token. Prints decode tokens/s per
+concurrency for each and the ratios to free, measured in this one run (the
+order rotating each round).
 """
 
 from __future__ import annotations
@@ -63,22 +64,24 @@ def main() -> None:
     constrained = SamplingParams(
         max_tokens=args.tokens, temperature=0.0, response_format="json_schema", json_schema=json.dumps(schema)
     )
+    ways = {"free": free, "json": constrained, "logprobs": SamplingParams(max_tokens=args.tokens, temperature=0.0, top_logprobs=5)}
     rows = []
     try:
         for n in levels:
             asyncio.run(run(engine, n, free))  # warm up: compile, caches
-            got: dict[str, list[float]] = {"free": [], "json": []}
+            got: dict[str, list[float]] = {name: [] for name in ways}
+            names = list(ways)
             for r in range(args.rounds):
-                for name in ("free", "json") if r % 2 == 0 else ("json", "free"):
-                    got[name].append(asyncio.run(run(engine, n, free if name == "free" else constrained)))
-            f, j = max(got["free"]), max(got["json"])
+                for name in names[r % 3 :] + names[: r % 3]:
+                    got[name].append(asyncio.run(run(engine, n, ways[name])))
+            f, j, lp = (max(got[name]) for name in names)
             rows.append({
                 "concurrency": str(n), "free tok/s": f"{f:.1f}", "JSON schema tok/s": f"{j:.1f}",
-                "JSON/free": f"{j / f:.2f}x",
+                "logprobs (top 5) tok/s": f"{lp:.1f}", "JSON/free": f"{j / f:.2f}x", "logprobs/free": f"{lp / f:.2f}x",
             })  # fmt: skip
     finally:
         engine.close()
-    print(f"### JSON output: greedy decode, {args.tokens} tokens per request, best of {args.rounds} ({model.name})\n")
+    print(f"### JSON output and logprobs: greedy decode, {args.tokens} tokens per request, best of {args.rounds} ({model.name})\n")
     print(table(rows))
 
 
