@@ -61,3 +61,13 @@ def test_a_legacy_completion_lists_the_tokens_of_its_text(shared_network: Networ
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
     # Greedy: the chosen token is the likeliest (two alternatives that read the same share one key).
     assert all(1 <= len(top) <= 2 and max(top.values()) == p for top, p in zip(lp.top_logprobs, lp.token_logprobs))
+
+
+def test_a_response_includes_its_output_text_logprobs(shared_network: Network, oai: openai.OpenAI) -> None:
+    resp = oai.responses.create(
+        model=shared_network.model, input="what is the capital of france?", max_output_tokens=10, temperature=0,
+        include=["message.output_text.logprobs"], top_logprobs=2,
+    )  # fmt: skip
+    part = resp.output[0].content[0]  # type: ignore[union-attr]
+    assert resp.usage is not None and len(part.logprobs) == resp.usage.output_tokens == 10  # type: ignore[union-attr]
+    assert all(e.top_logprobs[0].token == e.token for e in part.logprobs)  # type: ignore[union-attr]

@@ -28,6 +28,7 @@ from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
 from darkbloom.protocol import structured
 from darkbloom.protocol.openai import (
     DEFAULT_MAX_TOKENS,
+    MAX_TOP_LOGPROBS,
     RequestError,
     check_json_with_tools,
     check_sampling,
@@ -102,6 +103,8 @@ class ResponsesRequest(msgspec.Struct, frozen=True):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    top_logprobs: int | None = None
+    include: list[str] | None = None
     previous_response_id: str | None = None
     reasoning: dict[str, Any] | None = None
     store: bool | None = None
@@ -198,6 +201,8 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
     check_sampling(temperature=req.temperature, top_p=req.top_p, max_output_tokens=req.max_output_tokens)
     forced, tool_name = check_tool_choice(req.tool_choice, req.tools)
     tools = _tools_json(req)
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise RequestError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs")
     if req.previous_response_id:
         raise RequestError(
             400, "previous_response_id is not supported: responses are not stored", param="previous_response_id"
@@ -227,11 +232,21 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, tuple[ChatMe
         response_format=response_format,
         json_schema=json_schema,
         tools=tools,
+        top_logprobs=(req.top_logprobs or 0) if wants_logprobs(req) else None,
         tool_required=forced,
         tool_name=tool_name,
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     return req, tuple(messages), params
+
+
+def wants_logprobs(req: ResponsesRequest) -> bool:
+    """``include`` asks for the output text's log probabilities (other ``include`` values name output this
+    network never produces, such as reasoning or tool results, so they add nothing)."""
+    return LOGPROBS_INCLUDE in (req.include or ())
+
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 @dataclass
@@ -287,6 +302,7 @@ class ResponseState:
             "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
             "tools": req.tools or [],
             "top_p": 1.0 if req.top_p is None else req.top_p,
+            "top_logprobs": req.top_logprobs or 0,
             "truncation": "disabled",
             "usage": self.usage,
             "user": req.user,
@@ -312,12 +328,21 @@ class ResponseState:
         item["content"].append(_text_part(""))
         return [added, self._event("response.content_part.added", **self._at(), part=_text_part(""))]
 
-    def add_text(self, text: str) -> list[dict[str, Any]]:
-        """Text the model wrote: into the open message item (opening one first if need be), with its events."""
+    def add_text(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Text the model wrote: into the open message item (opening one first if need be), with its events.
+
+        ``logprobs``: its tokens' entries (``include`` asked for them); tokens
+        that wrote no text join an open message's, and otherwise (a tool
+        call's) are left out, as they belong to no output text.
+        """
+        if not text and not (logprobs and self._open is not None):
+            return []
         events = self._open_message() if self._open is None else []
         assert self._open is not None
-        self._open["content"][0]["text"] += text
-        events.append(self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[]))
+        part = self._open["content"][0]
+        part["text"] += text
+        part["logprobs"] += logprobs or []
+        events.append(self._event("response.output_text.delta", **self._at(), delta=text, logprobs=logprobs or []))
         return events
 
     def _at(self) -> dict[str, Any]:
@@ -330,7 +355,7 @@ class ResponseState:
             return []
         part = item["content"][0]
         events = [
-            self._event("response.output_text.done", **self._at(), text=part["text"], logprobs=[]),
+            self._event("response.output_text.done", **self._at(), text=part["text"], logprobs=part["logprobs"]),
             self._event("response.content_part.done", **self._at(), part=_copy(part)),
         ]
         item["status"] = status

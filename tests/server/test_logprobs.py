@@ -105,6 +105,27 @@ def test_a_legacy_completion_has_the_legacy_logprobs_object(coordinator: Coordin
     assert streamed == [("Paris", 0), ("\ufffd", 5)]
 
 
+def test_a_response_carries_them_in_its_output_text_when_included(coordinator: Coordinator) -> None:
+    def respond(**kw: Any) -> tuple[Any, Any]:
+        return _run(coordinator, lambda sdk: sdk.responses.create(model="m1", input="capital of France?", **kw), **kw)
+
+    include = ["message.output_text.logprobs", "reasoning.encrypted_content"]  # the second adds nothing here
+    resp, request = respond(include=include, top_logprobs=2)
+    assert request.params.top_logprobs == 2 and resp.top_logprobs == 2
+    part = resp.output[0].content[0]
+    assert [(e.token, e.bytes) for e in part.logprobs] == [("Paris", list(b"Paris")), ("\ufffd", [0xE2, 0x82])]
+    assert [t.token for t in part.logprobs[0].top_logprobs] == ["Paris", "Lyon"]
+    events, _ = respond(include=include, stream=True)
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert [lp.token for e in deltas for lp in e.logprobs] == ["Paris", "\ufffd"]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert [lp.token for lp in done.logprobs] == ["Paris", "\ufffd"]
+    resp, request = respond(top_logprobs=2)  # not included: none asked of the node, none shown
+    assert request.params.top_logprobs is None and resp.output[0].content[0].logprobs == []
+    bad = coordinator.client.post("/v1/responses", json={"model": "m1", "input": "hi", "top_logprobs": 21}, headers=coordinator.auth)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+
+
 @pytest.mark.parametrize(
     ("extra", "hint"), [({"logprobs": 6}, "between 0 and 5"), ({"logprobs": 1, "echo": True}, "echo")]
 )

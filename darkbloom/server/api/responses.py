@@ -15,12 +15,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error, ToolCall, structured
+from darkbloom.protocol import Chunk, Complete, Error, TokenLogprob, ToolCall, structured
+from darkbloom.protocol.openai import logprob_entries
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
     check_fleet_limits,
     check_json_support,
+    check_logprobs_support,
     collect,
     dispatch,
     handle,
@@ -50,6 +52,9 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
     if params.response_format is not None:
         check_json_support(request, req.model, "text.format")
         await structured.check_schema(params.json_schema, "text.format")
+    with_logprobs = params.top_logprobs is not None
+    if with_logprobs:
+        check_logprobs_support(request, req.model)
     check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "resp_", "responses", req.model, messages, params, req.stream)
@@ -57,9 +62,10 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
     state = ResponseState(job.request_id, f"msg_{uuid.uuid4().hex}", job.model, int(time.time()), req)
     if not req.stream:
         calls: list[ToolCall] = []
-        text, done = await collect(request, relay, calls)
+        entries: list[TokenLogprob] | None = [] if with_logprobs else None
+        text, done = await collect(request, relay, calls, entries)
         if text:
-            state.add_text(text)
+            state.add_text(text, logprob_entries(entries) if entries is not None else None)
         for call in calls:
             state.add_call(call)
         state.finish(done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens)
@@ -70,8 +76,9 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
             yield _event(event)
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
-                if frame.text:
-                    for event in state.add_text(frame.text):
+                if frame.text or (with_logprobs and frame.logprobs):
+                    lp = logprob_entries(frame.logprobs) if with_logprobs else None
+                    for event in state.add_text(frame.text, lp):
                         yield _event(event)
                 for call in frame.tool_calls:
                     for event in state.add_call(call):
