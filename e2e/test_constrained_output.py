@@ -73,6 +73,22 @@ def test_a_schema_the_network_cannot_enforce_is_a_400_before_anything_runs(
     assert err.value.body["param"] == "response_format" and "tuple" in err.value.body["message"]  # type: ignore[index]
 
 
+class Flag(BaseModel):
+    ok: bool
+    color: Literal["red", "green"]
+
+
+def test_anthropic_parse_returns_the_callers_model(shared_network: Network) -> None:
+    # (The anthropic SDK moves numeric bounds out of the schema it sends, and checks them itself: none here.)
+    with anthropic.Anthropic(base_url=shared_network.base_url, api_key=shared_network.key, max_retries=0) as claude:
+        for temperature in (0, 1, 1):
+            msg = claude.messages.parse(
+                model=shared_network.model, max_tokens=200, messages=[{"role": "user", "content": "judge this"}],
+                output_format=Flag, extra_body={"temperature": temperature},
+            )  # fmt: skip
+            assert msg.stop_reason == "end_turn" and isinstance(msg.parsed_output, Flag), msg.content
+
+
 # ---- forced tool calls ----------------------------------------------------------------------------
 
 CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"], "additionalProperties": False}

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from darkbloom.protocol import structured
 from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
 from darkbloom.protocol.openai import RequestError, check_sampling, decode_body, named_tool
 
@@ -75,6 +76,20 @@ class MessageParam(msgspec.Struct, frozen=True):
     content: str | list[ContentBlock]
 
 
+class OutputFormat(msgspec.Struct, frozen=True):
+    """``output_config.format``: the JSON schema the answer must match."""
+
+    type: str
+    schema: dict[str, Any] | None = None
+
+
+class OutputConfig(msgspec.Struct, frozen=True):
+    """``output_config``: ``format`` is enforced; ``effort`` (for reasoning models) changes nothing here."""
+
+    format: OutputFormat | None = None
+    effort: str | None = None
+
+
 class MessagesRequest(msgspec.Struct, frozen=True):
     """``POST /v1/messages`` body. Unknown fields are ignored."""
 
@@ -91,9 +106,40 @@ class MessagesRequest(msgspec.Struct, frozen=True):
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None
+    """The structured-outputs beta's spelling of ``output_config.format``."""
 
 
 _decoder = msgspec.json.Decoder(MessagesRequest)
+
+
+def output_format(req: MessagesRequest, prefill: bool) -> tuple[str | None, str | None]:
+    """Structured output (``output_config.format``, or the beta's ``output_format``) as the node's
+    ``response_format`` and ``json_schema``.
+
+    Raises:
+        RequestError: 400 naming the field: a type other than ``json_schema``,
+            no schema, a malformed or too large one, beside tools the model may
+            call, or with a prefill (as on Anthropic's API).
+    """
+    fmt, param = (req.output_config.format, "output_config.format") if req.output_config else (None, "")
+    if fmt is None:
+        fmt, param = req.output_format, "output_format"
+    if fmt is None:
+        return None, None
+    if fmt.type != "json_schema":
+        raise RequestError(400, f"{param}.type: {fmt.type!r} is not supported; only 'json_schema'", param=param)
+    if fmt.schema is None:
+        raise RequestError(400, f"{param}.schema: a JSON schema is required", param=param)
+    structured.check_schema_shape(fmt.schema, param)
+    if req.tools and (req.tool_choice or {}).get("type") != "none":
+        raise RequestError(
+            400, f"{param}: structured output cannot be combined with tools the model may call", param=param
+        )
+    if prefill:
+        raise RequestError(400, f"{param}: a prefilled assistant message cannot be combined with it", param=param)
+    return structured.node_format("json_schema", fmt.schema)
 
 
 class CountTokensRequest(msgspec.Struct, frozen=True):
@@ -245,6 +291,7 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
     check_sampling(temperature=req.temperature, top_p=req.top_p, max_temperature=1.0, max_tokens=req.max_tokens)
     messages, prefill = _chat(req)
     forced, tool_name = forced_tool(req)
+    response_format, json_schema = output_format(req, prefill)
     params = SamplingParams(
         max_tokens=req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -252,6 +299,8 @@ def parse_messages_request(body: bytes) -> tuple[MessagesRequest, tuple[ChatMess
         stop=tuple(s for s in req.stop_sequences or () if s),
         continue_final=prefill,
         tools=tools_json(req),
+        response_format=response_format,
+        json_schema=json_schema,
         tool_required=forced,
         tool_name=tool_name,
         parallel_tool_calls=not (req.tool_choice or {}).get("disable_parallel_tool_use", False),

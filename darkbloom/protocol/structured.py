@@ -96,6 +96,17 @@ def check_format(kind: str, name: str | None, schema: Any, param: str) -> None:
         raise RequestError(
             400, f"{param} needs a name of 1 to 64 letters, digits, '_' or '-' for type 'json_schema'", param=param
         )
+    check_schema_shape(schema, param)
+
+
+def check_schema_shape(schema: Any, param: str) -> None:
+    """A schema must be a JSON object (or absent: any JSON) of at most ``MAX_SCHEMA_CHARS`` characters.
+
+    Raises:
+        RequestError: 400 naming ``param``.
+    """
+    from darkbloom.protocol.openai import RequestError
+
     if schema is not None and not isinstance(schema, dict):
         raise RequestError(400, f"{param} schema must be a JSON object", param=param)
     size = len(schema_text(schema))

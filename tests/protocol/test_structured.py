@@ -9,6 +9,7 @@ import pytest
 
 from darkbloom.protocol import structured
 from darkbloom.protocol.openai import RequestError, parse_chat_request, to_internal
+from darkbloom.protocol.anthropic import parse_messages_request
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -106,3 +107,41 @@ def test_responses_json_object_and_tools() -> None:
     with pytest.raises(RequestError) as err:
         responses(text={"format": {"type": "json_object"}}, tools=tools)
     assert err.value.param == "text.format"
+
+
+def messages(**extra: Any) -> Any:
+    body = {"model": "m", "max_tokens": 50, "messages": [{"role": "user", "content": "where?"}], **extra}
+    return parse_messages_request(json.dumps(body).encode())[2]
+
+
+def test_anthropic_output_config_format_reaches_the_node_as_the_schema() -> None:
+    p = messages(output_config={"format": {"type": "json_schema", "schema": SCHEMA}, "effort": "low"})
+    assert p.response_format == "json_schema" and json.loads(p.json_schema) == SCHEMA
+    p = messages(output_format={"type": "json_schema", "schema": SCHEMA})  # the beta's spelling
+    assert p.response_format == "json_schema" and json.loads(p.json_schema) == SCHEMA
+    assert messages(output_config={"effort": "high"}).response_format is None  # effort alone: nothing to enforce
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"output_config": {"format": {"type": "text"}}}, "'text' is not supported"),
+        ({"output_config": {"format": {"type": "json_schema"}}}, "schema is required"),
+        ({"output_config": {"format": {"type": "json_schema", "schema": HUGE}}}, "too large"),
+        (
+            {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}},
+             "tools": [{"name": "f", "input_schema": {"type": "object"}}]},
+            "tools",
+        ),
+        (
+            {"output_format": {"type": "json_schema", "schema": SCHEMA},
+             "messages": [{"role": "user", "content": "where?"}, {"role": "assistant", "content": "{"}]},
+            "prefill",
+        ),
+    ],
+)  # fmt: skip
+def test_anthropic_structured_output_refusals_name_the_field(extra: dict[str, Any], needle: str) -> None:
+    with pytest.raises(RequestError) as err:
+        messages(**extra)
+    assert err.value.status == 400 and err.value.param in ("output_config.format", "output_format")
+    assert needle in str(err.value)

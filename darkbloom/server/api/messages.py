@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from darkbloom.protocol import Chunk, Complete, Error, ToolCall
+from darkbloom.protocol import Chunk, Complete, Error, ToolCall, structured
 from darkbloom.protocol.anthropic import (
     message_object,
     parse_count_tokens_request,
@@ -30,6 +30,7 @@ from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
     check_fleet_limits,
+    check_json_support,
     collect,
     dispatch,
     handle,
@@ -84,6 +85,10 @@ async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timin
     req, chat, params = parse_messages_request(body)
     if params.tools is not None:
         check_tool_support(request, req.model, params.tool_required)
+    if params.response_format is not None:
+        param = "output_config.format" if req.output_config else "output_format"
+        check_json_support(request, req.model, param)
+        await structured.check_schema(params.json_schema, param)
     check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "msg_", "messages", req.model, chat, params, req.stream)
