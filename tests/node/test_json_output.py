@@ -92,3 +92,20 @@ def test_a_node_advertises_json_only_with_a_fast_tokenizer(tiny_model_dir: Path,
     slow = shutil.copytree(tiny_model_dir, tmp_path / "slow")
     (slow / "tokenizer.json").unlink()  # llguidance reads the vocabulary from a fast tokenizer's file
     assert can_constrain(tiny_model_dir) and not can_constrain(slow)
+
+
+def test_a_token_outside_the_grammar_ends_the_answer_and_is_reported(engine: MLXEngine) -> None:
+    import mlx.core as mx
+
+    from darkbloom.node.engine.constrain import GrammarConstraint
+    from darkbloom.protocol.structured import grammar
+
+    gt = engine._grammar_tok
+    c = GrammarConstraint(gt, grammar(json.dumps(VERDICT)))
+    vocab = engine._model.args.vocab_size
+    first = c(mx.array([0]), mx.zeros((1, vocab)))
+    assert mx.isfinite(first).sum().item() >= 1 and not c.error
+    stray = engine._tok.encode("x", add_special_tokens=False)[0]  # an answer must open with "{"
+    after = c(mx.array([0, stray]), mx.zeros((1, vocab)))
+    assert c.error
+    assert mx.isfinite(after).sum().item() == 1 and mx.isfinite(after[0, gt.eos_token]).item()  # only the end is left

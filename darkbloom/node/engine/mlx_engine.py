@@ -528,8 +528,8 @@ class MLXEngine:
         if reason == "stop" and act.tools is not None and act.tools.made_call:
             reason = "tool_calls"
         if act.constraint is not None and act.constraint.error and reason != "cancelled":
-            # Never let an answer that left its schema pass as a finished one.
-            failed = Failed(act.request_id, f"the answer left its JSON schema: {act.constraint.error}")
+            # Never let an answer that left its grammar (a JSON schema, a forced call) pass as a finished one.
+            failed = Failed(act.request_id, f"the answer left its grammar: {act.constraint.error}")
             self._emit(act, loop, act.events, failed)
             self._forget(uid)
             return
