@@ -17,6 +17,7 @@ from darkbloom.node.blas import INSTALL_HINT, blas_status
 from darkbloom.node.hardware import physical_memory_bytes
 from darkbloom.node.memory import GiB, MemoryPolicy, free_for_load_gb, memory_cap_bytes
 from darkbloom.node.models.scan import ScanEntry, hf_cache_dir, scan
+from darkbloom.protocol import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,8 @@ def check_models(home: Path, entries: list[ScanEntry] | None = None) -> list[Che
     for e in entries:
         if e.servable and e.info is not None:
             fmt = e.info.quantization or "unknown format"
-            checks.append(
-                Check(f"model {e.info.id}", True, f"{fmt} weights, {e.info.size_bytes / GiB:.2f} GiB, {e.path}")
-            )
+            detail = f"{fmt} weights, {e.info.size_bytes / GiB:.2f} GiB, {e.path}; {serves(e.info)}"
+            checks.append(Check(f"model {e.info.id}", True, detail))
         elif e.info is None:
             checks.append(
                 Check(
@@ -112,6 +112,20 @@ def check_models(home: Path, entries: list[ScanEntry] | None = None) -> list[Che
                 )
             )
     return checks
+
+
+def serves(info: ModelInfo) -> str:
+    """What a model's requests may ask of this node beyond plain chat, as it advertises them."""
+    have = [name for flag, name in _FEATURES if getattr(info, flag)]
+    return "serves chat" + "".join(f", {name}" for name in have)
+
+
+_FEATURES = (
+    ("supports_tools", "tool calls"),
+    ("supports_tool_choice", "forced tool calls"),
+    ("supports_json", "JSON output"),
+    ("supports_logprobs", "logprobs"),
+)
 
 
 def check_coordinator(url: str, timeout: float = 3.0) -> list[Check]:

@@ -72,6 +72,7 @@ def test_doctor_reports_broken_dirs_and_an_unreachable_coordinator_with_fixes(
     out = result.output
     assert "[ok] MLX backend" in out and "BLAS" in out and "weight format" in out and "[ok] memory" in out
     assert "[ok] model good: float32 weights" in out
+    assert "serves chat, tool calls, forced tool calls, JSON output, logprobs" in out  # the tiny model has them all
     assert "[!!] model empty" in out and "skipped" in out
     assert "[!!] coordinator" in out and "fix: start one" in out
     assert out.count("install an optimized BLAS") <= 1, "the BLAS advice is printed twice"
