@@ -101,7 +101,7 @@ def test_a_token_outside_the_grammar_ends_the_answer_and_is_reported(engine: MLX
     from darkbloom.protocol.structured import grammar
 
     gt = engine._grammar_tok
-    c = GrammarConstraint(gt, grammar(json.dumps(VERDICT)))
+    c = GrammarConstraint(gt, engine._matchers.matcher(grammar(json.dumps(VERDICT))))
     vocab = engine._model.args.vocab_size
     first = c(mx.array([0]), mx.zeros((1, vocab)))
     assert mx.isfinite(first).sum().item() >= 1 and not c.error
@@ -109,3 +109,17 @@ def test_a_token_outside_the_grammar_ends_the_answer_and_is_reported(engine: MLX
     after = c(mx.array([0, stray]), mx.zeros((1, vocab)))
     assert c.error
     assert mx.isfinite(after).sum().item() == 1 and mx.isfinite(after[0, gt.eos_token]).item()  # only the end is left
+
+
+async def test_a_schema_sent_again_is_compiled_once(engine: MLXEngine) -> None:
+    schema = {**VERDICT, "description": "compiled once"}
+    before = engine._matchers.compiled
+    for seed in range(3):
+        out = await generate(engine, "answer in json", temperature=1.0, seed=seed, max_tokens=200,
+                             response_format="json_schema", json_schema=json.dumps(schema))  # fmt: skip
+        assert_verdict(out.text)  # each request gets a fresh copy: its own state from the start
+    assert engine._matchers.compiled == before + 1
+    bad = '{"type": "objectx"}'
+    for _ in range(2):
+        await generate(engine, "hi", max_tokens=5, response_format="json_schema", json_schema=bad)
+    assert engine._matchers.compiled == before + 3  # a grammar that fails is not kept

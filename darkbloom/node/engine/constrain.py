@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -103,24 +104,55 @@ def _marker(tok: Any, grammar_tok: Any, text: str) -> str:
     return json.dumps(text)
 
 
+class MatcherCache:
+    """Compiled grammars by their text, the ``size`` most recently used kept.
+
+    Compiling takes 0.8-8 ms on a 49,152-token vocabulary (a two-field
+    schema to a 25 KB one, measured) and happens on the engine thread,
+    between decode steps; an app sends the same schema again and again, and
+    a copy of a compiled matcher takes microseconds.
+    """
+
+    def __init__(self, tokenizer: Any, size: int = 32) -> None:
+        self.tokenizer = tokenizer
+        self.size = size
+        self.compiled = 0
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def matcher(self, grammar: str) -> Any:
+        """A fresh matcher for ``grammar``.
+
+        Raises:
+            ValueError: the grammar does not compile (the message says why; nothing is kept).
+        """
+        from llguidance import LLMatcher
+
+        pristine = self._items.get(grammar)
+        if pristine is None:
+            pristine = LLMatcher(self.tokenizer, grammar)
+            self.compiled += 1
+            if pristine.is_error():
+                raise ValueError(pristine.get_error())
+            self._items[grammar] = pristine
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(grammar)
+        return pristine.deep_copy()
+
+
 class GrammarConstraint:
     """An mlx-lm logits processor: ``(tokens so far, logits) -> logits`` with disallowed tokens at -inf.
 
     Args:
         tokenizer: From ``grammar_tokenizer``.
-        grammar: An llguidance grammar (``protocol.structured.grammar``, ``tool_call_grammar``).
-
-    Raises:
-        ValueError: the grammar does not compile (the message says why).
+        matcher: A fresh llguidance matcher for the answer's grammar (``MatcherCache.matcher``).
     """
 
-    def __init__(self, tokenizer: Any, grammar: str) -> None:
-        from llguidance import LLMatcher
+    def __init__(self, tokenizer: Any, matcher: Any) -> None:
         from llguidance.numpy import allocate_token_bitmask
 
-        self.matcher = LLMatcher(tokenizer, grammar)
-        if self.matcher.is_error():
-            raise ValueError(self.matcher.get_error())
+        self.matcher = matcher
         self._vocab = tokenizer.vocab_size
         self._eos = tokenizer.eos_token
         self._bits = allocate_token_bitmask(1, self._vocab)

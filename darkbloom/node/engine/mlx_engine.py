@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from darkbloom.node.engine.base import EngineEvent, Failed, Finished, TextDelta
-from darkbloom.node.engine.constrain import GrammarConstraint, can_constrain, grammar_tokenizer, tool_call_grammar
+from darkbloom.node.engine.constrain import (
+    GrammarConstraint,
+    MatcherCache,
+    can_constrain,
+    grammar_tokenizer,
+    tool_call_grammar,
+)
 from darkbloom.node.engine.stops import StopMatcher
 from darkbloom.node.engine.tools import ToolCallExtractor
 from darkbloom.protocol import ChatMessage, SamplingParams, SlotCapacity, TokenLogprob, ToolCall, TopLogprob, Usage
@@ -171,6 +177,7 @@ class MLXEngine:
         self._load_error: BaseException | None = None
         self.context_length = context_length or 0
         self._grammar_tok: Any = None  # llguidance's view of the tokenizer (JSON output)
+        self._matchers: Any = None  # MatcherCache over it
         self._token_texts: dict[int, tuple[str, str]] = {}  # token id -> (text, raw hex if not whole UTF-8)
         self._thread = threading.Thread(target=self._run, name=f"mlx-{model_id}", daemon=True)
         self._thread.start()
@@ -268,6 +275,7 @@ class MLXEngine:
                 # request, where it would stall every stream in the batch.
                 try:
                     self._grammar_tok = grammar_tokenizer(self._tok)
+                    self._matchers = MatcherCache(self._grammar_tok)
                 except Exception as exc:  # the model still serves; JSON requests get a 400 saying why
                     log.warning("JSON output unavailable for %s: %s", self.model_id, exc)
             eos = [[t] for t in sorted(self._tok.eos_token_ids)]
@@ -449,7 +457,7 @@ class MLXEngine:
         else:
             schema = params.json_schema if params.response_format == "json_schema" and params.json_schema else JSON_OBJECT_SCHEMA
             grammar = json_grammar(schema)
-        return GrammarConstraint(self._grammar_tok, grammar)
+        return GrammarConstraint(self._grammar_tok, self._matchers.matcher(grammar))
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[Any, list[int]]:
         """A copy of the longest cached KV prefix of ``prompt`` and the tokens still to prefill."""
