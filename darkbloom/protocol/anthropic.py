@@ -227,6 +227,8 @@ def _turn(role: str, content: str | list[ContentBlock], param: str) -> list[Chat
             if not isinstance(body, str) and any(b.get("type") != "text" for b in body or ()):
                 raise RequestError(400, f"{param}.{j}.content: only text is supported in a tool_result", param=param)
             text = body if isinstance(body, str) else "".join(str(b.get("text", "")) for b in body or ())
+            if block.is_error:  # chat templates have no field for it: the model reads it in the result
+                text = f"Error: {text}" if text else "Error"
             results.append(ChatMessage(role="tool", content=text, tool_call_id=block.tool_use_id))
         else:
             raise RequestError(

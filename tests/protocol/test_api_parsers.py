@@ -192,3 +192,22 @@ def test_stop_reasons() -> None:
     assert stop_reason("stop", None) == "end_turn"
     assert stop_reason("stop", "END") == "stop_sequence"
     assert stop_reason("length", None) == "max_tokens"
+
+
+def test_a_failed_tool_result_tells_the_model_it_failed() -> None:
+    def result(**block: Any) -> str:
+        body = {
+            "model": "m", "max_tokens": 5,
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "w", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", **block}]},
+            ],
+        }  # fmt: skip
+        _, messages, _ = parse_messages_request(json.dumps(body).encode())
+        (tool,) = [m for m in messages if m.role == "tool"]
+        return tool.content
+
+    assert result(content="timeout after 5 s", is_error=True) == "Error: timeout after 5 s"
+    assert result(is_error=True) == "Error"
+    assert result(content="18C") == result(content="18C", is_error=False) == "18C"
