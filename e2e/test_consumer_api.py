@@ -433,3 +433,18 @@ def test_non_streaming_caller_that_hangs_up_cancels_the_generation(shared_networ
     while capacity(shared_network)["busy_slots"]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_usage_says_how_much_of_a_repeated_prompt_the_node_had_cached(shared_network: Network, oai: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "a prompt long enough to be worth caching: " + "lorem ipsum " * 40}]
+
+    def ask() -> Any:
+        return oai.chat.completions.create(model=shared_network.model, messages=messages, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+
+    ask()
+    again = ask()
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    cached = again.usage.prompt_tokens_details.cached_tokens or 0
+    assert 0 < cached < again.usage.prompt_tokens  # the node's prompt cache held all but the last token
+    resp = oai.responses.create(model=shared_network.model, input=messages, max_output_tokens=4, temperature=0)  # type: ignore[arg-type]
+    assert resp.usage is not None and resp.usage.input_tokens_details.cached_tokens > 0

@@ -233,8 +233,12 @@ def complete_frame(
     """The terminal ``complete`` frame, with a signed receipt when the node has keys.
 
     A consumer-sealed request's matched stop string came from the sealed body,
-    so it is left out rather than sent in the clear.
+    so it is left out rather than sent in the clear; so is how much of its
+    prompt the node found in its prompt cache, which would tell the
+    coordinator that two sealed prompts share a beginning.
     """
+    if sealer.private and usage.cached_tokens:
+        usage = msgspec.structs.replace(usage, cached_tokens=0)
     receipt = None
     if attestor is not None:
         receipt = attestor.receipt(req.request_id, req.model, sealer.sealed_hash, usage, finish_reason)

@@ -378,9 +378,9 @@ class ResponseState:
         events.append(self._event("response.output_item.done", output_index=index, item=_copy(item)))
         return events
 
-    def finish(self, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def finish(self, finish_reason: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         """Record how the generation ended and its usage."""
-        self.usage = response_usage(prompt_tokens, completion_tokens)
+        self.usage = response_usage(prompt_tokens, completion_tokens, cached_tokens)
         if finish_reason == "length":
             self.status, self.incomplete_reason = "incomplete", "max_output_tokens"
         else:
@@ -411,10 +411,10 @@ def _copy(obj: dict[str, Any]) -> dict[str, Any]:
     return msgspec.json.decode(msgspec.json.encode(obj))  # type: ignore[no-any-return]
 
 
-def response_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def response_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached_tokens},
         "output_tokens": completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt_tokens + completion_tokens,

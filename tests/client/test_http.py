@@ -74,7 +74,8 @@ async def test_admin_stream_follows_nodes_and_requests(served: Served) -> None:
         assert not served.app.state.events.subscribers
     assert isinstance(pieces[0], StreamStart) and pieces[0].privacy == "coordinator-visible"
     assert "".join(p.text for p in pieces if isinstance(p, TextDelta)) == "Hello!"
-    assert pieces[-1] == StreamEnd("stop", {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6})
+    usage = {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6, "prompt_tokens_details": {"cached_tokens": 0}}
+    assert pieces[-1] == StreamEnd("stop", usage)
     assert done["id"] == pieces[0].request_id and done["node"] == "node-scripted" and done["completion_tokens"] == 3
     assert left["node"] == "node-scripted" and left["view"] is None
 

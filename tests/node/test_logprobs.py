@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from darkbloom.node.attestation import ResponseSealer
 from darkbloom.node.engine.mlx_engine import MLXEngine, template_messages
-from darkbloom.protocol import ChatMessage, TokenLogprob, TopLogprob
+from darkbloom.protocol import ChatMessage
 from tests.node.test_engine import collect, generate, submit
 
 pytestmark = pytest.mark.anyio
@@ -65,15 +64,3 @@ async def test_a_token_the_json_constraint_rules_out_reports_minus_9999(engine: 
     (entry,) = [lp for d in out.deltas for lp in d.logprobs]
     assert entry.token == "{" or entry.token.startswith("{")
     assert entry.top[-1].logprob == -9999.0  # far fewer than 20 tokens can open a JSON object
-
-
-def test_a_sealed_answer_carries_its_logprobs_inside_the_ciphertext_only() -> None:
-    from darkbloom.protocol.sealed import decode_piece, open_chunk
-
-    lp = (TokenLogprob("Paris", -0.1, "", (TopLogprob("Paris", -0.1),)),)
-    assert ResponseSealer(None, "").chunk_fields(0, "Paris", (), lp)["logprobs"] == lp
-    key = b"k" * 32
-    sealed = ResponseSealer(key, "h").chunk_fields(3, "Paris", (), lp)
-    assert "logprobs" not in sealed and "Paris" not in str(sealed)  # their tokens would spell the text out
-    assert decode_piece(open_chunk(key, 3, sealed["sealed"])).logprobs == lp
-

@@ -47,7 +47,9 @@ def test_chunks_are_relayed_in_order_with_usage(coordinator: Coordinator) -> Non
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == "Hello there"
-    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 0}
+    }
 
 
 def test_malformed_frame_gets_an_error_frame_and_the_socket_stays_usable(coordinator: Coordinator) -> None:

@@ -55,7 +55,7 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
     if not req.stream:
         entries: list[TokenLogprob] | None = [] if with_logprobs else None
         text, done = await collect(request, relay, None, entries)
-        usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens)
+        usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.cached_tokens)
         logprobs = completion_logprobs(entries) if entries is not None else None
         return json_response(
             text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage, logprobs), relay
@@ -78,7 +78,7 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
             elif isinstance(frame, Complete):
                 yield sse(text_completion(job.request_id, job.model, created, "", frame.finish_reason))
                 if include_usage:
-                    usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens)
+                    usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens, frame.usage.cached_tokens)
                     yield sse(text_completion(job.request_id, job.model, created, None, None, usage))
                 yield b"data: [DONE]\n\n"
             elif isinstance(frame, Error):
