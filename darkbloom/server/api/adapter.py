@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from darkbloom.protocol import TokenLogprob, ToolCall
+from darkbloom.protocol import TokenLogprob, ToolCall, structured
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
 from darkbloom.server.api.auth import require_consumer
@@ -126,6 +126,29 @@ def some_node_has(request: Request, model: str, feature: str) -> bool:
     return not nodes or any(getattr(n.models[model], feature) for n in nodes)
 
 
+def check_tool_support(request: Request, model: str, forced: bool = False) -> None:
+    """Refuse ``tools`` for a model no connected node can render and parse tool calls for, and a
+    forced call (``forced``) for one no connected node can force a call of.
+
+    Raises:
+        RequestError: 400 naming ``tools`` or ``tool_choice``.
+    """
+    if not some_node_has(request, model, "supports_tools"):
+        raise RequestError(
+            400,
+            f"model {model!r} does not support tools: its chat template has no tool-calling format "
+            f"this network can parse. Send the request without 'tools', or pick a tool-capable model",
+            param="tools",
+        )
+    if forced and not some_node_has(request, model, "supports_tool_choice"):
+        raise RequestError(
+            400,
+            f"model {model!r} cannot be made to call a tool on this network: its tool-call format has no grammar "
+            f"here (JSON between <tool_call> markers has), or its nodes predate forced calls. Use tool_choice 'auto'",
+            param="tool_choice",
+        )
+
+
 def check_json_support(request: Request, model: str, param: str) -> None:
     """Refuse JSON output for a model none of whose connected nodes can constrain its answers.
 
@@ -154,6 +177,22 @@ def check_logprobs_support(request: Request, model: str) -> None:
             400, f"model {model!r} is served only by nodes that predate logprobs; send the request without them",
             param="logprobs",
         )
+
+
+async def check_features(request: Request, model: str, params: gateway.SamplingParams, json_param: str) -> None:
+    """Refuse what no connected node serving ``model`` can honour: tools (or a forced call), JSON output
+    (``json_param`` names the field; its schema is compiled here, in a worker thread), logprobs.
+
+    Raises:
+        RequestError: 400 naming the field.
+    """
+    if params.tools is not None:
+        check_tool_support(request, model, params.tool_required)
+    if params.response_format is not None:
+        check_json_support(request, model, json_param)
+        await structured.check_schema(params.json_schema, json_param)
+    if params.top_logprobs is not None:
+        check_logprobs_support(request, model)
 
 
 class _RandomIds:

@@ -9,9 +9,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error, TokenLogprob, ToolCall, structured
+from darkbloom.protocol import Chunk, Complete, Error, TokenLogprob, ToolCall
 from darkbloom.protocol.openai import (
-    RequestError,
     chat_chunk,
     chat_completion,
     logprob_entries,
@@ -22,10 +21,8 @@ from darkbloom.protocol.openai import (
 )
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
+    check_features,
     check_fleet_limits,
-    check_json_support,
-    check_logprobs_support,
-    some_node_has,
     collect,
     dispatch,
     handle,
@@ -59,29 +56,6 @@ def content_sse(completion_id: str, model: str, created: int) -> Callable[[str],
     return event
 
 
-def check_tool_support(request: Request, model: str, forced: bool = False) -> None:
-    """Refuse ``tools`` for a model no connected node can render and parse tool calls for, and a
-    forced call (``forced``) for one no connected node can force a call of.
-
-    Raises:
-        RequestError: 400 naming ``tools`` or ``tool_choice``.
-    """
-    if not some_node_has(request, model, "supports_tools"):
-        raise RequestError(
-            400,
-            f"model {model!r} does not support tools: its chat template has no tool-calling format "
-            f"this network can parse. Send the request without 'tools', or pick a tool-capable model",
-            param="tools",
-        )
-    if forced and not some_node_has(request, model, "supports_tool_choice"):
-        raise RequestError(
-            400,
-            f"model {model!r} cannot be made to call a tool on this network: its tool-call format has no grammar "
-            f"here (JSON between <tool_call> markers has), or its nodes predate forced calls. Use tool_choice 'auto'",
-            param="tool_choice",
-        )
-
-
 async def chat_completions(request: Request) -> Response:
     # A sealed body (its own content type) is routed as ciphertext: see api/sealed.py.
     return await handle(request, sealed_chat if is_sealed(request) else _chat_completions, error_response)
@@ -90,13 +64,7 @@ async def chat_completions(request: Request) -> Response:
 async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req = parse_chat_request(body)
     messages, params = to_internal(req)
-    if params.tools is not None:
-        check_tool_support(request, req.model, params.tool_required)
-    if params.response_format is not None:
-        check_json_support(request, req.model, "response_format")
-        await structured.check_schema(params.json_schema, "response_format")
-    if params.top_logprobs is not None:
-        check_logprobs_support(request, req.model)
+    await check_features(request, req.model, params, "response_format")
     check_fleet_limits(
         request, req.model, params.max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     )

@@ -22,8 +22,8 @@ from darkbloom.protocol.openai_completions import (
 )
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
+    check_features,
     check_fleet_limits,
-    check_logprobs_support,
     collect,
     dispatch,
     handle,
@@ -43,9 +43,8 @@ async def completions(request: Request) -> Response:
 async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req, prompt = parse_completion_request(body)
     params = completion_params(req, prompt)
+    await check_features(request, req.model, params, "response_format")
     with_logprobs = params.top_logprobs is not None
-    if with_logprobs:
-        check_logprobs_support(request, req.model)
     check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "cmpl-", "completions", req.model, (), params, req.stream)

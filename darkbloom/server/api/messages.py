@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from darkbloom.protocol import Chunk, Complete, Error, ToolCall, structured
+from darkbloom.protocol import Chunk, Complete, Error, ToolCall
 from darkbloom.protocol.anthropic import (
     message_object,
     parse_count_tokens_request,
@@ -29,8 +29,9 @@ from darkbloom.protocol.anthropic import (
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
+    check_features,
     check_fleet_limits,
-    check_json_support,
+    check_tool_support,
     collect,
     dispatch,
     handle,
@@ -38,7 +39,6 @@ from darkbloom.server.api.adapter import (
     new_job,
     stream_response,
 )
-from darkbloom.server.api.chat import check_tool_support
 from darkbloom.server.api.errors import anthropic_error
 from darkbloom.server.billing.hook import BillingHook
 from darkbloom.server.store import ApiKeyRecord
@@ -83,12 +83,7 @@ async def _count_tokens(request: Request, consumer: ApiKeyRecord, body: bytes, t
 
 async def _messages(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req, chat, params = parse_messages_request(body)
-    if params.tools is not None:
-        check_tool_support(request, req.model, params.tool_required)
-    if params.response_format is not None:
-        param = "output_config.format" if req.output_config else "output_format"
-        check_json_support(request, req.model, param)
-        await structured.check_schema(params.json_schema, param)
+    await check_features(request, req.model, params, "output_config.format" if req.output_config else "output_format")
     check_fleet_limits(request, req.model, params.max_tokens, "max_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "msg_", "messages", req.model, chat, params, req.stream)

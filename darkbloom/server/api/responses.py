@@ -15,14 +15,13 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from darkbloom.protocol import Chunk, Complete, Error, TokenLogprob, ToolCall, structured
+from darkbloom.protocol import Chunk, Complete, Error, TokenLogprob, ToolCall
 from darkbloom.protocol.openai import logprob_entries
 from darkbloom.protocol.openai_responses import ResponseState, parse_responses_request
 from darkbloom.server import gateway
 from darkbloom.server.api.adapter import (
+    check_features,
     check_fleet_limits,
-    check_json_support,
-    check_logprobs_support,
     collect,
     dispatch,
     handle,
@@ -30,7 +29,6 @@ from darkbloom.server.api.adapter import (
     new_job,
     stream_response,
 )
-from darkbloom.server.api.chat import check_tool_support
 from darkbloom.server.api.errors import error_response
 from darkbloom.server.store import ApiKeyRecord
 
@@ -47,14 +45,8 @@ async def responses(request: Request) -> Response:
 
 async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timing: gateway.Timing) -> Response:
     req, messages, params = parse_responses_request(body)
-    if params.tools is not None:
-        check_tool_support(request, req.model, params.tool_required)
-    if params.response_format is not None:
-        check_json_support(request, req.model, "text.format")
-        await structured.check_schema(params.json_schema, "text.format")
+    await check_features(request, req.model, params, "text.format")
     with_logprobs = params.top_logprobs is not None
-    if with_logprobs:
-        check_logprobs_support(request, req.model)
     check_fleet_limits(request, req.model, params.max_tokens, "max_output_tokens")
     timing.parsed = time.perf_counter()
     job = new_job(consumer, "resp_", "responses", req.model, messages, params, req.stream)
