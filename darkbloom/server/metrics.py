@@ -248,6 +248,13 @@ class CoordinatorMetrics:
             ["route", "model", "status"],
             registry=r,
         )
+        self.features = Counter(
+            "darkbloom_request_features",
+            "Inference requests that asked the node for more than text, by API route and feature "
+            "(tools, forced_tool, json, logprobs); a sealed request's are unseen.",
+            ["route", "feature"],
+            registry=r,
+        )
         self.tokens = Counter(
             "darkbloom_tokens",
             "Tokens processed, by model and kind (prompt or completion).",
@@ -343,6 +350,15 @@ class CoordinatorMetrics:
     async def settle(self, job: InferenceJob, outcome: Outcome, usage: Usage | None, node_id: str | None) -> None:
         model = self._model(job.model)
         self._child(self.requests, job.api, model, outcome).inc()
+        p = job.params
+        for feature, asked in (
+            ("tools", p.tools is not None),
+            ("forced_tool", p.tool_required),
+            ("json", p.response_format is not None),
+            ("logprobs", p.top_logprobs is not None),
+        ):
+            if asked:
+                self._child(self.features, job.api, feature).inc()
         fields: dict[str, object] = {
             "request_id": job.request_id,
             "api": job.api,

@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from darkbloom.protocol import Chunk, Complete, Usage, decode, encode
+from darkbloom.protocol import Chunk, Complete, ModelInfo, Register, Usage, decode, encode
 from darkbloom.protocol.openai import RequestError
 from darkbloom.server.app import create_app
 from darkbloom.server.auth.keys import create_key_in
@@ -68,6 +68,24 @@ def test_counters_move_when_a_request_is_served(coordinator: Coordinator) -> Non
     assert value(after, "darkbloom_http_requests_total", route="/v1/chat/completions", method="POST", code="200") == 1
     assert value(after, "darkbloom_requests_in_flight") == 0
     assert value(after, "darkbloom_build_info", version=__import__("darkbloom").__version__) == 1
+
+
+def test_requests_asking_for_json_or_logprobs_are_counted_by_feature(coordinator: Coordinator) -> None:
+    client = coordinator.client
+    body = {**GOOD, "messages": [{"role": "user", "content": "answer in json"}], "response_format": {"type": "json_object"}, "logprobs": True}
+    with client.websocket_connect("/v1/provider/ws") as ws:
+        ws.send_bytes(encode(Register(node_id="node-a", models=(ModelInfo(id="m1", supports_json=True, supports_logprobs=True),))))  # type: ignore[arg-type]
+        decode(ws.receive_bytes())
+        serve_one(coordinator, ws, ["{}"], Usage(prompt_tokens=5, completion_tokens=1))  # plain: no feature
+        t, out = _stream_in_thread(coordinator, body)
+        req = decode(ws.receive_bytes())
+        ws.send_bytes(encode(Complete(request_id=req.request_id, usage=Usage(prompt_tokens=5, completion_tokens=1))))
+        t.join(10)
+    after = scrape(client)
+    assert out["status"] == 200
+    assert value(after, "darkbloom_request_features_total", route="chat.completions", feature="json") == 1
+    assert value(after, "darkbloom_request_features_total", route="chat.completions", feature="logprobs") == 1
+    assert value(after, "darkbloom_request_features_total", route="chat.completions", feature="tools") == 0
 
 
 def test_unknown_model_names_do_not_become_label_values(coordinator: Coordinator) -> None:
