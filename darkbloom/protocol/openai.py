@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from darkbloom.protocol import structured
-from darkbloom.protocol.frames import ChatMessage, SamplingParams, TokenLogprob, ToolCall
+from darkbloom.protocol.frames import ChatMessage, SamplingParams, TokenLogprob, ToolCall, Usage
 
 
 class RequestError(Exception):
@@ -421,13 +421,13 @@ def tool_call_dicts(calls: tuple[ToolCall, ...] | list[ToolCall], start: int = 0
     return out
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    """OpenAI ``usage``; ``cached_tokens``: how many of the prompt's the node found in its prompt cache."""
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    """OpenAI ``usage`` for a node's report (``cached_tokens``: the prompt's tokens found in its prompt cache)."""
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
 
 

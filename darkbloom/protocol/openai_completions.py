@@ -126,18 +126,24 @@ MAX_LOGPROBS = 5
 """OpenAI's limit for a legacy completion's ``logprobs``."""
 
 
-def completion_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
-    """A legacy ``logprobs`` object for ``entries``; ``offset`` is where their text starts in the answer."""
+def completion_logprobs(
+    entries: tuple[TokenLogprob, ...] | list[TokenLogprob], offset: int = 0
+) -> tuple[dict[str, Any], int]:
+    """A legacy ``logprobs`` object for ``entries`` and where the text after them starts.
+
+    ``offset`` is where their text starts in the answer.
+    """
     offsets = []
     for t in entries:
         offsets.append(offset)
         offset += len(t.token)
-    return {
+    body = {
         "tokens": [t.token for t in entries],
         "token_logprobs": [t.logprob for t in entries],
         "top_logprobs": [_by_text(t.top) for t in entries],
         "text_offset": offsets,
     }
+    return body, offset
 
 
 def text_completion(

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall
+from darkbloom.protocol.frames import ChatMessage, SamplingParams, ToolCall, Usage
 from darkbloom.protocol import structured
 from darkbloom.protocol.openai import (
     DEFAULT_MAX_TOKENS,
@@ -378,9 +378,9 @@ class ResponseState:
         events.append(self._event("response.output_item.done", output_index=index, item=_copy(item)))
         return events
 
-    def finish(self, finish_reason: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
-        """Record how the generation ended and its usage."""
-        self.usage = response_usage(prompt_tokens, completion_tokens, cached_tokens)
+    def finish(self, finish_reason: str, usage: Usage) -> None:
+        """Record how the generation ended and its usage (as the node reported it)."""
+        self.usage = response_usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         if finish_reason == "length":
             self.status, self.incomplete_reason = "incomplete", "max_output_tokens"
         else:

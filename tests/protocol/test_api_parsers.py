@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from darkbloom.protocol import ChatMessage
+from darkbloom.protocol import ChatMessage, Usage
 from darkbloom.protocol.anthropic import error_body, parse_count_tokens_request, parse_messages_request, stop_reason
 from darkbloom.protocol.openai import RequestError
 from darkbloom.protocol.openai_completions import completion_params, parse_completion_request
@@ -114,7 +114,7 @@ def test_response_state_event_sequence_numbers_are_consecutive() -> None:
     req, _, _ = parse_responses_request(b'{"model": "m", "input": "hi"}')
     state = ResponseState("resp_1", "msg_1", "m", 0, req)
     events = state.opening() + state.add_text("a") + state.add_text("b")
-    state.finish("stop", 3, 2)
+    state.finish("stop", Usage(prompt_tokens=3, completion_tokens=2))
     events += state.closing()
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert (

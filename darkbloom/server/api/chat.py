@@ -77,7 +77,7 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
         calls: list[ToolCall] = []
         logprobs: list[TokenLogprob] | None = [] if with_logprobs else None
         text, done = await collect(request, relay, calls, logprobs)
-        usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.cached_tokens)
+        usage = usage_dict(done.usage)
         body = chat_completion(
             job.request_id, job.model, created, text, done.finish_reason, usage, tool_call_dicts(calls) or None,
             logprob_entries(logprobs) if logprobs is not None else None,
@@ -117,7 +117,7 @@ async def _chat_completions(request: Request, consumer: ApiKeyRecord, body: byte
                     yield sse(chat_chunk(job.request_id, job.model, created, content="", role="assistant"))
                 yield sse(chat_chunk(job.request_id, job.model, created, finish_reason=frame.finish_reason))
                 if include_usage:
-                    usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens, frame.usage.cached_tokens)
+                    usage = usage_dict(frame.usage)
                     yield sse(chat_chunk(job.request_id, job.model, created, usage=usage, empty_choices=True))
                 yield b"data: [DONE]\n\n"
             elif isinstance(frame, Error):

@@ -54,8 +54,8 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
     if not req.stream:
         entries: list[TokenLogprob] | None = [] if with_logprobs else None
         text, done = await collect(request, relay, None, entries)
-        usage = usage_dict(done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.cached_tokens)
-        logprobs = completion_logprobs(entries) if entries is not None else None
+        usage = usage_dict(done.usage)
+        logprobs = completion_logprobs(entries)[0] if entries is not None else None
         return json_response(
             text_completion(job.request_id, job.model, created, echo + text, done.finish_reason, usage, logprobs), relay
         )
@@ -69,15 +69,14 @@ async def _completions(request: Request, consumer: ApiKeyRecord, body: bytes, ti
         async for frame in relay.frames():
             if isinstance(frame, Chunk):
                 if with_logprobs and frame.logprobs:
-                    logprobs = completion_logprobs(frame.logprobs, offset)
-                    offset += sum(len(t.token) for t in frame.logprobs)
+                    logprobs, offset = completion_logprobs(frame.logprobs, offset)
                     yield sse(text_completion(job.request_id, job.model, created, frame.text, None, None, logprobs))
                 elif frame.text:
                     yield sse(text_completion(job.request_id, job.model, created, frame.text, None))
             elif isinstance(frame, Complete):
                 yield sse(text_completion(job.request_id, job.model, created, "", frame.finish_reason))
                 if include_usage:
-                    usage = usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens, frame.usage.cached_tokens)
+                    usage = usage_dict(frame.usage)
                     yield sse(text_completion(job.request_id, job.model, created, None, None, usage))
                 yield b"data: [DONE]\n\n"
             elif isinstance(frame, Error):

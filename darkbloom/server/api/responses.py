@@ -60,7 +60,7 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
             state.add_text(text, logprob_entries(entries) if entries is not None else None)
         for call in calls:
             state.add_call(call)
-        state.finish(done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.cached_tokens)
+        state.finish(done.finish_reason, done.usage)
         return json_response(state.body(), relay)
 
     async def events() -> AsyncIterator[bytes]:
@@ -76,7 +76,7 @@ async def _responses(request: Request, consumer: ApiKeyRecord, body: bytes, timi
                     for event in state.add_call(call):
                         yield _event(event)
             elif isinstance(frame, Complete):
-                state.finish(frame.finish_reason, frame.usage.prompt_tokens, frame.usage.completion_tokens, frame.usage.cached_tokens)
+                state.finish(frame.finish_reason, frame.usage)
                 for event in state.closing():
                     yield _event(event)
             elif isinstance(frame, Error):

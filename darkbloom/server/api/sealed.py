@@ -111,7 +111,7 @@ async def sealed_chat(request: Request, consumer: ApiKeyRecord, body: bytes, tim
                         "id": job.request_id,
                         "node_id": relay.node_id,
                         "finish_reason": frame.finish_reason,
-                        "usage": usage_dict(frame.usage.prompt_tokens, frame.usage.completion_tokens, frame.usage.cached_tokens),
+                        "usage": usage_dict(frame.usage),
                         "receipt": msgspec.to_builtins(receipt) if receipt is not None else None,
                     }
                 )
